@@ -1,0 +1,10 @@
+"""Variational families (imported as ``pyrofail.guides``).
+
+A guide is an amortized :class:`AmortizedGuide` whose only family-specific part is
+``distribution(x)``. Importing this package registers the families.
+"""
+
+from pyrofail.guides.base import AmortizedGuide
+from pyrofail.guides.mean_field import MeanFieldGuide
+
+__all__ = ["AmortizedGuide", "MeanFieldGuide"]

@@ -1,0 +1,57 @@
+"""Clusters zoo entry."""
+
+import math
+
+import torch
+from torch import nn
+
+from pyrofail.models.latent_gaussian import LatentGaussian
+from pyrofail.zoo import register
+
+
+class ClusterSteps(nn.Module):
+    """The clusters decoder :math:`f(z)` for ``z`` of shape ``(..., 1)``."""
+
+    def __init__(self, beta: float = 20.0):
+        super().__init__()
+        self.beta = float(beta)
+        angles = torch.tensor([math.pi / 2 + 2 * math.pi * k / 3 for k in range(3)])
+        self.register_buffer("centres", torch.stack((angles.cos(), angles.sin()), -1))
+        self.register_buffer("edges", torch.special.ndtri(torch.tensor([1 / 3, 2 / 3])))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        c = self.centres.to(z.dtype)
+        steps = torch.sigmoid(self.beta * (z - self.edges.to(z.dtype)))  # (..., 2)
+        return c[0] + steps @ (c[1:] - c[:-1])
+
+
+@register(
+    "model",
+    "clusters",
+    summary="three clusters on the unit circle; flat, non-Gaussian posteriors within a cluster",
+    failure="Cx1 and Cx2: the MFG-VAE spreads mass along the edges of the triangle",
+    keywords=("clustered", "flat-posterior", "data-distribution-failure"),
+    latent_dim=1,
+    data_dim=2,
+    noise_scale=0.1,
+)
+class Clusters(LatentGaussian):
+    r"""Clusters: three clusters on the unit circle joined by steep sigmoids.
+
+    .. math::
+
+        f(z) = c_1 + \sum_{k=1}^{2} (c_{k+1} - c_k)\,
+               \operatorname{sigmoid}\big(\beta\,(z - \Phi^{-1}(k/3))\big),
+
+    with centres :math:`c_k` on the unit circle at angles :math:`\pi/2 + 2\pi (k-1)/3`,
+    :math:`\beta = 20`, :math:`z \sim \mathcal N(0, 1)`, :math:`\sigma = 0.1`, :math:`K = 1`,
+    :math:`D = 2` (Yacoby et al., arXiv:2007.07124, Clusters example).
+
+    Failure mode: each cluster is the image of a whole interval of ``z``, so the posterior of a
+    point in a cluster is flat over that interval and not Gaussian (Cx1); a decoder that walks
+    along the edges of the triangle between the clusters has simpler posteriors but a wrong
+    :math:`p(x)` (Cx2), and that is what the mean-field VAE learns.
+    """
+
+    def __init__(self, noise_scale: float = 0.1, beta: float = 20.0):
+        super().__init__(ClusterSteps(beta), latent_dim=1, data_dim=2, noise_scale=noise_scale)

@@ -1,0 +1,52 @@
+"""Figure-8 zoo entry."""
+
+import math
+
+import torch
+from torch import nn
+
+from pyrofail.models.latent_gaussian import LatentGaussian
+from pyrofail.zoo import register
+
+
+class Figure8Curve(nn.Module):
+    """The figure-8 decoder :math:`f(z)` for ``z`` of shape ``(..., 1)``."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        u = math.pi * (0.6 + 1.8 * torch.special.ndtr(z[..., 0]))
+        cos, sin = torch.cos(u), torch.sin(u)
+        denom = sin * sin + 1.0
+        return torch.stack((math.sqrt(2) / 2 * cos / denom, math.sqrt(2) * cos * sin / denom), -1)
+
+
+@register(
+    "model",
+    "figure8",
+    summary="1-D curve in 2-D that crosses itself; multimodal posteriors near the crossing",
+    failure="Cx1 and Cx2: the MFG-VAE learns a wrong p(x) (the crossing is lost)",
+    keywords=("multimodal-posterior", "self-intersecting-manifold", "data-distribution-failure"),
+    latent_dim=1,
+    data_dim=2,
+    noise_scale=math.sqrt(0.02),
+)
+class Figure8(LatentGaussian):
+    r"""Figure-8: a one-dimensional manifold in the plane that crosses itself.
+
+    .. math::
+
+        u = \pi\,(0.6 + 1.8\,\Phi(z)), \qquad
+        f(z) = \Big(\frac{\tfrac{\sqrt2}{2}\cos u}{\sin^2 u + 1},\;
+                    \frac{\sqrt2 \cos u \sin u}{\sin^2 u + 1}\Big),
+
+    with :math:`z \sim \mathcal N(0, 1)`, :math:`\sigma = \sqrt{0.02}`, :math:`K = 1`, :math:`D = 2`
+    (Yacoby, Pan & Doshi-Velez, "Failure Modes of Variational Autoencoders and Their Effects on
+    Downstream Tasks", arXiv:2007.07124, Figure-8 example).
+
+    Failure mode: near the crossing at the origin, points from ``z`` close to 0 and from the far
+    tails of ``z`` overlap, so the true posterior is multimodal for many ``x`` (condition Cx1), and
+    no decoder with simpler posteriors reproduces the crossing (Cx2): the mean-field VAE learns a
+    wrong :math:`p(x)`.
+    """
+
+    def __init__(self, noise_scale: float = math.sqrt(0.02)):
+        super().__init__(Figure8Curve(), latent_dim=1, data_dim=2, noise_scale=noise_scale)

@@ -1,0 +1,171 @@
+r"""The latent-Gaussian generative process shared by every zoo entry and every learned model.
+
+.. math::
+
+    z \sim \mathcal N(0, I_K), \qquad x \mid z \sim \mathcal N\big(f(z), \sigma^2 I_D\big).
+
+A ground-truth zoo entry fixes :math:`f` to a known function; a learned model uses a neural
+decoder with the same prior and likelihood, so every metric applies to both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from pyrofail.errors import UsageError, check_positive_float, check_positive_int
+from pyrofail.nn import Batched, data_plates
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class Dataset:
+    """Data drawn from a process: observations ``x`` ``(N, D)``, true latents ``z`` ``(N, K)``,
+    and labels ``y`` ``(N,)`` for processes that have them."""
+
+    x: torch.Tensor
+    z: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index) -> Dataset:
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Dataset(pick(self.x), pick(self.z), pick(self.y))
+
+
+class LatentGaussian(Batched, PyroModule):
+    r"""A latent-Gaussian process with decoder ``f``: the model contract of pyrofail.
+
+    :param decoder: a module mapping ``(..., K)`` to ``(..., D)`` (with ``restarts=R``:
+        ``(..., R, N, K)`` to ``(..., R, N, D)``).
+    :param latent_dim: :math:`K`.
+    :param data_dim: :math:`D`.
+    :param noise_scale: :math:`\sigma > 0` (a float, or one per restart).
+    :param learn_noise: whether :math:`\log\sigma` is a trainable parameter.
+    :param restarts: ``None``, or ``R`` for ``R`` independent copies in one batched module.
+
+    The Pyro model (:meth:`model`) has a latent site ``"z"`` and an observed site ``"x"``, both
+    in the ``data`` plate (inside a ``restarts`` plate when batched). :meth:`log_joint` is the
+    one density that the grid, NUTS and importance sampling use.
+    """
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        latent_dim: int,
+        data_dim: int,
+        noise_scale=1.0,
+        *,
+        learn_noise: bool = False,
+        restarts: int | None = None,
+    ):
+        super().__init__()
+        self.latent_dim = check_positive_int("latent_dim", latent_dim)
+        self.data_dim = check_positive_int("data_dim", data_dim)
+        self.restarts = restarts
+        self.decoder = decoder
+        noise = torch.as_tensor(noise_scale, dtype=torch.get_default_dtype())
+        if noise.numel() == 1:
+            check_positive_float("noise_scale", float(noise))
+        elif not bool((noise > 0).all()):
+            raise UsageError(f"noise_scale={noise.tolist()} is not allowed; expected values > 0")
+        log_noise = noise.log().expand(self.batch_shape).clone()
+        if learn_noise:
+            self.log_noise = nn.Parameter(log_noise)
+        else:
+            self.register_buffer("log_noise", log_noise)
+
+    # -- the process --------------------------------------------------------------------
+    @property
+    def noise_scale(self) -> torch.Tensor:
+        """The current :math:`\\sigma` (detached), of shape ``()`` or ``(R,)``."""
+        return self.log_noise.detach().exp()
+
+    @property
+    def learn_noise(self) -> bool:
+        return isinstance(self.log_noise, nn.Parameter)
+
+    def _log_sigma(self) -> torch.Tensor:
+        # broadcastable against (..., R, N, D) when batched
+        s = self.log_noise
+        return s if self.restarts is None else s.reshape(-1, 1, 1)
+
+    def mean(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder :math:`f(z)`."""
+        return self.decoder(z)
+
+    def prior(self) -> dist.Distribution:
+        """:math:`p(z) = \\mathcal N(0, I_K)` with event shape ``(K,)``."""
+        zero = self.log_noise.new_zeros(self.latent_dim)
+        return dist.Normal(zero, 1.0).to_event(1)
+
+    def likelihood(self, z: torch.Tensor) -> dist.Distribution:
+        """:math:`p(x \\mid z) = \\mathcal N(f(z), \\sigma^2 I_D)` with event shape ``(D,)``."""
+        return dist.Normal(self.mean(z), self._log_sigma().exp()).to_event(1)
+
+    def model(self, x: torch.Tensor | None = None, n: int | None = None):
+        """The Pyro model: ``z ~ p(z)`` and ``x ~ p(x | z)`` in the ``data`` plate.
+
+        Pass observed ``x`` of shape ``(N, D)``, or ``n`` to draw ``n`` points from the prior
+        predictive. Returns ``z``. (It runs through ``__call__`` so that a learned decoder's
+        parameters reach Pyro's parameter store.)
+        """
+        return self(x, n)
+
+    def forward(self, x: torch.Tensor | None = None, n: int | None = None):
+        if x is None and n is None:
+            raise UsageError("model() needs observed x or a number of points n")
+        n = x.shape[-2] if x is not None else n
+        with data_plates(n, self.restarts):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(z), obs=x)
+        return z
+
+    def log_joint(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log p(x, z) = \log \mathcal N(z; 0, I) + \log \mathcal N(x; f(z), \sigma^2 I)`.
+
+        ``z`` is ``(..., K)`` and ``x`` is ``(..., D)``; leading shapes broadcast, so a grid
+        ``(G, 1, K)`` against data ``(N, D)`` gives ``(G, N)`` with ``f`` evaluated ``G`` times.
+        """
+        log_sigma = self._log_sigma()
+        k, d = self.latent_dim, self.data_dim
+        log_prior = -0.5 * (z * z).sum(-1) - 0.5 * k * LOG_2PI
+        resid = (x - self.mean(z)) * torch.exp(-log_sigma)
+        log_lik = -0.5 * (resid * resid).sum(-1) - d * log_sigma.squeeze(-1) - 0.5 * d * LOG_2PI
+        return log_prior + log_lik
+
+    def log_likelihood(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log p(x \\mid z)`, broadcasting like :meth:`log_joint`."""
+        return self.log_joint(z, x) + 0.5 * (z * z).sum(-1) + 0.5 * self.latent_dim * LOG_2PI
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0) -> Dataset:
+        """``n`` points ``(x, z)`` drawn from the process with a private generator: the same
+        seed gives the same data on CPU whatever the global random state."""
+        n = check_positive_int("n", n)
+        if self.restarts is not None:
+            raise UsageError("sample() needs an un-batched model; use take_restart first")
+        g = torch.Generator().manual_seed(int(seed))
+        dtype = self.log_noise.dtype
+        z = torch.randn(n, self.latent_dim, generator=g, dtype=dtype)
+        eps = torch.randn(n, self.data_dim, generator=g, dtype=dtype)
+        device = self.log_noise.device
+        x = self.mean(z.to(device)) + self.noise_scale * eps.to(device)
+        return Dataset(x=x, z=z.to(device))
+
+    def extra_repr(self) -> str:
+        sigma = self.noise_scale
+        sigma = f"{float(sigma):.4g}" if sigma.numel() == 1 else "per restart"
+        return (
+            f"latent_dim={self.latent_dim}, data_dim={self.data_dim}, noise_scale={sigma}, "
+            f"learn_noise={self.learn_noise}, restarts={self.restarts}"
+        )
