@@ -183,6 +183,7 @@ def save(ref, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.unlink(tmp)  # netCDF writers create the file themselves, with the usual mode
     try:
         ref.to_netcdf(tmp)
         os.replace(tmp, path)

@@ -22,6 +22,8 @@ import torch
 from pyrofail.errors import UsageError
 
 RUN_FORMAT = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 CONFIG = "config.json"
 METRICS = "metrics.json"
 
@@ -32,6 +34,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
