@@ -25,7 +25,14 @@ from pyrofail.errors import (
     check_positive_int,
 )
 from pyrofail.presets import PAPER_TABLE1, PRESETS
-from pyrofail.runs import RUN_FORMAT, atomic_write_json, atomic_write_text, read_json, versions
+from pyrofail.runs import (
+    RUN_FORMAT,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    remove_stale_temporaries,
+    versions,
+)
 
 PROG = "python -m pyrofail.analyze"
 
@@ -115,7 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="restart initialisation: 'paper' = half at the ground truth",
     )
     p.add_argument(
-        "--learn-noise", action="store_true", help="learn the noise scale instead of fixing it at the truth"
+        "--noise-scale",
+        type=float,
+        metavar="SIGMA",
+        help="noise scale of the learned models (default: the ground truth's)",
+    )
+    p.add_argument(
+        "--learn-noise",
+        action="store_true",
+        help="learn the noise scale instead of fixing it (starting at --noise-scale)",
     )
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<preset>-<time>)")
     p.add_argument(
@@ -152,6 +167,7 @@ _RUN_OPTIONS = {
     "hidden": "hidden",
     "init": "init",
     "learn_noise": "learn_noise",
+    "noise_scale": "noise_scale",
 }
 
 
@@ -182,6 +198,8 @@ def validate(options: dict) -> None:
     for width in options["hidden"]:
         check_positive_int("--hidden", width)
     check_positive_float("--lr", options["lr"])
+    if options.get("noise_scale") is not None:
+        check_positive_float("--noise-scale", options["noise_scale"])
     for opts in options["objective_options"].values():
         if "num_particles" in opts:
             check_positive_int("--num-particles", opts["num_particles"])
@@ -223,6 +241,7 @@ def _start_run(args) -> tuple[dict, Path]:
             )
         options = config["options"]
         validate(options)
+        remove_stale_temporaries(run)
         return options, run
     options = resolve(args)
     if "out" in args:
@@ -283,7 +302,9 @@ def _run(options: dict, run: Path, workers: int, quiet: bool) -> int:
         )
     if not quiet:
         print(f"run folder: {run}  ({len(jobs)} job{'s' * (len(jobs) != 1)})", file=sys.stderr)
-    results = run_jobs(jobs, run, workers=workers, progress=not quiet)
+    outcomes = run_jobs(jobs, run, workers=workers, progress=not quiet)
+    results = [r for r in outcomes if "failed" not in r]
+    failed = {r["job"]: r["failed"] for r in outcomes if "failed" in r}
     summary = {
         r["job"]: {
             "metrics": r["metrics"],
@@ -297,10 +318,11 @@ def _run(options: dict, run: Path, workers: int, quiet: bool) -> int:
         run / "metrics.json",
         {
             "jobs": summary,
+            "failed": failed,
             "table1_checks": [{"claim": c, "holds": h, "numbers": n} for c, h, n in checks],
         },
     )
-    text = _report_markdown(options, results, checks)
+    text = _report_markdown(options, results, checks, failed)
     atomic_write_text(run / "report.md", text)
     print(report.results_table(results))
     t1 = report.table1(results, PAPER_TABLE1)
@@ -309,7 +331,9 @@ def _run(options: dict, run: Path, workers: int, quiet: bool) -> int:
     if checks:
         print(report.checks_markdown(checks))
     print(f"report: {run / 'report.md'}")
-    return 0
+    for job, reason in failed.items():
+        print(f"{PROG}: job {job} failed: {reason}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _threads() -> int:
@@ -318,7 +342,7 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _report_markdown(options, results, checks) -> str:
+def _report_markdown(options, results, checks, failed=None) -> str:
     from pyrofail.analysis import report
 
     lines = [
@@ -343,6 +367,8 @@ def _report_markdown(options, results, checks) -> str:
         "",
         report.results_table(results),
     ]
+    for job, reason in (failed or {}).items():
+        lines += [f"**{job} failed**: {reason}", ""]
     t1 = report.table1(results, PAPER_TABLE1)
     if t1:
         lines += [

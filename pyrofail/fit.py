@@ -37,6 +37,7 @@ from pyrofail.errors import (
 )
 from pyrofail.models.latent_gaussian import LatentGaussian
 from pyrofail.nn import MLP, Batched, restart_finite, stack_restarts, take_restart
+from pyrofail.optim import FusedAdam
 from pyrofail.runs import RUN_FORMAT, atomic_torch_save, load_checkpoint
 
 INITS = ("paper", "random", "ground_truth")
@@ -140,19 +141,6 @@ class _Batches:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=gen)
         return self._perm[i * self.size : (i + 1) * self.size]
-
-
-def _optimizer_slices(optim, params, restarts: int, dead: torch.Tensor) -> None:
-    """Zero the Adam moments of the dead restarts so that frozen restarts stay put."""
-    for p in params:
-        opt = optim.optim_objs.get(p)
-        if opt is None:
-            continue
-        state = opt.state.get(p, {})
-        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-            t = state.get(key)
-            if isinstance(t, torch.Tensor) and t.shape[:1] == (restarts,):
-                t[dead] = 0.0
 
 
 def _restart_tensors(module) -> list[torch.Tensor]:
@@ -380,7 +368,7 @@ def fit(
     diverged_at: list[int | None] = [None] * restarts
     history: dict = {"step": [], "validation": [], "train_loss": []}
     start = 0
-    optim = pyro.optim.Adam({"lr": lr})
+    optim = FusedAdam(lr)
     key = _config_key(config)
 
     state = None
@@ -398,12 +386,12 @@ def fit(
         active.copy_(state["active"].to(dev))
         diverged_at = [None if d < 0 else int(d) for d in state["diverged_at"].tolist()]
         history = state["history"]
-        if state["optim"]:
-            # Saved moments are loaded lazily at the first step; give them this step's rate
-            for saved in state["optim"].values():
-                for group in saved["param_groups"]:
-                    group["lr"] = lr * lr_factor(start, steps)
-            optim.set_state(state["optim"])
+        if not active.any():
+            raise AllRestartsDiverged(
+                f"every restart diverged (non-finite loss) at steps {diverged_at}; "
+                "lower lr= or check the data scale"
+            )
+        optim.set_state(state["optim"])
     elif gt_mask.any():
         target = _ground_truth_target(truth, latent_dim)
         _pretrain_decoder(bmodel.decoder, target, gt_mask, latent_dim, pretrain_steps, 3e-3, dev)
@@ -429,7 +417,7 @@ def fit(
         warnings.filterwarnings("ignore", message="Encountered \\+?-?inf")
         for step in range(start, steps):
             idx = batches(step).to(dev)
-            _set_lr(optim, lr * lr_factor(step, steps))
+            optim.set_lr(lr * lr_factor(step, steps))
             value = svi.step(x[idx])
             if not math.isfinite(value):
                 dead = _find_diverged(bmodel, bguide, loss, x[idx], restarts) & active
@@ -439,7 +427,7 @@ def fit(
                     diverged_at[r] = step
                 active &= ~dead
                 _restore(tensors_of, snap, dead)
-                _optimizer_slices(optim, [t for t in _all_params(bmodel, bguide)], restarts, dead)
+                optim.reset(restarts, dead)
                 if not active.any():
                     _save(
                         checkpoint,
@@ -532,18 +520,6 @@ def lr_factor(step: int, steps: int, decay_from: float = 0.5, floor: float = 0.1
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def _set_lr(optim, value: float) -> None:
-    # A function of the step alone, so a resumed fit follows the same schedule.
-    optim.pt_optim_args = {**getattr(optim, "pt_optim_args", {}), "lr": value}
-    for opt in optim.optim_objs.values():
-        for group in opt.param_groups:
-            group["lr"] = value
-
-
-def _all_params(*modules):
-    return [p for m in modules for p in m.parameters() if p.requires_grad]
-
-
 def _find_diverged(bmodel, bguide, loss, xb, restarts: int) -> torch.Tensor:
     """Restarts with non-finite parameters, or else with a non-finite loss on ``xb``."""
     dead = ~restart_finite(bmodel, restarts) | ~restart_finite(bguide, restarts)
@@ -573,7 +549,7 @@ def _warm_up_encoder(bmodel, bguide, loss, x, mask, steps, lr, batch_size, seed)
     bmodel.train(False)
     model_fn = poutine.block(poutine.mask(bmodel.model, mask=mask.unsqueeze(-1)), hide_types=["param"])
     guide_fn = poutine.mask(bguide, mask=mask.unsqueeze(-1))
-    svi = SVI(model_fn, guide_fn, pyro.optim.Adam({"lr": lr}), loss)
+    svi = SVI(model_fn, guide_fn, FusedAdam(lr), loss)
     batches = _Batches(x.shape[0], batch_size, seed + 2)
     with pyro.validation_enabled(False):
         for step in range(steps):

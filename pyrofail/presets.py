@@ -22,6 +22,7 @@ BASE = {
     "hidden": [50, 50, 50],
     "init": "paper",
     "learn_noise": False,
+    "noise_scale": None,
     "is_samples": 5000,
     "guide_options": {},
     "objective_options": {"iwae": {"num_particles": 20}},

@@ -46,6 +46,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(folder) -> int:
+    """Delete the temporary files that killed writes left behind in ``folder`` (recursively);
+    returns how many. Safe only when no other process writes to ``folder``."""
+    count = 0
+    for tmp in Path(folder).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}

@@ -19,7 +19,7 @@ import torch
 
 from pyrofail import zoo
 from pyrofail.data import make_splits
-from pyrofail.errors import UsageError
+from pyrofail.errors import AllRestartsDiverged, UsageError
 from pyrofail.fit import fit
 from pyrofail.runs import RUN_FORMAT, atomic_torch_save, atomic_write_json, read_json
 
@@ -52,12 +52,21 @@ def _clean_config(config: dict) -> dict:
 
 
 def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> dict:
-    """Fit and measure one job; returns its metrics (also written to ``metrics.json``)."""
+    """Fit and measure one job; returns its metrics (also written to ``metrics.json``).
+
+    A job whose restarts all diverge does not stop a sweep: it writes ``failed.json`` with
+    the reason and returns ``{"job", "config", "failed"}``; the others go on.
+    """
     from pyrofail.analysis import metrics as m
     from pyrofail.analysis import plots
 
     folder = Path(folder)
     done = folder / "metrics.json"
+    failed = folder / "failed.json"
+    if failed.exists() and not done.exists():
+        record = read_json(failed)
+        if record.get("config") == _clean_config(config):
+            return record  # every restart diverged: the same options diverge again
     if done.exists():
         result = read_json(done)
         if result.get("config") == _clean_config(config):
@@ -71,27 +80,12 @@ def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> 
     truth = zoo.model(config["model"])
     splits = make_splits(truth, config["n_train"], config["n_val"], config["n_test"], seed=config["seed"])
     device = config.get("device", "cpu")
-    result = fit(
-        splits.train.x,
-        x_val=splits.val.x,
-        truth=truth,
-        latent_dim=config["latent_dim"],
-        guide=config["guide"],
-        objective=config["objective"],
-        restarts=config["restarts"],
-        steps=config["steps"],
-        batch_size=config["batch_size"],
-        lr=config["lr"],
-        seed=config["seed"],
-        device=device,
-        hidden=config["hidden"],
-        init=config["init"],
-        learn_noise=config["learn_noise"],
-        guide_options=config["guide_options"],
-        objective_options=config["objective_options"],
-        checkpoint=folder / "fit.ckpt",
-        progress=progress,
-    )
+    try:
+        result = _fit(config, splits, truth, device, folder, progress)
+    except AllRestartsDiverged as e:
+        record = {"job": job_id(config), "config": _clean_config(config), "failed": str(e)}
+        atomic_write_json(failed, record)
+        return record
     model, guide = result.model.cpu(), result.guide.cpu()
     atomic_torch_save(model.state_dict(), folder / "model.pt")
     atomic_torch_save(guide.state_dict(), folder / "guide.pt")
@@ -119,6 +113,31 @@ def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> 
     atomic_write_json(done, out)
     (folder / "fit.ckpt").unlink(missing_ok=True)
     return out
+
+
+def _fit(config, splits, truth, device, folder, progress):
+    return fit(
+        splits.train.x,
+        x_val=splits.val.x,
+        truth=truth,
+        latent_dim=config["latent_dim"],
+        guide=config["guide"],
+        objective=config["objective"],
+        restarts=config["restarts"],
+        steps=config["steps"],
+        batch_size=config["batch_size"],
+        lr=config["lr"],
+        seed=config["seed"],
+        device=device,
+        hidden=config["hidden"],
+        init=config["init"],
+        learn_noise=config["learn_noise"],
+        noise_scale=config.get("noise_scale"),
+        guide_options=config["guide_options"],
+        objective_options=config["objective_options"],
+        checkpoint=folder / "fit.ckpt",
+        progress=progress,
+    )
 
 
 def _worker(args):
