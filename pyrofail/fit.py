@@ -36,7 +36,7 @@ from pyrofail.errors import (
     check_positive_int,
 )
 from pyrofail.models.latent_gaussian import LatentGaussian
-from pyrofail.nn import MLP, Batched, restart_finite, stack_restarts, take_restart
+from pyrofail.nn import MLP, Batched, restart_finite, restart_tensors, stack_restarts, take_restart
 from pyrofail.optim import FusedAdam
 from pyrofail.runs import RUN_FORMAT, atomic_torch_save, load_checkpoint
 
@@ -143,28 +143,23 @@ class _Batches:
         return self._perm[i * self.size : (i + 1) * self.size]
 
 
-def _restart_tensors(module) -> list[torch.Tensor]:
-    """Every tensor of a batched module that carries the restart dimension."""
-    from pyrofail.nn import _batched_modules, _own_tensors
-
-    return [t for m in _batched_modules(module) for _, _, t in _own_tensors(m)]
-
-
 def _snapshot(modules) -> list[torch.Tensor]:
-    return [t.detach().clone() for m in modules for t in _restart_tensors(m)]
+    return [t.detach().clone() for m in modules for t in restart_tensors(m)]
 
 
 def _restore(modules, snap, dead: torch.Tensor) -> None:
-    tensors = [t for m in modules for t in _restart_tensors(m)]
+    tensors = [t for m in modules for t in restart_tensors(m)]
     with torch.no_grad():
         for t, s in zip(tensors, snap):
             t[dead] = s[dead]
 
 
-def _config_key(config: dict) -> str:
-    """A hash of everything that determines the numbers, to refuse foreign checkpoints."""
-    keep = {k: v for k, v in config.items() if k not in ("progress", "checkpoint", "device")}
-    return hashlib.sha256(repr(sorted(keep.items())).encode()).hexdigest()[:16]
+def _config_key(config: dict, *data: torch.Tensor) -> str:
+    """A hash of the options and the data, to refuse a checkpoint of another fit."""
+    digest = hashlib.sha256(repr(sorted(config.items())).encode())
+    for t in data:
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def fit(
@@ -369,7 +364,7 @@ def fit(
     history: dict = {"step": [], "validation": [], "train_loss": []}
     start = 0
     optim = FusedAdam(lr)
-    key = _config_key(config)
+    key = _config_key({k: v for k, v in config.items() if k != "device"}, x, x_val)
 
     state = None
     if checkpoint is not None and Path(checkpoint).exists():
@@ -510,7 +505,7 @@ def _check_stackable(model, restarts: int, learn_model: bool) -> None:
         )
 
 
-def lr_factor(step: int, steps: int, decay_from: float = 0.5, floor: float = 0.1) -> float:
+def lr_factor(step: int, steps: int, decay_from: float = 0.5, floor: float = 0.01) -> float:
     """Learning-rate multiplier: 1 for the first half of training, then a cosine decay to
     ``floor``, so that the selected restart is not judged on the noise of its last steps."""
     t0 = decay_from * steps

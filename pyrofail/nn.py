@@ -178,10 +178,14 @@ def stack_restarts(modules) -> nn.Module:
     return out
 
 
+def restart_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Every parameter and buffer of a batched module that carries the restart dimension."""
+    return [t for m in _batched_modules(module) for _, _, t in _own_tensors(m)]
+
+
 def restart_finite(module: nn.Module, restarts: int) -> torch.Tensor:
     """Boolean ``(R,)``: which restarts of a batched module have only finite parameters."""
     ok = torch.ones(restarts, dtype=torch.bool)
-    for m in _batched_modules(module):
-        for _, _, t in _own_tensors(m):
-            ok &= torch.isfinite(t.detach()).reshape(restarts, -1).all(-1).cpu()
+    for t in restart_tensors(module):
+        ok &= torch.isfinite(t.detach()).reshape(restarts, -1).all(-1).cpu()
     return ok

@@ -1,0 +1,47 @@
+"""``python -m benchmarks``: run the benchmarks and print one table of ratios and targets."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from benchmarks.common import cores, table
+
+BENCHMARKS = {
+    "training": "benchmarks.training",
+    "e2e": "benchmarks.end_to_end",
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument(
+        "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of: {', '.join(BENCHMARKS)}"
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes: checks the harness runs")
+    p.add_argument(
+        "--table1", action="store_true", help="also time the table1 preset end to end (about 25 minutes)"
+    )
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
+    import torch
+
+    rows = []
+    for name in names:
+        module = importlib.import_module(BENCHMARKS[name])
+        kwargs = {"quick": args.quick}
+        if name == "e2e":
+            kwargs["table1"] = args.table1
+        rows += module.run(**kwargs)
+        print(f"done: {name}", file=sys.stderr)
+    print(f"{cores()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""End to end: the default ``python -m pyrofail.analyze`` and the ``table1`` preset, as a user
+runs them (a fresh process each), with wall time and peak memory.
+
+Targets from the performance issue: the default under two minutes and ``--preset table1`` under
+30 minutes on two CPU cores; the table reports the core count beside them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks.common import Row, cores, peak_rss_mib
+
+
+def _analyze(*args: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one ``python -m pyrofail.analyze`` run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        before = peak_rss_mib(children=True)
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "pyrofail.analyze", "--quiet", "--out", f"{tmp}/run", *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        wall = time.perf_counter() - start
+        # ru_maxrss of children is the largest child so far: valid when this run is the largest
+        return wall, max(before, peak_rss_mib(children=True))
+
+
+def run(quick: bool = False, table1: bool = False) -> list[Row]:
+    n = cores()
+    wall, rss = _analyze() if not quick else _analyze("--preset", "tiny")
+    name = "default analyze" if not quick else "tiny analyze"
+    rows = [Row(f"{name} ({n} cores)", wall, 120.0, "s", "< 120 s", wall < 120.0, f"peak {rss:.0f} MiB")]
+    if table1:
+        wall, rss = _analyze("--preset", "table1", "--workers", "2")
+        rows.append(
+            Row(
+                f"table1 preset, --workers 2 ({n} cores)",
+                wall,
+                1800.0,
+                "s",
+                "< 1800 s",
+                wall < 1800.0,
+                f"peak {rss:.0f} MiB per process",
+            )
+        )
+    return rows
