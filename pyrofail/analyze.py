@@ -163,6 +163,8 @@ def resolve(args: argparse.Namespace) -> dict:
     for flag, key in _RUN_OPTIONS.items():
         if flag in given:
             options[key] = given[flag]
+    if "lr" in given:  # an explicit --lr applies to every guide, over the preset's table
+        options["lr_by_guide"] = {}
     if "num_particles" in given:
         options["objective_options"].setdefault("iwae", {})["num_particles"] = given["num_particles"]
     validate(options)
