@@ -358,6 +358,9 @@ def _report_markdown(options, results, checks) -> str:
         ]
     if checks:
         lines += ["## Orderings", "", report.checks_markdown(checks)]
+    compared = report.guides_compared(results)
+    if compared:
+        lines += ["## Guides compared", "", "Highest test log p(x) per model, K and objective.", "", compared]
     lines += ["## Figures", ""]
     for r in results:
         for f in r["figures"]:
