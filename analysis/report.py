@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 NOISE_NATS = 0.05  # "within noise": about the restart-to-restart spread the paper reports
+TIE_NATS = 5e-4  # below the three decimals the report prints
 
 
 def _fmt(value, err=None, digits: int = 3) -> str:
@@ -143,7 +144,8 @@ def guides_compared(results: list[dict]) -> str | None:
     family gives the highest test log p(x), and by how much it beats each of the others.
 
     A difference within twice the combined standard error of the two estimates (importance
-    sampling; the grid's is zero) is called a tie. ``None`` if no group has two guides.
+    sampling; the grid's is zero), or below ``TIE_NATS``, is called a tie. ``None`` if no
+    group has two guides.
     """
     groups: dict[tuple, list[dict]] = {}
     for r in results:
@@ -160,8 +162,9 @@ def guides_compared(results: list[dict]) -> str | None:
             m, name = other["metrics"], other["config"]["guide"]
             gap = m["test_neg_log_px"] - best["test_neg_log_px"]
             err = (best["test_neg_log_px_stderr"] ** 2 + m["test_neg_log_px_stderr"] ** 2) ** 0.5
-            if gap <= 2 * err:
-                ties.append(f"{name}'s (difference {gap:.3f} nats, within twice its error {err:.3f})")
+            if gap <= max(2 * err, TIE_NATS):
+                within = f", within twice its error {err:.3f}" if err > 0 else ""
+                ties.append(f"{name}'s (difference {gap:.3f} nats{within})")
             else:
                 wins.append(f"{name}'s by {gap:.3f} nats")
         text = f"- {model} K={k} {objective}: {ranked[0]['config']['guide']}'s test log p(x) "

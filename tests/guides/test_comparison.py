@@ -16,6 +16,8 @@ def test_names_the_best_family_and_its_margin_over_each_other():
         _job("figure8", 1, "flow", "elbo", 0.92),
         _job("figure8", 1, "full_rank", "elbo", 0.96),
         _job("figure8", 1, "mean_field", "iwae", 0.90),  # a group of one guide: no sentence
+        _job("quadratic", 1, "mean_field", "elbo", -1.40),
+        _job("quadratic", 1, "full_rank", "elbo", -1.40 + 1e-6),  # the same numbers at K = 1
         _job("clusters", 2, "mean_field", "elbo", 0.50, stderr=0.02),
         _job("clusters", 2, "flow", "elbo", 0.48, stderr=0.02),
     ]
@@ -25,6 +27,8 @@ def test_names_the_best_family_and_its_margin_over_each_other():
         "(difference 0.020 nats, within twice its error 0.028).",
         "- figure8 K=1 elbo: flow's test log p(x) (-0.920) is higher than full_rank's by 0.040 "
         "nats and mean_field's by 0.050 nats.",
+        "- quadratic K=1 elbo: mean_field's test log p(x) (1.400) ties with full_rank's "
+        "(difference 0.000 nats).",
     ]
 
 
