@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 NOISE_NATS = 0.05  # "within noise": about the restart-to-restart spread the paper reports
+TIE_NATS = 5e-4  # below the three decimals the report prints
 
 
 def _fmt(value, err=None, digits: int = 3) -> str:
@@ -136,3 +137,41 @@ def checks_markdown(checks) -> str:
         mark = "yes" if holds else "**no**"
         lines.append(f"- {claim}: {mark} ({numbers})")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def guides_compared(results: list[dict]) -> str | None:
+    """One plain sentence per model, K and objective run with more than one guide: which
+    family gives the highest test log p(x), and by how much it beats each of the others.
+
+    A difference within twice the combined standard error of the two estimates (importance
+    sampling; the grid's is zero), or below ``TIE_NATS``, is called a tie. ``None`` if no
+    group has two guides.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        c = r["config"]
+        groups.setdefault((c["model"], c["latent_dim"], c["objective"]), []).append(r)
+    lines = []
+    for (model, k, objective), rs in sorted(groups.items()):
+        if len({r["config"]["guide"] for r in rs}) < 2:
+            continue
+        ranked = sorted(rs, key=lambda r: r["metrics"]["test_neg_log_px"])
+        best = ranked[0]["metrics"]
+        wins, ties = [], []
+        for other in ranked[1:]:
+            m, name = other["metrics"], other["config"]["guide"]
+            gap = m["test_neg_log_px"] - best["test_neg_log_px"]
+            err = (best["test_neg_log_px_stderr"] ** 2 + m["test_neg_log_px_stderr"] ** 2) ** 0.5
+            if gap <= max(2 * err, TIE_NATS):
+                within = f", within twice its error {err:.3f}" if err > 0 else ""
+                ties.append(f"{name}'s (difference {gap:.3f} nats{within})")
+            else:
+                wins.append(f"{name}'s by {gap:.3f} nats")
+        text = f"- {model} K={k} {objective}: {ranked[0]['config']['guide']}'s test log p(x) "
+        text += f"({-best['test_neg_log_px']:.3f})"
+        if wins:
+            text += " is higher than " + " and ".join(wins)
+        if ties:
+            text += (";" if wins else "") + " ties with " + " and ".join(ties)
+        lines.append(text + ".")
+    return "\n".join(lines) + "\n" if lines else None

@@ -5,6 +5,8 @@ A guide is an amortized :class:`AmortizedGuide` whose only family-specific part 
 """
 
 from pyrofail.guides.base import AmortizedGuide
+from pyrofail.guides.flow import FlowGuide
+from pyrofail.guides.full_rank import FullRankGuide
 from pyrofail.guides.mean_field import MeanFieldGuide
 
-__all__ = ["AmortizedGuide", "MeanFieldGuide"]
+__all__ = ["AmortizedGuide", "FlowGuide", "FullRankGuide", "MeanFieldGuide"]

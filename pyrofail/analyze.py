@@ -179,6 +179,8 @@ def resolve(args: argparse.Namespace) -> dict:
     for flag, key in _RUN_OPTIONS.items():
         if flag in given:
             options[key] = given[flag]
+    if "lr" in given:  # an explicit --lr applies to every guide, over the preset's table
+        options["lr_by_guide"] = {}
     if "num_particles" in given:
         options["objective_options"].setdefault("iwae", {})["num_particles"] = given["num_particles"]
     validate(options)
@@ -382,6 +384,9 @@ def _report_markdown(options, results, checks, failed=None) -> str:
         ]
     if checks:
         lines += ["## Orderings", "", report.checks_markdown(checks)]
+    compared = report.guides_compared(results)
+    if compared:
+        lines += ["## Guides compared", "", "Highest test log p(x) per model, K and objective.", "", compared]
     lines += ["## Figures", ""]
     for r in results:
         for f in r["figures"]:

@@ -26,7 +26,12 @@ BASE = {
     "is_samples": 5000,
     "guide_options": {},
     "objective_options": {"iwae": {"num_particles": 20}},
-    "lr_by_guide": {},
+    # Adam learning rate per variational family, used instead of "lr" for that guide's jobs
+    # (an explicit --lr applies to every guide). The flow trains a VAE stably at 3e-4: at 1e-3
+    # its validation ELBO on figure8 (default preset) jumped from -1.16 to -2.3 within 300
+    # steps and the selected model's test log p(x) ended 0.16 nats below the 3e-4 run's. The
+    # Gaussian families are fine at 1e-3.
+    "lr_by_guide": {"mean_field": 1e-3, "full_rank": 1e-3, "flow": 3e-4},
 }
 
 PRESETS = {
