@@ -174,10 +174,11 @@ def reference_posterior(
             raise UsageError(
                 f"method='grid' needs latent_dim <= {GRID_MAX_K}, got {model.latent_dim}; use method='nuts'"
             )
-        return _grid_reference(model, x, num_draws or GRID_DRAWS, seed, options)
+        return _grid_reference(model, x, GRID_DRAWS if num_draws is None else num_draws, seed, options)
     from pyrofail.analysis.nuts import nuts_reference
 
-    return nuts_reference(model, x, num_draws=num_draws or NUTS_DRAWS, seed=seed, **options)
+    num_draws = NUTS_DRAWS if num_draws is None else num_draws
+    return nuts_reference(model, x, num_draws=num_draws, seed=seed, **options)
 
 
 def draws(ref) -> tuple[torch.Tensor, torch.Tensor]:
