@@ -81,6 +81,7 @@ from pyro.infer import MCMC, NUTS
 from pyrofail.errors import UsageError, check_choice, check_positive_int
 
 INITS = ("modes", "prior")
+PRECONDITIONS = ("block", "diagonal")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 STUDENT_DF = 4.0
 STUDENT_WEIGHT = 0.2  # of the Student-t components in the importance proposal
@@ -179,32 +180,54 @@ class _PointwiseNUTS(NUTS):
         return tree
 
 
-def curvature_scales(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    r"""Per-coordinate variances :math:`1 / \max(1, \partial^2_{z_k} U)` at ``z`` ``(C, N, K)``:
-    the diagonal of the Hessian of :math:`U = -\log p(x, z)` by ``K`` Hessian-vector products
-    (the sub-problems are independent, so one product per latent coordinate serves all of
-    them); at most the prior's variance, 1. The warm-up starts from these."""
+def curvature(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    r"""The Hessian blocks :math:`\nabla^2_{z_{c,n}} U` ``(C, N, K, K)`` of
+    :math:`U = -\log p(x, z)` at ``z`` ``(C, N, K)``, by ``K`` Hessian-vector products: the
+    sub-problems are independent, so the product with a vector that is 1 at latent ``j`` of
+    every sub-problem is column ``j`` of every block."""
     c, n, k = z.shape
     z = z.detach().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(-model.log_joint(z, x).sum(), z, create_graph=True)
-    diag = []
+    cols = []
     for j in range(k):
         v = torch.zeros_like(z)
         v[..., j] = 1.0
         (hv,) = torch.autograd.grad(grad, z, v, retain_graph=j < k - 1)
-        diag.append(hv[..., j])
-    h = torch.stack(diag, -1).detach()
-    return 1.0 / torch.nan_to_num(h, nan=1.0).clamp_min(1.0)
+        cols.append(hv)
+    h = torch.stack(cols, -1).detach()
+    return torch.nan_to_num(0.5 * (h + h.transpose(-1, -2)), nan=0.0)
 
 
-def _potentials(model, x, c: int, jit_compile: bool):
+def curvature_scales(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    r"""Per-coordinate variances :math:`1 / \max(1, \partial^2_{z_k} U)` at ``z`` ``(C, N, K)``,
+    from the diagonal of :func:`curvature`: at most the prior's variance, 1."""
+    h = curvature(model, x, z).diagonal(dim1=-2, dim2=-1)
+    return 1.0 / h.clamp_min(1.0)
+
+
+def block_preconditioner(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    r"""Per sub-problem ``(C, N, K, K)`` matrices :math:`L` with :math:`L L^\top` the inverse
+    of the Hessian block at ``z`` (its eigenvalues clamped at the prior precision, 1): the
+    Laplace approximation's scale, so that :math:`z = z_0 + L u` makes every sub-problem about
+    isotropic in :math:`u` near its start."""
+    evals, evecs = torch.linalg.eigh(curvature(model, x, z))
+    return evecs * evals.clamp_min(1.0).rsqrt()[..., None, :]
+
+
+def _potentials(model, x, c: int, jit_compile: bool, shift=None, tril=None):
+    """The flat potential and its per-sub-problem terms, in ``u`` with ``z = shift + tril u``
+    (``z = u`` without them)."""
     n, k = x.shape[0], model.latent_dim
 
-    def per_point(params):
-        return -model.log_joint(params["z"].reshape(c, n, k), x).reshape(-1)
+    def to_z(u):
+        u = u.reshape(c, n, k)
+        return u if tril is None else shift + (tril @ u[..., None])[..., 0]
 
-    def total(z):
-        return -model.log_joint(z.reshape(c, n, k), x).sum()
+    def per_point(params):
+        return -model.log_joint(to_z(params["z"]), x).reshape(-1)
+
+    def total(u):
+        return -model.log_joint(to_z(u), x).sum()
 
     if not jit_compile:
         return (lambda params: total(params["z"])), per_point
@@ -233,17 +256,27 @@ def sample_nuts(
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     jit_compile: bool = False,
+    precondition: str = "diagonal",
     progress: bool = False,
 ):
     """Run Pyro's NUTS from ``z0`` ``(C, N, K)``; returns draws ``(C, S, N, K)``, divergence
-    flags ``(C, S, N)`` and sampler statistics."""
+    flags ``(C, S, N)`` and sampler statistics. ``precondition="block"`` samples :math:`u` in
+    :math:`z = z_0 + L u` (:func:`block_preconditioner`); ``"diagonal"`` samples :math:`z`,
+    the warm-up starting from :func:`curvature_scales`."""
     c, n, k = z0.shape
-    potential, per_point = _potentials(model, x, c, jit_compile)
+    if precondition == "block":
+        tril = block_preconditioner(model, x, z0)
+        u0, inverse_mass = torch.zeros_like(z0), torch.ones(z0.numel(), dtype=z0.dtype)
+        potential, per_point = _potentials(model, x, c, jit_compile, z0, tril)
+    else:
+        tril, u0 = None, z0
+        inverse_mass = curvature_scales(model, x, z0).reshape(-1)
+        potential, per_point = _potentials(model, x, c, jit_compile)
     kernel = _PointwiseNUTS(
         potential,
         per_point,
         k,
-        inverse_mass=curvature_scales(model, x, z0).reshape(-1),
+        inverse_mass=inverse_mass,
         target_accept_prob=target_accept_prob,
         max_tree_depth=max_tree_depth,
         adapt_step_size=True,
@@ -254,13 +287,16 @@ def sample_nuts(
         kernel,
         num_samples=num_samples,
         warmup_steps=num_warmup,
-        initial_params={"z": z0.reshape(-1).clone()},
+        initial_params={"z": u0.reshape(-1).clone()},
         disable_progbar=not progress,
     )
     start = time.perf_counter()
     mcmc.run()
     seconds = time.perf_counter() - start
-    z = mcmc.get_samples()["z"].reshape(num_samples, c, n, k).transpose(0, 1)
+    z = mcmc.get_samples()["z"].reshape(num_samples, c, n, k)
+    if tril is not None:
+        z = z0 + (tril @ z[..., None])[..., 0]
+    z = z.transpose(0, 1)
     diverging = torch.zeros(num_samples * c * n, dtype=torch.bool)
     for t, culprits in kernel.point_divergences:
         diverging.view(num_samples, c * n)[t, culprits] = True
@@ -654,6 +690,7 @@ def nuts_reference(
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     jit_compile: bool = False,
+    precondition: str = "diagonal",
     init="modes",
     init_candidates: int = 32,
     num_importance: int = 4000,
@@ -671,6 +708,11 @@ def nuts_reference(
     :param max_tree_depth: at most :math:`2^{\text{depth}}` leapfrog steps per iteration.
     :param jit_compile: trace the potential with the PyTorch JIT, as Pyro's own
         ``jit_compile`` does (helps small problems, where Python overhead dominates).
+    :param precondition: ``"block"``: sample :math:`u` in :math:`z = z_0 + L u`, with
+        :math:`L L^\top` the inverse Hessian of each sub-problem at its start (a dense
+        :math:`K \times K` block per chain and point: :func:`block_preconditioner`);
+        ``"diagonal"``: sample :math:`z`, with the diagonal mass matrix started from the
+        Hessian's diagonal. Either way the warm-up then adapts a diagonal mass matrix.
     :param init: ``"modes"`` (multi-start optimisation, then farthest points), ``"prior"``
         (independent prior draws), or a tensor ``(C, N, K)`` of starting points (a guide's
         draws, say).
@@ -696,6 +738,7 @@ def nuts_reference(
     if not 0 <= defensive < 1:
         raise UsageError(f"defensive={defensive!r} is not allowed; expected a number in [0, 1)")
     check_choice("dtype", dtype, DTYPES)
+    check_choice("precondition", precondition, PRECONDITIONS)
     if not isinstance(init, torch.Tensor):
         check_choice("init", init, INITS)
     options = {
@@ -705,6 +748,7 @@ def nuts_reference(
         "target_accept_prob": target_accept_prob,
         "max_tree_depth": max_tree_depth,
         "jit_compile": bool(jit_compile),
+        "precondition": precondition,
         "init": init if isinstance(init, str) else "given",
         "init_candidates": init_candidates,
         "num_importance": num_importance,
@@ -737,6 +781,7 @@ def nuts_reference(
             target_accept_prob=target_accept_prob,
             max_tree_depth=max_tree_depth,
             jit_compile=jit_compile,
+            precondition=precondition,
             progress=progress,
         )
     attrs = {**_provenance("nuts", seed, options), "sampler": stats}

@@ -178,7 +178,9 @@ def test_same_seed_same_numbers(tiny):
 
 def test_jit_compile_and_init_options(tiny):
     truth, x, options = tiny
-    ref = reference_posterior(truth, x, "nuts", jit_compile=True, init="prior", **options)
+    ref = reference_posterior(
+        truth, x, "nuts", jit_compile=True, init="prior", precondition="block", **options
+    )
     assert np.isfinite(ref.posterior.z.values).all()
     start = torch.zeros(2, x.shape[0], 1)
     ref = reference_posterior(truth, x, "nuts", init=start, **options)
@@ -207,6 +209,7 @@ def test_saved_and_reloaded(tiny, tmp_path):
         ({"init": "random"}, "init"),
         ({"init": torch.zeros(3, 2, 1)}, "init"),
         ({"dtype": "float16"}, "dtype"),
+        ({"precondition": "dense"}, "precondition"),
     ],
 )
 def test_bad_options_are_usage_errors(options, match):
@@ -223,3 +226,11 @@ def test_curvature_scales_are_posterior_variances_for_a_gaussian():
     precision = torch.linalg.inv(truth.posterior(x).covariance_matrix)
     assert torch.allclose(scales, 1 / precision.diagonal(dim1=-2, dim2=-1))
     assert math.isfinite(float(scales.sum()))
+
+
+def test_block_preconditioner_is_the_posterior_scale_for_a_gaussian():
+    truth = LinearGaussian(latent_dim=3, data_dim=4, noise_scale=0.2, seed=0).double()
+    x = truth.sample(5, seed=0).x.double()
+    post = truth.posterior(x)
+    tril = nuts.block_preconditioner(truth, x, post.mean[None])[0]
+    assert torch.allclose(tril @ tril.transpose(-1, -2), post.covariance_matrix)
