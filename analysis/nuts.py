@@ -111,7 +111,8 @@ def initial_points(
     model, x: torch.Tensor, num_chains: int, *, candidates: int = 32, steps: int = 200, lr: float = 0.05
 ) -> torch.Tensor:
     """Dispersed starting points ``(C, N, K)``: local maxima of :math:`\\log p(x, z)` reached
-    by Adam from ``candidates`` prior draws per point, ``C`` mutually farthest ones kept."""
+    by Adam from ``candidates`` over-dispersed draws :math:`\\mathcal N(0, 4 I)` per point, the
+    ``C`` mutually farthest of those within 10 nats of the best kept (:func:`_farthest`)."""
     k = model.latent_dim
     z = (2.0 * torch.randn(candidates, x.shape[0], k, dtype=x.dtype)).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
