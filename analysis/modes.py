@@ -1,29 +1,204 @@
-r"""Modes of a posterior from (weighted) draws, and the mass each distribution puts on them.
+r"""Modes of a posterior from (weighted) draws, and the mass any distribution puts on each.
 
-Modes are the basins of attraction of a kernel density estimate of the draws, found by mean
-shift (Fukunaga & Hostetler 1975; Comaniciu & Meer 2002): every draw climbs to its density
-peak, peaks closer than the bandwidth are one, and two peaks are also one when the density on
-the segment between them never falls below ``dip`` times the lower peak (no valley, no second
-mode). The bandwidth is the median distance from a draw to its ``k``-th nearest neighbour, so
-it follows the width of the modes rather than the distance between them. Modes lighter than
-``min_mass`` join the nearest heavier one.
+**Definition.** A mode is a basin of attraction of a kernel density estimate
+:math:`\hat p(z) = \sum_j w_j \exp(-\lVert z - z_j\rVert^2 / 2h^2)` of the draws, kept only if
+it is *persistent*: two basins are one mode when the highest pass between them is at least
+``dip`` times the lower of their two peaks (no valley deeper than that, no second mode), and a
+basin holding less than ``min_mass`` of the posterior joins the neighbour it is best connected
+to. This is persistence-based clustering (ToMATo: Chazal, Guibas, Oudot & Skraba, "Persistence-
+based clustering in Riemannian manifolds", J. ACM 2013) on a neighbourhood graph of the draws,
+with the basins found by quick shift (Vedaldi & Soatto 2008; Koontz, Narendra & Fukunaga 1976):
 
-Mode masses of a second distribution (a guide, another reference) are found by giving each of
-its draws the label of the nearest reference draw.
+1. ``M`` representatives are drawn from the weighted draws by systematic resampling, so they
+   carry equal mass :math:`1/M` (all draws are kept when they are equally weighted and few);
+2. the bandwidth :math:`h` is the median distance from a representative to its
+   :math:`k`-th nearest neighbour (:math:`k = M / 10`), so it follows the width of the modes
+   rather than the distance between them; :math:`\hat p` is evaluated at every representative;
+3. every representative links to its nearest neighbour of higher density within
+   :math:`\tau = 3h`; representatives without one are peaks, and following the links
+   (pointer jumping) labels every representative with its peak: the basins;
+4. the pass between basins :math:`A` and :math:`B` is
+   :math:`\max \{\min(\hat p(z_i), \hat p(z_j)) : i \in A, j \in B, \lVert z_i - z_j\rVert \le \tau\}`;
+   the pair with the largest ratio pass / lower peak merges while that ratio is at least
+   ``dip`` (the merged basin keeps the higher peak and the better passes);
+5. basins lighter than ``min_mass`` merge, lightest first, into the basin they have the highest
+   pass to (the nearest one when they have no edge to any);
+6. modes are numbered ``0, 1, ...`` by decreasing mass.
+
+Every step is a tensor operation over a chunk of data points at once: ``(N, S, K)`` draws give
+all ``N`` posteriors' modes without a Python loop over points or draws.
+
+**Masses of another distribution.** The labelled representatives (``centres``) partition the
+latent space by nearest neighbour: :func:`assign` gives a sample the label of its nearest
+centre, and :func:`mode_masses` sums weights per label. Assigning a guide's draws to the
+reference's modes measures how the guide shares its mass between the true modes; dropped modes
+show as masses near zero.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from pyrofail.errors import UsageError
 
-def _kde(points: torch.Tensor, centres: torch.Tensor, w: torch.Tensor, h: float) -> torch.Tensor:
-    d2 = torch.cdist(points, centres).pow(2)
-    return (torch.exp(-0.5 * d2 / h**2) * w).sum(-1)
+MAX_DRAWS = 400
+DIP = 0.5
+MIN_MASS = 0.02
+NEIGHBOURS = 0.1
+REACH = 3.0  # tau = REACH * h
+PILOT = 10  # neighbour rank of the pilot density
 
 
-def _merge(labels: torch.Tensor, a: int, b: int) -> torch.Tensor:
-    return torch.where(labels == b, torch.full_like(labels, a), labels)
+def _as_batch(draws: torch.Tensor, log_weights):
+    if draws.dim() not in (2, 3):
+        raise UsageError(f"draws have shape {tuple(draws.shape)}; expected (S, K) or (N, S, K)")
+    single = draws.dim() == 2
+    z = draws.unsqueeze(0) if single else draws
+    if log_weights is None:
+        lw = torch.zeros(z.shape[:2], dtype=torch.float64, device=z.device)
+    else:
+        lw = torch.as_tensor(log_weights, device=z.device).double()
+        lw = lw.unsqueeze(0) if single else lw
+        if lw.shape != z.shape[:2]:
+            raise UsageError(f"log_weights have shape {tuple(lw.shape)}; expected {tuple(z.shape[:2])}")
+    return z.double(), lw, single
+
+
+def _representatives(lw: torch.Tensor, m: int, gen: torch.Generator) -> torch.Tensor | None:
+    """Indices ``(N, M)`` of ``M`` equally weighted representatives of weighted draws
+    (systematic resampling), or ``None`` when the draws are equally weighted and at most ``M``."""
+    n, s = lw.shape
+    p = torch.softmax(lw, -1)
+    if s <= m and bool((p.amax(-1) - p.amin(-1) <= 1e-12 * p.amax(-1)).all()):
+        return None
+    cum = p.cumsum(-1)
+    cum = cum / cum[:, -1:]
+    u = (torch.arange(m, dtype=lw.dtype) + torch.rand(n, 1, generator=gen, dtype=lw.dtype)) / m
+    return torch.searchsorted(cum, u.to(lw.device)).clamp_max(s - 1)
+
+
+def _root(parent: torch.Tensor) -> torch.Tensor:
+    """Follow parent links to their roots by pointer jumping: ``log2(M)`` gathers."""
+    for _ in range(max(1, math.ceil(math.log2(parent.shape[-1])) + 1)):
+        nxt = parent.gather(-1, parent)
+        if torch.equal(nxt, parent):
+            break
+        parent = nxt
+    return parent
+
+
+def _merge_pair(state: dict, a: torch.Tensor, b: torch.Tensor, active: torch.Tensor) -> None:
+    """Merge basin ``b`` into basin ``a`` at the points where ``active`` (one pair per point)."""
+    rows = active.nonzero().flatten()
+    a, b = a[rows], b[rows]
+    labels, passes, height = state["labels"], state["passes"], state["height"]
+    labels[rows] = torch.where(labels[rows] == b[:, None], a[:, None], labels[rows])
+    best = torch.maximum(passes[rows, a], passes[rows, b])
+    passes[rows, a] = best
+    passes[rows, :, a] = best
+    passes[rows, b] = -math.inf
+    passes[rows, :, b] = -math.inf
+    passes[rows, a, a] = -math.inf
+    b_higher = height[rows, b] > height[rows, a]
+    state["peak"][rows, a] = torch.where(b_higher, state["peak"][rows, b], state["peak"][rows, a])
+    height[rows, a] = torch.maximum(height[rows, a], height[rows, b])
+    height[rows, b] = -math.inf
+    state["mass"][rows, a] += state["mass"][rows, b]
+    state["mass"][rows, b] = 0.0
+
+
+@torch.no_grad()
+def _modes_chunk(
+    y: torch.Tensor, log_density: torch.Tensor | None, dip: float, min_mass: float, neighbours: int | None
+) -> torch.Tensor:
+    """Labels ``(n, M)`` (by decreasing mass) of equally weighted representatives ``y``, with
+    the posterior's own log density at them when known (a kernel estimate otherwise)."""
+    n, m, k_dim = y.shape
+    if m < 3:
+        return torch.zeros(n, m, dtype=torch.long, device=y.device)
+    rows = torch.arange(n, device=y.device)
+    y = y.float()  # distances and densities in single precision: half the time, ample accuracy
+    dist = torch.cdist(y, y)  # (n, M, M)
+    kk = min(m - 1, neighbours or max(5, int(NEIGHBOURS * m)))
+    nn_dist, nn_idx = dist.topk(min(m, 2 * kk + 1), dim=-1, largest=False)  # the graph (self first)
+    tiny = 1e-9 * (1 + y.abs().amax((1, 2)))[:, None]  # guards against identical draws
+    h0 = torch.maximum(nn_dist[..., kk], tiny).median(-1, keepdim=True).values  # (n, 1)
+    # sample-point bandwidths by Abramson's square-root law, h_j = h0 (f(z_j) / g)^(-1/2),
+    # with the pilot density f ~ r(z_j)^(-K) from the distance r to the PILOT-th neighbour
+    # (few, so that a light but narrow mode is not mistaken for a sparse region) and g its
+    # geometric mean: narrow kernels in dense modes, wide ones in sparse tails
+    r_p = torch.maximum(nn_dist[..., min(PILOT, kk)], tiny).log()
+    h = h0 * torch.exp(0.5 * k_dim * (r_p - r_p.mean(-1, keepdim=True))).clamp(0.25, 4.0)  # (n, M)
+    d2 = dist.square_() if log_density is None else None
+    if log_density is None:
+        hj = h[:, None, :]
+        dens = torch.logsumexp(d2.mul_(-0.5 / hj.square()).sub_(k_dim * hj.log()), -1)  # (n, M)
+    else:
+        dens = log_density.float()
+    del dist, d2
+    # the neighbourhood graph: the 2k nearest neighbours within reach
+    h_nb = h.gather(1, nn_idx.reshape(n, -1)).reshape(nn_idx.shape)
+    reach = nn_dist <= REACH * torch.minimum(h[:, :, None], h_nb)
+    d_nb = dens.gather(1, nn_idx.reshape(n, -1)).reshape(nn_idx.shape)  # (n, M, L)
+    idx = torch.arange(m, device=y.device)
+    # quick shift: link to the nearest neighbour of higher density (ties by index)
+    higher = (d_nb > dens[..., None]) | ((d_nb == dens[..., None]) & (nn_idx < idx[:, None]))
+    first = (higher & reach).float().argmax(-1)  # neighbours are sorted by distance
+    has = (higher & reach).any(-1)
+    parent = torch.where(has, nn_idx.gather(-1, first[..., None])[..., 0], idx.expand(n, m))
+    root = _root(parent)
+    # compact basin ids 0..r-1 per point
+    is_root = root == idx
+    r = int(is_root.sum(-1).max())
+    rid = (is_root.long().cumsum(-1) - 1).clamp_min(0)
+    labels = rid.gather(-1, root)
+    peak = torch.zeros(n, r, dtype=torch.long, device=y.device)  # representative at each peak
+    root_rows, root_cols = is_root.nonzero(as_tuple=True)
+    peak[root_rows, rid[root_rows, root_cols]] = root_cols
+    height = torch.full((n, r), -math.inf, dtype=y.dtype, device=y.device)
+    height.scatter_reduce_(1, labels, dens, "amax")
+    mass = torch.zeros(n, r, dtype=y.dtype, device=y.device)
+    mass.scatter_add_(1, labels, torch.full_like(dens, 1.0 / m))
+    # passes between basins: the best min-density edge of the graph between them
+    edge = torch.minimum(dens[..., None], d_nb).masked_fill(~reach, -math.inf)
+    l_nb = labels.gather(1, nn_idx.reshape(n, -1)).reshape(nn_idx.shape)
+    pair = (labels[..., None] * r + l_nb).reshape(n, -1)
+    passes = torch.full((n, r * r), -math.inf, dtype=y.dtype, device=y.device)
+    passes = passes.scatter_reduce_(1, pair, edge.reshape(n, -1), "amax").reshape(n, r, r)
+    passes = torch.maximum(passes, passes.transpose(1, 2))  # kNN graphs are not symmetric
+    passes = passes.masked_fill(torch.eye(r, dtype=torch.bool, device=y.device), -math.inf)
+    state = {"labels": labels, "passes": passes, "height": height, "mass": mass, "peak": peak}
+    # 1. persistence: merge the least separated pair while its pass >= dip * lower peak
+    for _ in range(r - 1):
+        lower = torch.minimum(height[:, :, None], height[:, None, :])
+        ratio = (passes - lower).nan_to_num(nan=-math.inf)  # log(pass / lower peak)
+        top, arg = ratio.reshape(n, -1).max(-1)
+        active = top >= math.log(dip)
+        if not bool(active.any()):
+            break
+        i, j = arg // r, arg % r
+        keep_i = height[rows, i] >= height[rows, j]
+        _merge_pair(state, torch.where(keep_i, i, j), torch.where(keep_i, j, i), active)
+    # 2. light basins join the basin they have the highest pass to (the nearest peak if none)
+    for _ in range(r - 1):
+        alive = mass > 0
+        light = alive & (mass < min_mass)
+        active = light.any(-1) & (alive.sum(-1) > 1)
+        if not bool(active.any()):
+            break
+        b = mass.masked_fill(~light, math.inf).argmin(-1)
+        pb = passes[rows, b].masked_fill(~alive, -math.inf)
+        peaks = y.gather(1, state["peak"][..., None].expand(-1, -1, y.shape[-1]))  # (n, r, K)
+        d = (peaks - peaks[rows, b][:, None, :]).norm(dim=-1).masked_fill(~alive, math.inf)
+        d[rows, b] = math.inf
+        a = torch.where(torch.isfinite(pb).any(-1), pb.argmax(-1), d.argmin(-1))
+        _merge_pair(state, a, b, active)
+    # 3. number the modes by decreasing mass
+    order = torch.argsort(mass, dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(r, device=y.device).expand(n, r).clone())
+    return rank.gather(1, labels)
 
 
 @torch.no_grad()
@@ -31,102 +206,117 @@ def find_modes(
     draws: torch.Tensor,
     log_weights: torch.Tensor | None = None,
     *,
-    max_draws: int = 400,
+    log_density: torch.Tensor | None = None,
+    max_draws: int = MAX_DRAWS,
     k: int | None = None,
-    dip: float = 0.5,
-    min_mass: float = 0.02,
-    iterations: int = 50,
+    dip: float = DIP,
+    min_mass: float = MIN_MASS,
     seed: int = 0,
+    chunk: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mode labels of one point's posterior draws.
+    """The modes of one posterior (draws ``(S, K)``) or of ``N`` posteriors (``(N, S, K)``).
 
-    :param draws: ``(S, K)`` draws; ``log_weights`` ``(S,)`` their (unnormalised) log weights.
-    :returns: ``(centres, labels)``: ``centres`` ``(M, K)`` are draws that represent the modes
-        (a weighted resample of at most ``max_draws``), ``labels`` ``(M,)`` their mode index
-        ``0..n_modes-1`` by decreasing mass. :func:`mode_masses` gives masses.
+    :param log_weights: ``(S,)`` or ``(N, S)`` (unnormalised) log weights of the draws;
+        equal weights when ``None``.
+    :param log_density: ``(S,)`` or ``(N, S)``: the posterior's log density at the draws, up
+        to a constant per posterior (``log p(x, z)``). Basins and passes are then those of the
+        posterior itself; without it they are those of a kernel density estimate of the draws.
+    :param max_draws: the number ``M`` of representatives per posterior.
+    :param k: neighbour rank for the bandwidth (default ``M / 10``).
+    :param dip: two basins are one mode unless the density between them falls below ``dip``
+        times the lower peak.
+    :param min_mass: basins lighter than this join a neighbour.
+    :returns: ``(centres, labels)``: ``centres`` ``([N,] M, K)`` are the representatives and
+        ``labels`` ``([N,] M)`` their modes, numbered ``0..n_modes-1`` by decreasing mass. Pass
+        them to :func:`assign` and :func:`mode_masses`.
     """
-    s = draws.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    if log_weights is None:
-        log_weights = torch.zeros(s, dtype=torch.float64, device=draws.device)
-    probs = torch.softmax(log_weights.double(), 0)
-    if s > max_draws:
-        # resample by weight, so that the sub-sample carries the mass with equal weights
-        idx = torch.multinomial(probs.float().cpu(), max_draws, replacement=True, generator=gen)
-        pts = draws[idx.to(draws.device)].double()
-        w = torch.full((max_draws,), 1.0 / max_draws, dtype=torch.float64, device=draws.device)
-    else:
-        keep = probs > 0
-        pts, w = draws[keep].double(), probs[keep] / probs[keep].sum()
-    m = pts.shape[0]
-    if m <= 2:
-        return pts.to(draws.dtype), torch.zeros(m, dtype=torch.long, device=pts.device)
-    dist = torch.cdist(pts, pts)
-    kk = min(m - 1, k or max(5, m // 20))
-    h = float(dist.topk(kk + 1, largest=False).values[:, -1].median().clamp_min(1e-9))
-    y = pts.clone()
-    for _ in range(iterations):
-        kern = torch.exp(-0.5 * torch.cdist(y, pts).pow(2) / h**2) * w
-        new = kern @ pts / kern.sum(-1, keepdim=True).clamp_min(1e-300)
-        done = (new - y).norm(dim=-1).max() < 1e-4 * h
-        y = new
-        if done:
-            break
-    # peaks: converged points within one bandwidth are the same peak
-    labels = torch.full((m,), -1, dtype=torch.long, device=pts.device)
-    peaks = []
-    for i in range(m):
-        if labels[i] >= 0:
-            continue
-        close = ((y - y[i]).norm(dim=-1) < h) & (labels < 0)
-        labels[close] = len(peaks)
-        peaks.append(y[close].mean(0))
-    peaks = torch.stack(peaks)
-    height = _kde(peaks, pts, w, h)
-    # peaks with no valley between them are one mode
-    t = torch.linspace(0, 1, 12, dtype=pts.dtype, device=pts.device)[1:-1, None]
-    for a in range(len(peaks)):
-        for b in range(a + 1, len(peaks)):
-            if not ((labels == a).any() and (labels == b).any()):
-                continue
-            line = peaks[a] + t * (peaks[b] - peaks[a])
-            if _kde(line, pts, w, h).min() >= dip * min(height[a], height[b]):
-                labels = _merge(labels, a, b)
-    labels = torch.unique(labels, return_inverse=True)[1]
-    masses = torch.zeros(int(labels.max()) + 1, dtype=w.dtype, device=w.device).index_add_(0, labels, w)
-    heavy = masses >= min_mass
-    if heavy.any() and not heavy.all():
-        heavy_draw = heavy[labels]
-        nearest = dist[:, heavy_draw].argmin(-1)
-        labels = torch.where(heavy_draw, labels, labels[heavy_draw][nearest])
-        labels = torch.unique(labels, return_inverse=True)[1]
-        masses = torch.zeros(int(labels.max()) + 1, dtype=w.dtype, device=w.device).index_add_(0, labels, w)
-    order = torch.argsort(masses, descending=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device)
-    return pts.to(draws.dtype), rank[labels]
+    if not 0 < dip <= 1:
+        raise UsageError(f"dip={dip!r} is not allowed; expected a number in (0, 1]")
+    if not 0 <= min_mass < 1:
+        raise UsageError(f"min_mass={min_mass!r} is not allowed; expected a number in [0, 1)")
+    if max_draws < 3:
+        raise UsageError(f"max_draws={max_draws!r} is not allowed; expected an integer >= 3")
+    z, lw, single = _as_batch(draws, log_weights)
+    ld = None
+    if log_density is not None:
+        ld = torch.as_tensor(log_density, device=z.device).double()
+        ld = ld.unsqueeze(0) if single else ld
+        if ld.shape != z.shape[:2]:
+            raise UsageError(f"log_density has shape {tuple(ld.shape)}; expected {tuple(z.shape[:2])}")
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = _representatives(lw, max_draws, gen)
+    if idx is not None:
+        z = z.gather(1, idx[..., None].expand(-1, -1, z.shape[-1]))
+        ld = None if ld is None else ld.gather(1, idx)
+    labels = torch.cat(
+        [
+            _modes_chunk(z[i : i + chunk], None if ld is None else ld[i : i + chunk], dip, min_mass, k)
+            for i in range(0, z.shape[0], chunk)
+        ]
+    )
+    y = z
+    centres = y.to(draws.dtype)
+    return (centres[0], labels[0]) if single else (centres, labels)
 
 
 @torch.no_grad()
-def assign(samples: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mode label of each row of ``samples`` ``(S, K)``: that of its nearest centre."""
-    d = torch.cdist(samples.double(), centres.double())
-    return labels[d.argmin(-1)]
+def assign(
+    samples: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor, chunk: int = 64
+) -> torch.Tensor:
+    """Mode label of each sample, that of its nearest centre: ``(S, K) -> (S,)`` for one
+    posterior, ``(N, S, K) -> (N, S)`` for ``N``."""
+    single = samples.dim() == 2
+    s = samples.unsqueeze(0) if single else samples
+    c = centres.unsqueeze(0) if centres.dim() == 2 else centres
+    lab = labels.unsqueeze(0) if labels.dim() == 1 else labels
+    if s.shape[0] != c.shape[0] or s.shape[-1] != c.shape[-1]:
+        raise UsageError(
+            f"samples of shape {tuple(samples.shape)} do not match centres of shape {tuple(centres.shape)}"
+        )
+    out = []
+    for i in range(0, s.shape[0], chunk):
+        d = torch.cdist(s[i : i + chunk].float(), c[i : i + chunk].float())
+        out.append(lab[i : i + chunk].gather(1, d.argmin(-1)))
+    out = torch.cat(out)
+    return out[0] if single else out
 
 
+@torch.no_grad()
 def mode_masses(
     samples: torch.Tensor,
     centres: torch.Tensor,
     labels: torch.Tensor,
     log_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mass of ``samples`` (weighted by ``log_weights``) on each mode ``(n_modes,)``."""
-    n_modes = int(labels.max()) + 1
+    """Mass of ``samples`` (weighted by ``log_weights``) on each mode of ``(centres, labels)``.
+
+    ``(S, K)`` samples give ``(n_modes,)``; ``(N, S, K)`` give ``(N, n_modes_max)`` with zeros
+    for the modes a point does not have.
+    """
+    single = samples.dim() == 2
     lab = assign(samples, centres, labels)
+    lab = lab.unsqueeze(0) if single else lab
+    n, s = lab.shape
     if log_weights is None:
-        w = torch.full(
-            (samples.shape[0],), 1.0 / samples.shape[0], dtype=torch.float64, device=samples.device
-        )
+        w = torch.full((n, s), 1.0 / s, dtype=torch.float64, device=samples.device)
     else:
-        w = torch.softmax(log_weights.double(), 0)
-    return torch.zeros(n_modes, dtype=torch.float64, device=samples.device).index_add_(0, lab, w)
+        lw = torch.as_tensor(log_weights, device=samples.device).double()
+        w = torch.softmax(lw.unsqueeze(0) if single else lw, -1)
+    n_modes = int(labels.max()) + 1
+    out = torch.zeros(n, n_modes, dtype=torch.float64, device=samples.device).scatter_add_(1, lab, w)
+    return out[0] if single else out
+
+
+def num_modes(labels: torch.Tensor) -> torch.Tensor:
+    """Number of modes per posterior from ``labels`` ``([N,] M)``."""
+    return labels.amax(-1) + 1
+
+
+def reference_modes(ref, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(centres, labels)`` of every point's posterior in a reference
+    (:func:`pyrofail.analysis.reference.reference_posterior`): :func:`find_modes` on its
+    weighted draws, with the posterior's own density at them when the reference stores it."""
+    from pyrofail.analysis.reference import draws, log_density
+
+    z, lw = draws(ref)
+    return find_modes(z, lw, log_density=log_density(ref), **options)

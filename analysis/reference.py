@@ -14,7 +14,9 @@ so that every consumer reads draws through :func:`draws` and never cares how the
     ``z`` [chain, draw, point, latent]: draws, one chain for independent draws.
 ``sample_stats``
     ``log_weight`` [chain, draw, point]: normalised log importance weights of the draws
-    (:math:`\log(1/S)` when unweighted); ``diverging`` [chain, draw, point] for NUTS.
+    (:math:`\log(1/S)` when unweighted); ``lp`` [chain, draw, point]: the log density
+    :math:`\log p(x, z)` at each draw (ArviZ's name for it), which mode finding uses;
+    ``diverging`` [chain, draw, point] for NUTS.
 ``observed_data``
     ``x`` [point, data]: the data points.
 ``marginal``
@@ -24,7 +26,8 @@ so that every consumer reads draws through :func:`draws` and never cares how the
     the grid, weighted draw moments otherwise).
 ``diagnostics``
     per-point diagnostics of the method: ``boundary_mass`` (grid); ``rhat``, ``ess``,
-    ``divergences``, ``pareto_k`` (NUTS).
+    ``divergences``, ``pareto_k``, ``missing_mass``, ``num_modes``, ``mode_mass``
+    [point, mode] (NUTS).
 
 Attributes of the ``posterior`` group record the provenance (method, seed, options, package
 versions), as posteriordb does for its reference posteriors.
@@ -32,6 +35,7 @@ versions), as posteriordb does for its reference posteriors.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -44,6 +48,8 @@ from pyrofail.errors import UsageError
 
 METHODS = ("auto", "grid", "nuts")
 GRID_MAX_K = 2
+GRID_DRAWS = 1000
+NUTS_DRAWS = 2000
 
 
 def _np(t) -> np.ndarray:
@@ -62,6 +68,7 @@ def build_inference_data(
     diagnostics: dict,
     attrs: dict,
     diverging: torch.Tensor | None = None,
+    lp: torch.Tensor | None = None,
 ):
     """Assemble the reference layout above from tensors; ``z`` is ``(chain, draw, N, K)``."""
     import arviz as az
@@ -72,6 +79,9 @@ def build_inference_data(
     if diverging is not None:
         sample_stats["diverging"] = _np(diverging).astype(bool)
         dims["diverging"] = ["point"]
+    if lp is not None:
+        sample_stats["lp"] = _np(lp)
+        dims["lp"] = ["point"]
     idata = az.from_dict(
         posterior={"z": _np(z)},
         sample_stats=sample_stats,
@@ -112,6 +122,7 @@ def _grid_reference(model, x, num_draws: int, seed: int, options: dict):
     post = grid_posterior(model, x, num_draws=num_draws, seed=seed, **options)
     n = x.shape[0]
     z = post.draws.transpose(0, 1).unsqueeze(0)  # (1, S, N, K)
+    lp = _log_joint(model, z[0], x.to(z.dtype))[None]  # (1, S, N)
     log_w = torch.full((1, num_draws, n), -float(np.log(num_draws)), dtype=torch.float64)
     return build_inference_data(
         z=z,
@@ -123,15 +134,30 @@ def _grid_reference(model, x, num_draws: int, seed: int, options: dict):
         cov=post.cov,
         diagnostics={"boundary_mass": post.boundary_mass},
         attrs={**_provenance("grid", seed, options), "mesh": post.mesh_info},
+        lp=lp,
     )
 
 
+@torch.no_grad()
+def _log_joint(model, z: torch.Tensor, x: torch.Tensor, budget: int = 2**18) -> torch.Tensor:
+    """``log p(x_n, z[s, n])`` for draws ``z`` ``(S, N, K)``, in float64, chunked: ``(S, N)``."""
+    work = model if _is_double(model) else copy.deepcopy(model).double()
+    per = max(1, budget // max(1, x.shape[0]))
+    x = x.double()
+    return torch.cat([work.log_joint(z[i : i + per].double(), x) for i in range(0, z.shape[0], per)])
+
+
+def _is_double(model) -> bool:
+    return all(t.dtype == torch.float64 for t in list(model.parameters()) + list(model.buffers()))
+
+
 def reference_posterior(
-    model, x: torch.Tensor, method: str = "auto", *, num_draws: int = 1000, seed: int = 0, **options
+    model, x: torch.Tensor, method: str = "auto", *, num_draws: int | None = None, seed: int = 0, **options
 ):
     """The reference posterior of ``model`` at every row of ``x`` (see the module docstring).
 
-    ``options`` go to the method: for ``"grid"`` those of
+    ``num_draws`` per point defaults to 1000 for the grid (independent draws) and 2000 for NUTS
+    (four chains of 500). ``options`` go to the method: for ``"grid"`` those of
     :func:`pyrofail.analysis.grid.grid_posterior` (``tol``, ``radius``, ...); for ``"nuts"``
     those of :func:`pyrofail.analysis.nuts.nuts_reference`.
     """
@@ -148,9 +174,10 @@ def reference_posterior(
             raise UsageError(
                 f"method='grid' needs latent_dim <= {GRID_MAX_K}, got {model.latent_dim}; use method='nuts'"
             )
-        return _grid_reference(model, x, num_draws, seed, options)
+        return _grid_reference(model, x, GRID_DRAWS if num_draws is None else num_draws, seed, options)
     from pyrofail.analysis.nuts import nuts_reference
 
+    num_draws = NUTS_DRAWS if num_draws is None else num_draws
     return nuts_reference(model, x, num_draws=num_draws, seed=seed, **options)
 
 
@@ -163,6 +190,16 @@ def draws(ref) -> tuple[torch.Tensor, torch.Tensor]:
     z = z.permute(2, 0, 1, 3).reshape(n, c * s, k)
     lw = lw.permute(2, 0, 1).reshape(n, c * s)
     return z.double(), torch.log_softmax(lw.double(), -1)
+
+
+def log_density(ref) -> torch.Tensor | None:
+    """``log p(x, z)`` at the draws, ``(N, S)`` in the order of :func:`draws`, or ``None`` for a
+    reference written before it was stored."""
+    if "lp" not in ref.sample_stats:
+        return None
+    lp = torch.as_tensor(ref.sample_stats["lp"].values).double()  # (C, S, N)
+    c, s, n = lp.shape
+    return lp.permute(2, 0, 1).reshape(n, c * s)
 
 
 def log_marginal(ref) -> tuple[torch.Tensor, torch.Tensor]:
