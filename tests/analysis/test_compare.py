@@ -171,3 +171,24 @@ def test_truth_side_is_left_out_when_latent_dimensions_differ(one_d):
     assert out["mleo"]["mean"] == pytest.approx(
         float((truth.marginal().log_prob(x) - other.marginal().log_prob(x)).mean()), abs=1e-4
     )
+
+
+def test_chosen_points_span_the_score():
+    from pyrofail.analysis.posterior_plots import choose_points
+
+    score = torch.tensor([0.3, 0.9, 0.1, 0.5, 0.7])
+    assert choose_points(score, 3) == [1, 3, 2]  # highest, median, lowest
+    assert choose_points(torch.zeros(2), 4) == [0, 1]  # no repeats
+
+
+def test_posterior_figures_are_written(one_d, tmp_path):
+    from pyrofail.analysis import posterior_plots as pp
+
+    truth, x, ref, _ = one_d
+    guide = ExactPosteriorGuide(truth, scale_factor=1.3)
+    fits = [("exact model, wide guide", truth, guide, ref)]
+    a = pp.posterior_figure(tmp_path / "posterior.png", truth, ref, [0, 5], fits, title="lg")
+    gaps = {"wide guide": torch.rand(30, dtype=torch.float64)}
+    b = pp.pmo_gap_figure(tmp_path / "gap.png", x, gaps, marked=x[[0, 5]], truth=truth, title="lg")
+    for path in (a, b):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
