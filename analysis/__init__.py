@@ -1,5 +1,13 @@
-"""Measure learned guides and generative models against the truth (``pyrofail.analysis``)."""
+"""Measure learned guides and generative models against the truth (``pyrofail.analysis``).
+
+The entry points: :func:`reference_posterior` (the exact or NUTS posterior of any model),
+:func:`compare` (a guide and its model against it, and against the ground truth) and
+:func:`diagnose` (which failure condition of Yacoby et al. 2020 is at work).
+"""
 
 from pyrofail.analysis import bounds
+from pyrofail.analysis.compare import compare
+from pyrofail.analysis.diagnose import diagnose
+from pyrofail.analysis.reference import reference_posterior
 
-__all__ = ["bounds"]
+__all__ = ["bounds", "compare", "diagnose", "reference_posterior"]

@@ -175,3 +175,75 @@ def guides_compared(results: list[dict]) -> str | None:
             text += (";" if wins else "") + " ties with " + " and ".join(ties)
         lines.append(text + ".")
     return "\n".join(lines) + "\n" if lines else None
+
+
+# ----------------------------------------------------------------------------------------
+# posterior bias and diagnosis (the posterior stage of a run)
+
+
+def _num(value, digits: int = 3) -> str:
+    """A number from a record (JSON turns infinities into "inf"/"-inf" strings)."""
+    if value is None:
+        return "—"
+    v = float(value)
+    if v != v:
+        return "—"
+    if v in (float("inf"), float("-inf")):
+        return "∞" if v > 0 else "−∞"
+    return f"{v:.{digits}f}"
+
+
+def posterior_table(records: dict) -> str:
+    """Posterior bias of every job's guide against its own model's reference posterior."""
+    head = (
+        "| job | reference | points | ELBO | log p(x) | PMO gap = KL(q‖p) | KL(p‖q) | best MFG KL* "
+        "| mode-mass error | energy distance | PSIS k̂ median (share > thr) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for job, rec in records.items():
+        if "skipped" in rec:
+            rows.append(f"| {job} | skipped: {rec['skipped']} |" + " |" * 9)
+            continue
+        m = rec["model"]["mean"]
+        best = rec.get("best_mean_field")
+        rows.append(
+            f"| {job} | {rec['reference_method']} | {rec['n_points']} | {_num(m['elbo'])} "
+            f"| {_num(m['log_px'])} | {_num(m['pmo_gap'])} | {_num(m['forward_kl'])} "
+            f"| {_num(best['mean'] if best else None)} | {_num(m['mode_mass_error'])} "
+            f"| {_num(m['energy_distance'])} | {_num(m['pareto_k_median'], 2)} "
+            f"({_num(m['pareto_k_bad_share'], 2)} > {_num(m['pareto_k_threshold'], 2)}) |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def truth_table(records: dict) -> str:
+    """Every job's guide and model against the ground truth's posterior (where K agrees)."""
+    head = (
+        "| job | KL(q‖p_GT) | KL(p_GT‖q) | mode-mass error | energy distance | posterior shift "
+        "| MLEO |\n|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for job, rec in records.items():
+        if "skipped" in rec:
+            continue
+        t = (rec.get("truth") or {}).get("mean") or {}
+        rows.append(
+            f"| {job} | {_num(t.get('pmo_gap'))} | {_num(t.get('forward_kl'))} "
+            f"| {_num(t.get('mode_mass_error'))} | {_num(t.get('energy_distance'))} "
+            f"| {_num(t.get('posterior_shift'))} | {_fmt(rec['mleo']['mean'], rec['mleo']['stderr'])} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def diagnosis_markdown(diagnoses: dict) -> str:
+    """The diagnosis of every process: the sentences and the guidelines that apply."""
+    lines = []
+    for name, d in diagnoses.items():
+        lines.append(f"### {name}: {d['failure']}")
+        lines.append("")
+        lines += [f"- {s}" for s in d["sentences"]]
+        for g in d.get("guidelines", []):
+            lines.append(f"- Guideline (Yacoby et al. 2020): {g}")
+        lines.append("")
+    return "\n".join(lines)

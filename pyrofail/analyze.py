@@ -132,6 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="learn the noise scale instead of fixing it (starting at --noise-scale)",
     )
+    p.add_argument(
+        "--reference",
+        metavar="METHOD",
+        help="reference posterior for the posterior-bias tables and the diagnosis, computed after "
+        "the fits: 'grid' (exact quadrature, K <= 2), 'nuts' (any K) or 'auto' (the grid where it "
+        "applies) (default: auto)",
+    )
+    p.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the reference posteriors, the posterior-bias tables, the diagnosis and the "
+        "posterior figures",
+    )
+    p.add_argument(
+        "--reference-points",
+        type=int,
+        metavar="N",
+        help="test points at which references are computed and guides compared (default: 300, "
+        "or all test points if fewer); the PMO-gap map uses every test point",
+    )
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<preset>-<time>)")
     p.add_argument(
         "--resume",
@@ -168,6 +188,9 @@ _RUN_OPTIONS = {
     "init": "init",
     "learn_noise": "learn_noise",
     "noise_scale": "noise_scale",
+    "reference": "reference",
+    "reference_points": "reference_points",
+    "no_reference": "reference",
 }
 
 
@@ -176,9 +199,15 @@ def resolve(args: argparse.Namespace) -> dict:
     given = vars(args)
     options = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[args.preset].items()}
     options["objective_options"] = {k: dict(v) for k, v in options["objective_options"].items()}
+    from pyrofail.sweep import DEFAULT_REFERENCE_POINTS
+
+    options.setdefault("reference", "auto")
+    options.setdefault("reference_points", DEFAULT_REFERENCE_POINTS)
+    if "no_reference" in given and "reference" in given:
+        raise UsageError("--reference and --no-reference exclude each other; give one of them")
     for flag, key in _RUN_OPTIONS.items():
         if flag in given:
-            options[key] = given[flag]
+            options[key] = None if flag == "no_reference" else given[flag]
     if "lr" in given:  # an explicit --lr applies to every guide, over the preset's table
         options["lr_by_guide"] = {}
     if "num_particles" in given:
@@ -190,6 +219,9 @@ def resolve(args: argparse.Namespace) -> dict:
 
 def validate(options: dict) -> None:
     """Raise :class:`UsageError` naming the first bad option."""
+    from pyrofail.analysis.reference import GRID_MAX_K, METHODS
+    from pyrofail.sweep import DEFAULT_REFERENCE_POINTS
+
     for kind, key in (("model", "model"), ("guide", "guide"), ("objective", "objective")):
         for name in options[key]:
             check_choice(kind, name, zoo.names(kind))
@@ -212,6 +244,15 @@ def validate(options: dict) -> None:
             raise UsageError(f"--device {options['device']}: CUDA is not available here; use cpu")
     elif options["device"] != "cpu":
         raise UsageError(f"--device {options['device']!r} is not allowed; use cpu or cuda[:N]")
+    method = options.get("reference", "auto")
+    if method is not None:
+        check_choice("reference method", method, METHODS)
+        check_positive_int("--reference-points", options.get("reference_points", DEFAULT_REFERENCE_POINTS))
+        if method == "grid" and max(options["latent_dim"]) > GRID_MAX_K:
+            raise UsageError(
+                f"--reference grid needs latent dimensions <= {GRID_MAX_K}, but --latent-dim has "
+                f"{max(options['latent_dim'])}; use --reference auto or nuts"
+            )
     for key in ("model", "latent_dim", "guide", "objective"):
         if len(set(options[key])) != len(options[key]):
             raise UsageError(f"--{key.replace('_', '-')} lists a value twice: {options[key]}")
@@ -286,7 +327,7 @@ def main(argv=None) -> int:
 
 def _run(options: dict, run: Path, workers: int, quiet: bool) -> int:
     from pyrofail.analysis import report
-    from pyrofail.sweep import expand, run_jobs
+    from pyrofail.sweep import expand, run_jobs, run_posterior
 
     run.mkdir(parents=True, exist_ok=True)
     jobs = expand(options)
@@ -316,15 +357,20 @@ def _run(options: dict, run: Path, workers: int, quiet: bool) -> int:
         for r in results
     }
     checks = report.table1_checks(results)
-    atomic_write_json(
-        run / "metrics.json",
-        {
-            "jobs": summary,
-            "failed": failed,
-            "table1_checks": [{"claim": c, "holds": h, "numbers": n} for c, h, n in checks],
-        },
-    )
-    text = _report_markdown(options, results, checks, failed)
+    posterior = run_posterior(results, run, options, progress=not quiet) if results else None
+    metrics = {
+        "jobs": summary,
+        "failed": failed,
+        "table1_checks": [{"claim": c, "holds": h, "numbers": n} for c, h, n in checks],
+    }
+    if posterior is not None:
+        metrics["posterior"] = {
+            "settings": posterior["settings"],
+            "jobs": {job: _posterior_summary(rec) for job, rec in posterior["jobs"].items()},
+        }
+        metrics["diagnosis"] = posterior["diagnoses"]
+    atomic_write_json(run / "metrics.json", metrics)
+    text = _report_markdown(options, results, checks, failed, posterior)
     atomic_write_text(run / "report.md", text)
     print(report.results_table(results))
     t1 = report.table1(results, PAPER_TABLE1)
@@ -332,6 +378,9 @@ def _run(options: dict, run: Path, workers: int, quiet: bool) -> int:
         print(t1)
     if checks:
         print(report.checks_markdown(checks))
+    if posterior is not None:
+        print(report.posterior_table(posterior["jobs"]))
+        print(report.diagnosis_markdown(posterior["diagnoses"]))
     print(f"report: {run / 'report.md'}")
     for job, reason in failed.items():
         print(f"{PROG}: job {job} failed: {reason}", file=sys.stderr)
@@ -344,7 +393,23 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def _report_markdown(options, results, checks, failed=None) -> str:
+def _posterior_summary(record: dict) -> dict:
+    """A job's posterior record without its per-point values (those stay in the job folder)."""
+    if "skipped" in record:
+        return {"skipped": record["skipped"]}
+    out = {
+        "reference_method": record["reference_method"],
+        "n_points": record["n_points"],
+        "model": record["model"]["mean"],
+        "truth": None if record["truth"] is None else record["truth"]["mean"],
+        "mleo": {k: record["mleo"][k] for k in ("mean", "stderr")},
+    }
+    best = record.get("best_mean_field")
+    out["best_mean_field"] = None if best is None else {k: best[k] for k in ("mean", "share_hard")}
+    return out
+
+
+def _report_markdown(options, results, checks, failed=None, posterior=None) -> str:
     from pyrofail.analysis import report
 
     lines = [
@@ -387,7 +452,41 @@ def _report_markdown(options, results, checks, failed=None) -> str:
     compared = report.guides_compared(results)
     if compared:
         lines += ["## Guides compared", "", "Highest test log p(x) per model, K and objective.", "", compared]
+    if posterior is not None:
+        settings = posterior["settings"]
+        lines += [
+            "## Posterior bias",
+            "",
+            f"Each guide against the reference posterior of its own model at the first "
+            f"{settings['points']} test points, or all of them if fewer (`points`; "
+            f"`--reference {settings['method']}`, {settings['draws']} draws per point). ELBO and "
+            "log p(x): means over the points; PMO "
+            "gap: log p(x) − ELBO, the reverse KL(q‖p); KL(p‖q): the forward KL from the "
+            "reference draws; best MFG KL*: the smallest reverse KL any mean-field Gaussian reaches "
+            "per point (what a perfect, non-amortized mean-field encoder would pay; the PMO gap "
+            "minus it is the price of amortization and training); mode-mass error: total variation "
+            "between the masses q and p put on the modes of p; energy distance: 2E‖Y−Z‖ − E‖Y−Y′‖ − "
+            "E‖Z−Z′‖, zero only when q = p (Gneiting & Raftery 2007); PSIS k̂: Pareto shape of the "
+            "importance weights p/q (Vehtari et al. 2024), median and share of points above the "
+            "threshold where importance sampling from the guide fails.",
+            "",
+            report.posterior_table(posterior["jobs"]),
+            "Against the ground truth's posterior p_GT(z|x) at the same points (jobs at the true "
+            "K): the same quantities for the guide; posterior shift: the energy distance between "
+            "the learned model's posterior p_θ(z|x) and the truth's (how far the latent space "
+            "moved); MLEO: mean of log p_GT(x) − log p_θ(x) (± its standard error).",
+            "",
+            report.truth_table(posterior["jobs"]),
+            "## Diagnosis",
+            "",
+            "The failure conditions of Yacoby, Pan & Doshi-Velez (2020), decided from the numbers "
+            "above (`pyrofail.analysis.diagnose`).",
+            "",
+            report.diagnosis_markdown(posterior["diagnoses"]),
+        ]
     lines += ["## Figures", ""]
+    for f in (posterior or {}).get("figures", []):
+        lines.append(f"![{Path(f).stem}]({f})")
     for r in results:
         for f in r["figures"]:
             lines.append(f"![{r['job']} {Path(f).stem}](jobs/{r['job']}/{f})")

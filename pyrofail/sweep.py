@@ -24,6 +24,10 @@ from pyrofail.fit import fit
 from pyrofail.runs import RUN_FORMAT, atomic_torch_save, atomic_write_json, read_json
 
 AXES = ("model", "latent_dim", "guide", "objective")
+# Options of the posterior stage (after the jobs; see run_posterior): not part of a job.
+REFERENCE_OPTIONS = ("reference", "reference_points")
+REFERENCE_DRAWS = 500  # reference draws per point: enough for the mode finder and the figures
+DEFAULT_REFERENCE_POINTS = 300  # a few hundred points keep the stage to seconds per job
 
 
 def job_id(config: dict) -> str:
@@ -36,7 +40,8 @@ def expand(options: dict) -> list[dict]:
     axes = [options[a] if isinstance(options[a], (list, tuple)) else [options[a]] for a in AXES]
     jobs = []
     for model, k, guide, objective in itertools.product(*axes):
-        cfg = {key: value for key, value in options.items() if key not in AXES}
+        # the posterior stage's options do not change a fit: they stay out of the job's config
+        cfg = {k: v for k, v in options.items() if k not in AXES and k not in REFERENCE_OPTIONS}
         cfg.update(model=model, latent_dim=int(k), guide=guide, objective=objective)
         cfg["guide_options"] = dict(options.get("guide_options", {}).get(guide, {}))
         cfg["objective_options"] = dict(options.get("objective_options", {}).get(objective, {}))
@@ -188,3 +193,339 @@ def _bar(enabled: bool, total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="jobs", unit="job", dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------
+# The posterior stage: after the jobs, their guides and models against reference posteriors
+#
+# It reads finished job folders only, so the jobs stay independent, and it is resumable:
+#   truth/<model>/reference.nc      the ground truth's reference posterior at the analysis points
+#   truth/<model>/hardness.json     KL* of the best mean-field Gaussian per point (Cx1)
+#   jobs/<job>/reference.nc         the learned model's reference posterior at the same points
+#   jobs/<job>/posterior.json       compare() against both, KL* of the learned model, the PMO
+#                                   gap at every test point; written last: its presence means done
+# The analysis points are the first `reference_points` test points of the job's data.
+
+
+def reference_settings(options: dict) -> dict | None:
+    """The posterior stage's settings of a run (``None`` with ``--no-reference``)."""
+    method = options.get("reference", "auto")
+    if method is None:
+        return None
+    return {
+        "method": method,
+        "points": int(options.get("reference_points", DEFAULT_REFERENCE_POINTS)),
+        "draws": REFERENCE_DRAWS,
+        "seed": int(options["seed"]),
+    }
+
+
+def load_job(folder: str | os.PathLike):
+    """``(config, truth, model, guide)`` of a finished job, rebuilt from its ``config.json``
+    the way :func:`pyrofail.fit.fit` builds them, with the saved state dicts (loaded with
+    ``weights_only=True``)."""
+    from pyrofail.models import LatentGaussian
+    from pyrofail.nn import MLP
+
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    truth = zoo.model(config["model"])
+    k, d = int(config["latent_dim"]), truth.data_dim
+    hidden = tuple(config["hidden"])
+    activation = config.get("activation", "leaky_relu")
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave no trace
+        noise = config.get("noise_scale") or float(truth.noise_scale)
+        model = LatentGaussian(
+            MLP((k, *hidden, d), activation), k, d, noise, learn_noise=bool(config["learn_noise"])
+        )
+        guide = zoo.guide(
+            config["guide"],
+            latent_dim=k,
+            data_dim=d,
+            hidden=hidden,
+            activation=activation,
+            **config.get("guide_options", {}),
+        )
+    for module, name in ((model, "model.pt"), (guide, "guide.pt")):
+        try:
+            state = torch.load(folder / name, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UsageError(f"{folder / name} does not exist; the job has not finished") from None
+        except Exception as e:  # noqa: BLE001 - any unpickling failure: not our checkpoint
+            raise UsageError(f"{folder / name} is not a state dict ({type(e).__name__})") from None
+        module.load_state_dict(state)
+    return config, truth, model.eval(), guide.eval()
+
+
+def analysis_points(config: dict, points: int):
+    """``(x_ref, x_test)``: the first ``points`` test points and all of them, as float64."""
+    truth = zoo.model(config["model"])
+    splits = make_splits(truth, config["n_train"], config["n_val"], config["n_test"], seed=config["seed"])
+    x = splits.test.x.double()
+    return x[: min(points, x.shape[0])], x
+
+
+def _reference_or_reason(model, x, settings: dict):
+    """The reference posterior, or a sentence saying why it cannot be had here."""
+    from pyrofail.analysis.reference import reference_posterior
+
+    try:
+        return reference_posterior(
+            model, x, settings["method"], num_draws=settings["draws"], seed=settings["seed"]
+        ), None
+    except ImportError:
+        return None, f"the {settings['method']} reference (NUTS) is not available in this installation"
+
+
+def _tensors_to_lists(d: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
+
+
+def truth_stage(model_name: str, config: dict, root: Path, settings: dict) -> dict:
+    """The ground truth's reference and KL* at the analysis points of ``config``'s data
+    (``truth/<model>/``), computed once per process and read back on resume."""
+    from pyrofail.analysis import reference as ref_io
+    from pyrofail.analysis.compare import reference_modes
+    from pyrofail.analysis.diagnose import best_mean_field
+
+    folder = root / "truth" / model_name
+    done = folder / "hardness.json"
+    sizes = {k: config[k] for k in ("n_train", "n_val", "n_test")}
+    key = {"model": model_name, "settings": settings, **sizes}
+    truth = zoo.model(model_name)
+    x_ref, _ = analysis_points(config, settings["points"])
+    if done.exists() and (folder / "reference.nc").exists():
+        record = read_json(done)
+        if record.get("key") == key:
+            return {**record, "reference": ref_io.load(folder / "reference.nc"), "truth": truth, "x": x_ref}
+    ref, reason = _reference_or_reason(truth, x_ref, settings)
+    if ref is None:
+        return {"key": key, "skipped": reason, "truth": truth, "x": x_ref}
+    modes = reference_modes(ref, seed=settings["seed"])
+    best = best_mean_field(truth, x_ref, ref, modes=modes, seed=settings["seed"])
+    ref_io.save(ref, folder / "reference.nc")
+    record = {
+        "key": key,
+        "method": ref_io.method(ref),
+        "best_mean_field": {
+            "mean": best["mean"],
+            "share_hard": best["share_hard"],
+            "hard_kl": best["hard_kl"],
+            "per_point": best["kl"].tolist(),
+        },
+    }
+    atomic_write_json(done, record)
+    return {**record, "reference": ref, "modes": modes, "truth": truth, "x": x_ref}
+
+
+def posterior_job(folder: str | os.PathLike, truth_record: dict, settings: dict) -> dict:
+    """One job's guide and model against the reference posteriors (``posterior.json``)."""
+    from pyrofail.analysis import metrics as m
+    from pyrofail.analysis import reference as ref_io
+    from pyrofail.analysis.compare import compare, reference_modes
+    from pyrofail.analysis.diagnose import best_mean_field
+
+    folder = Path(folder)
+    done = folder / "posterior.json"
+    config = read_json(folder / "config.json")
+    key = {"settings": settings, "job": job_id(config)}
+    if done.exists():
+        record = read_json(done)
+        if record.get("key") == key:
+            return record
+    if "skipped" in truth_record:
+        record = {"key": key, "job": job_id(config), "skipped": truth_record["skipped"]}
+        atomic_write_json(done, record)
+        return record
+    config, truth, model, guide = load_job(folder)
+    model, guide = model.double(), guide.double()
+    x_ref, x_test = analysis_points(config, settings["points"])
+    ref, reason = _reference_or_reason(model, x_ref, settings)
+    if ref is None:
+        record = {"key": key, "job": job_id(config), "skipped": reason}
+        atomic_write_json(done, record)
+        return record
+    seed = settings["seed"]
+    modes = reference_modes(ref, seed=seed)
+    truth_modes = truth_record.get("modes")
+    if truth_modes is None:
+        truth_modes = reference_modes(truth_record["reference"], seed=seed)
+        truth_record["modes"] = truth_modes
+    result = compare(
+        model,
+        guide,
+        x_ref,
+        ref,
+        truth,
+        truth_reference=truth_record["reference"],
+        modes=modes,
+        truth_modes=truth_modes,
+        seed=seed,
+    )
+    best = None
+    if model.latent_dim == truth.latent_dim and model.latent_dim <= 2:
+        best = best_mean_field(model, x_ref, ref, modes=modes, seed=seed)
+    # the PMO gap at every test point, for the map over data space
+    nelbo = m.negative_elbo(model, guide, x_test, num_samples=100, seed=seed)
+    lpx = m.log_marginal(model, x_test, guide=guide, num_samples=1000, seed=seed)["per_point"]
+    pmo_all = lpx.double() + nelbo["per_point"].double()
+    ref_io.save(ref, folder / "reference.nc")
+    record = {
+        "key": key,
+        "job": job_id(config),
+        "reference_method": result["reference_method"],
+        "n_points": result["n_points"],
+        "model": {
+            "mean": result["model"]["mean"],
+            "per_point": _tensors_to_lists(result["model"]["per_point"]),
+        },
+        "truth": None
+        if result["truth"] is None
+        else {
+            "mean": result["truth"]["mean"],
+            "per_point": _tensors_to_lists(result["truth"]["per_point"]),
+        },
+        "mleo": {
+            "mean": result["mleo"]["mean"],
+            "stderr": result["mleo"]["stderr"],
+            "per_point": result["mleo"]["per_point"].tolist(),
+        },
+        "best_mean_field": None
+        if best is None
+        else {
+            "mean": best["mean"],
+            "share_hard": best["share_hard"],
+            "per_point": best["kl"].tolist(),
+            "loc": best["loc"].tolist(),
+            "scale": best["scale"].tolist(),
+        },
+        "pmo_gap_all_test_points": pmo_all.tolist(),
+    }
+    atomic_write_json(done, record)
+    return record
+
+
+def _evidence_side(record: dict) -> dict:
+    truth_side = record.get("truth") or {}
+    return {
+        "label": record["job"],
+        "kl": record["best_mean_field"]["per_point"],
+        "mleo": record["mleo"]["per_point"],
+        "pmo_gap": record["model"]["per_point"]["pmo_gap"],
+        "posterior_shift": (truth_side.get("per_point") or {}).get("posterior_shift"),
+    }
+
+
+def diagnose_process(truth_record: dict, records: list[dict], configs: dict, learn_noise: bool) -> dict:
+    """The diagnosis of one process from its truth record and its jobs' posterior records:
+    the MFG-VAE is the job with the mean-field guide and the ELBO at the true K; the richer
+    fit is, among the other jobs at the true K, the one with the best p(x) (lowest MLEO)."""
+    from pyrofail.analysis.diagnose import conclude, evidence
+
+    if "skipped" in truth_record:
+        return {"failure": "not diagnosed", "sentences": [f"Not diagnosed: {truth_record['skipped']}."]}
+    k_true = truth_record["truth"].latent_dim
+    usable = [
+        r
+        for r in records
+        if "skipped" not in r
+        and configs[r["job"]]["latent_dim"] == k_true
+        and r.get("best_mean_field") is not None
+    ]
+    mfg = [
+        r
+        for r in usable
+        if configs[r["job"]]["guide"] == "mean_field" and configs[r["job"]]["objective"] == "elbo"
+    ]
+    if not mfg:
+        return {
+            "failure": "not diagnosed",
+            "sentences": [
+                f"Not diagnosed: the diagnosis needs a job with the mean_field guide and the elbo "
+                f"objective at the true K = {k_true}."
+            ],
+        }
+    others = sorted((r for r in usable if r is not mfg[0]), key=lambda r: (r["mleo"]["mean"], r["job"]))
+    richer = _evidence_side(others[0]) if others else None
+    truth_kl = truth_record["best_mean_field"]["per_point"]
+    return conclude(evidence(truth_kl, _evidence_side(mfg[0]), richer), learn_noise=learn_noise)
+
+
+def run_posterior(
+    results: list[dict], root: str | os.PathLike, options: dict, progress: bool = False
+) -> dict | None:
+    """The posterior stage of a run (module comment above): per process the truth's
+    reference and KL*, per job :func:`posterior_job`, per process the diagnosis and the
+    figures. Returns ``{"settings", "jobs": {job: record}, "diagnoses": {model: ...},
+    "figures": [paths relative to the run]}``; ``None`` with ``--no-reference``."""
+    from pyrofail.analysis import posterior_plots as pp
+    from pyrofail.analysis import reference as ref_io
+
+    settings = reference_settings(options)
+    if settings is None:
+        return None
+    root = Path(root)
+    by_model: dict[str, list[dict]] = {}
+    for r in results:
+        by_model.setdefault(r["config"]["model"], []).append(r)
+    out = {"settings": settings, "jobs": {}, "diagnoses": {}, "figures": []}
+    for name, group in by_model.items():
+        say = _say(progress)
+        say(f"posterior: {name}: ground-truth reference ({settings['method']})")
+        truth_record = truth_stage(name, group[0]["config"], root, settings)
+        records = []
+        for r in group:
+            say(f"posterior: {r['job']}")
+            records.append(posterior_job(root / "jobs" / r["job"], truth_record, settings))
+        configs = {r["job"]: r["config"] for r in group}
+        for rec in records:
+            out["jobs"][rec["job"]] = rec
+        learn_noise = bool(options.get("learn_noise"))
+        out["diagnoses"][name] = diagnose_process(truth_record, records, configs, learn_noise)
+        if "skipped" in truth_record:
+            continue
+        # figures: posteriors at points spread over the truth's KL*, and the PMO gap map
+        picks = pp.choose_points(truth_record["best_mean_field"]["per_point"])
+        fits = []
+        k_true = truth_record["truth"].latent_dim
+        for rec in records:
+            if "skipped" in rec or configs[rec["job"]]["latent_dim"] != k_true:
+                continue
+            folder = root / "jobs" / rec["job"]
+            _, _, model, guide = load_job(folder)
+            fits.append((rec["job"], model, guide, ref_io.load(folder / "reference.nc")))
+        figures = root / "figures"
+        if fits:
+            path = pp.posterior_figure(
+                figures / f"posterior-{name}.png",
+                truth_record["truth"],
+                truth_record["reference"],
+                picks,
+                fits,
+                title=name,
+            )
+            out["figures"].append(str(path.relative_to(root)))
+        gaps = {rec["job"]: rec["pmo_gap_all_test_points"] for rec in records if "skipped" not in rec}
+        if gaps:
+            _, x_test = analysis_points(group[0]["config"], settings["points"])
+            marked = truth_record["x"][torch.as_tensor(picks)]
+            path = pp.pmo_gap_figure(
+                figures / f"pmo-gap-{name}.png",
+                x_test,
+                gaps,
+                marked=marked,
+                truth=truth_record["truth"],
+                title=name,
+            )
+            out["figures"].append(str(path.relative_to(root)))
+    return out
+
+
+def _say(enabled: bool):
+    import sys
+
+    def say(text: str) -> None:
+        if enabled:
+            print(text, file=sys.stderr)
+
+    return say

@@ -40,9 +40,74 @@ def test_same_seed_gives_byte_identical_metrics(tiny_run, tmp_path):
     assert (again / "metrics.json").read_bytes() == (tiny_run / "metrics.json").read_bytes()
 
 
+def test_default_run_has_the_posterior_stage(tiny_run):
+    from pyrofail.analysis import reference
+
+    for name in ("truth/figure8/reference.nc", "truth/figure8/hardness.json"):
+        assert (tiny_run / name).is_file(), name
+    for name in ("posterior-figure8.png", "pmo-gap-figure8.png"):
+        assert (tiny_run / "figures" / name).read_bytes()[:4] == b"\x89PNG", name
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["posterior"]["settings"]["method"] == "auto"
+    for job, summary in metrics["posterior"]["jobs"].items():
+        folder = tiny_run / "jobs" / job
+        record = json.loads((folder / "posterior.json").read_text())
+        assert summary["n_points"] == 100 == len(record["model"]["per_point"]["pmo_gap"])  # all 100
+        assert len(record["pmo_gap_all_test_points"]) == 100
+        ref = reference.load(folder / "reference.nc")
+        assert reference.method(ref) == "grid" and reference.draws(ref)[0].shape[:2] == (100, 500)
+        # the per-job PMO gap of the posterior stage is the job's own, up to Monte Carlo error
+        job_metrics = metrics["jobs"][job]["metrics"]
+        assert summary["model"]["pmo_gap"] == pytest.approx(job_metrics["pmo_gap"], rel=0.05, abs=0.1)
+    diagnosis = metrics["diagnosis"]["figure8"]
+    assert diagnosis["failure"] in ("data distribution", "latent space", "none", "undetermined")
+    assert diagnosis["evidence"]["richer"]["label"] == "figure8-K1-mean_field-iwae"
+    report = (tiny_run / "report.md").read_text()
+    for text in (
+        "## Posterior bias",
+        "| figure8-K1-mean_field-elbo | grid | 100 |",
+        "## Diagnosis",
+        "### figure8: ",
+        "- Cx1 (= Cz1) ",
+        "![posterior-figure8](figures/posterior-figure8.png)",
+        "![pmo-gap-figure8](figures/pmo-gap-figure8.png)",
+    ):
+        assert text in report, text
+
+
+def test_no_reference_skips_the_posterior_stage(tmp_path):
+    out = tmp_path / "plain"
+    assert main(TINY + ["--no-reference", "--out", str(out)]) == 0
+    assert not (out / "truth").exists() and not (out / "figures").exists()
+    assert not list(out.glob("jobs/*/posterior.json"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "posterior" not in metrics and "diagnosis" not in metrics
+    assert "## Posterior bias" not in (out / "report.md").read_text()
+    assert json.loads((out / "config.json").read_text())["options"]["reference"] is None
+
+
+def test_reference_options_reach_the_posterior_stage(tmp_path):
+    out = tmp_path / "grid20"
+    argv = TINY + ["--objective", "elbo", "--reference", "grid", "--reference-points", "20"]
+    assert main(argv + ["--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["posterior"]["settings"]["method"] == "grid"
+    assert metrics["posterior"]["jobs"]["figure8-K1-mean_field-elbo"]["n_points"] == 20
+    # no richer fit in the run: p(x) is compared with the ground truth's
+    assert metrics["diagnosis"]["figure8"]["evidence"]["px_cost"]["against"] == "the ground truth"
+    # the options of the posterior stage stay out of the jobs' configs
+    job = json.loads((out / "jobs" / "figure8-K1-mean_field-elbo" / "config.json").read_text())
+    assert "reference" not in job and "reference_points" not in job
+
+
 def test_resume_of_a_finished_run_recomputes_nothing(tiny_run, capsys):
     before = (tiny_run / "metrics.json").read_bytes()
-    stamps = {p: p.stat().st_mtime_ns for p in tiny_run.glob("jobs/*/model.pt")}
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for pattern in ("jobs/*/model.pt", "jobs/*/posterior.json", "jobs/*/reference.nc", "truth/*/*")
+        for p in tiny_run.glob(pattern)
+    }
+    assert len(stamps) == 8
     assert main(["--resume", str(tiny_run), "--quiet"]) == 0
     assert (tiny_run / "metrics.json").read_bytes() == before
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -61,6 +126,10 @@ def test_resume_of_a_finished_run_recomputes_nothing(tiny_run, capsys):
         (["--device", "tpu"], "--device 'tpu' is not allowed"),
         (["--latent-dim", "1,x"], "'1,x' is not a comma-separated list of ints"),
         (["--model", "figure8,figure8"], "--model lists a value twice"),
+        (["--reference", "exact"], "unknown reference method 'exact'; choose one of: auto, grid, nuts"),
+        (["--reference", "grid", "--latent-dim", "3"], "--reference grid needs latent dimensions <= 2"),
+        (["--reference", "grid", "--no-reference"], "--reference and --no-reference exclude each other"),
+        (["--reference-points", "0"], "--reference-points=0 is not allowed"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
@@ -99,6 +168,9 @@ def test_help_documents_every_option(capsys):
         "--preset",
         "--resume",
         "--workers",
+        "--reference",
+        "--no-reference",
+        "--reference-points",
     ):
         assert flag in out
 

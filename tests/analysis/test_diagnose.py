@@ -1,0 +1,235 @@
+"""The failure diagnosis: KL* against closed forms, the verdict logic, and two analytic cases.
+
+The analytic cases use the quadratic process (Example 1 of Yacoby et al.), whose ground-truth
+posteriors all have two modes of equal mass, against two decoders with unimodal posteriors:
+``(Phi(z) / 2)^2`` gives *exactly* the truth's p(x) (u / 2 and |u - 1/2| are both uniform on
+[0, 1/2] for u ~ U(0, 1)): a latent-space failure; ``Phi(z) / 4`` gives a uniform p(x) instead
+of the truth's, whose density grows like 1 / sqrt(x) near 0: a data-distribution failure.
+"""
+
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyrofail import zoo
+from pyrofail.analysis import diagnose
+from pyrofail.analysis.diagnose import (
+    CX1_SHARE,
+    HARD_KL,
+    MARGIN_NATS,
+    _LogJoint,
+    best_mean_field,
+    conclude,
+    evidence,
+)
+from pyrofail.guides.base import AmortizedGuide
+from pyrofail.models import LatentGaussian, LinearGaussian
+from pyrofail.nn import MLP
+
+N = 200  # points of the synthetic evidence
+
+
+def test_thresholds_are_the_stated_ones():
+    assert HARD_KL == pytest.approx(0.10536, abs=1e-5)  # -log 0.9
+    assert CX1_SHARE == pytest.approx(0.0949, abs=1e-4)  # 2 * 0.005 / HARD_KL
+    assert MARGIN_NATS == 0.05
+
+
+# -- KL*: the best mean-field Gaussian per point ---------------------------------------------
+
+
+def test_best_mean_field_of_a_correlated_gaussian_is_the_closed_form():
+    """For N(m, Lambda^-1) the best diagonal Gaussian has mean m and variances 1 / Lambda_ii,
+    and KL* = (sum_i log Lambda_ii - log det Lambda) / 2 (LinearGaussian.mean_field_gap)."""
+    truth = LinearGaussian().double()
+    x = truth.sample(10, seed=0).x.double()
+    out = best_mean_field(truth, x, num_draws=300)
+    post = truth.posterior(x)
+    precision = torch.linalg.inv(post.covariance_matrix[0])
+    gap = torch.full((10,), truth.mean_field_gap(), dtype=torch.float64)
+    assert torch.allclose(out["kl"], gap, atol=1e-6)
+    assert torch.allclose(out["loc"], post.mean, atol=1e-5)
+    assert torch.allclose(out["scale"], precision.diagonal().rsqrt().expand(10, 2), atol=1e-5)
+    assert out["share_hard"] == 1.0  # 0.318 nats: correlated posteriors are hard for mean field
+
+
+def test_best_mean_field_of_a_gaussian_posterior_is_exact():
+    truth = LinearGaussian(latent_dim=1, data_dim=2, noise_scale=0.5, seed=3).double()
+    x = truth.sample(10, seed=0).x.double()
+    out = best_mean_field(truth, x, num_draws=300)
+    assert float(out["kl"].abs().max()) < 1e-8
+    assert out["share_hard"] == 0.0 and out["mean"] < 1e-8
+
+
+def test_best_mean_field_of_two_equal_modes_is_log_two():
+    """Two well-separated modes of mass 1/2: the best Gaussian sits on one and pays log 2 plus
+    the (small) KL to that mode's own shape; a Gaussian over both would pay far more."""
+    truth = zoo.model("quadratic")
+    x = torch.tensor([[0.1], [0.15]], dtype=torch.float64)
+    out = best_mean_field(truth, x, num_draws=500)
+    assert torch.all(out["kl"] >= math.log(2) - 1e-3)
+    assert torch.all(out["kl"] <= math.log(2) + 0.02)
+    z_star = torch.special.ndtri(0.5 + x.sqrt())
+    assert torch.allclose(out["loc"].abs(), z_star, atol=0.01)
+
+
+def test_tabulated_log_joint_matches_the_model():
+    z = torch.linspace(-4, 4, 101, dtype=torch.float64)[:, None]
+    torch.manual_seed(0)
+    mlp = LatentGaussian(MLP((1, 16, 16, 2)), 1, 2, 0.1).double()
+    for model in (zoo.model("figure8").double(), mlp):
+        x = model.sample(7, seed=1).x.double()
+        table = _LogJoint(model)
+        assert table.tabulated
+        exact = model.log_joint(z[:, None, :], x)
+        assert torch.allclose(table(z[:, None, :], x), exact, atol=1e-3, rtol=1e-6)
+
+
+# -- the verdict, from synthetic evidence ----------------------------------------------------
+
+
+def _noisy(value, seed):
+    """``value`` at every point plus noise of mean exactly zero (standard error 0.0007)."""
+    e = 0.01 * torch.randn(N, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return value + (e - e.mean())
+
+
+def _side(label, kl, mleo, pmo=0.3, seed=0):
+    return {"label": label, "kl": _noisy(kl, seed), "mleo": _noisy(mleo, seed + 1), "pmo_gap": _noisy(pmo, 2)}
+
+
+def test_simpler_posteriors_and_worse_px_is_a_data_distribution_failure():
+    ev = evidence(_noisy(0.6, 9), _side("vae", 0.05, 0.30), _side("iwae", 0.5, 0.01, seed=5))
+    out = conclude(ev)
+    assert out["failure"] == "data distribution"
+    assert out["conditions"] == {"Cx1": True, "Cx2": True, "Cz2": False}
+    text = " ".join(out["sentences"])
+    assert "MLEO 0.300 against 0.010 nats" in text and "Cx1 needs 9%" in text and "at 100% of the" in text
+    assert "more flexible variational family" in out["guidelines"][0]
+
+
+def test_simpler_posteriors_and_the_same_px_is_a_latent_space_failure():
+    ev = evidence(_noisy(0.6, 9), _side("vae", 0.05, 0.02), _side("iwae", 0.5, 0.01, seed=5))
+    out = conclude(ev)
+    assert out["failure"] == "latent space"
+    assert out["conditions"] == {"Cx1": True, "Cx2": False, "Cz2": True}
+    assert "latent space" in out["guidelines"][0]
+
+
+def test_no_simplification_is_undetermined():
+    ev = evidence(_noisy(0.6, 9), _side("vae", 0.58, 0.02), _side("iwae", 0.5, 0.01, seed=5))
+    out = conclude(ev)
+    assert out["failure"] == "undetermined"
+    assert out["conditions"] == {"Cx1": True, "Cx2": None, "Cz2": None}
+
+
+def test_easy_true_posteriors_predict_no_failure():
+    ev = evidence(_noisy(0.02, 9), _side("vae", 0.0, 0.30), None)
+    out = conclude(ev)
+    assert out["failure"] == "none" and out["conditions"]["Cx1"] is False
+
+
+def test_an_inconclusive_px_difference_is_undetermined():
+    side = _side("vae", 0.05, 0.0)
+    # 0.04 +- 0.014: below the margin, but not by two standard errors
+    side["mleo"] = torch.cat((torch.full((100,), -0.16), torch.full((100,), 0.24))).double()
+    ev = evidence(_noisy(0.6, 9), side, _side("iwae", 0.5, 0.0, seed=5))
+    out = conclude(ev)
+    assert out["failure"] == "undetermined"
+    assert "cannot be told from" in " ".join(out["sentences"])
+
+
+def test_differences_inside_the_margin_do_not_count():
+    margin = MARGIN_NATS
+    ev = evidence(_noisy(0.6, 9), _side("vae", 0.6 - 0.8 * margin, 0.3), _side("iwae", 0.5, 0.01, seed=5))
+    assert conclude(ev)["failure"] == "undetermined"
+    ev = evidence(_noisy(0.6, 9), _side("vae", 0.05, 0.01 + 0.8 * margin), _side("iwae", 0.5, 0.01, seed=5))
+    assert conclude(ev)["failure"] == "latent space"
+
+
+def test_cx1_needs_the_stated_share_of_hard_points():
+    for hard, holds in ((20, True), (16, False)):  # 10% and 8% of 200 points, threshold 9.5%
+        truth_kl = torch.zeros(N, dtype=torch.float64)
+        truth_kl[:hard] = 0.7
+        ev = evidence(truth_kl, _side("vae", 0.0, 0.0), None)
+        assert ev["truth"]["share_hard"] == hard / N
+        assert conclude(ev)["conditions"]["Cx1"] is holds
+
+
+def test_without_a_richer_fit_px_is_compared_with_the_truth():
+    out = conclude(evidence(_noisy(0.6, 9), _side("vae", 0.05, 0.30), None), learn_noise=True)
+    assert out["failure"] == "data distribution"
+    assert out["evidence"]["px_cost"]["against"] == "the ground truth"
+    assert any("noise scale" in g for g in out["guidelines"])
+
+
+def test_the_pmo_gap_is_split_by_the_hardness_of_the_true_posterior():
+    truth_kl = torch.cat((torch.full((50,), 0.7), torch.zeros(150))).double()
+    side = _side("vae", 0.05, 0.3)
+    side["pmo_gap"] = torch.cat((torch.full((50,), 1.2), torch.full((150,), 0.1))).double()
+    ev = evidence(truth_kl, side, None)
+    assert ev["mean_field"]["pmo_gap_hard"] == pytest.approx(1.2)
+    assert ev["mean_field"]["pmo_gap_easy"] == pytest.approx(0.1)
+    assert ev["mean_field"]["pmo_share_hard"] == pytest.approx(60 / 75)  # 50 * 1.2 of 50 * 1.2 + 150 * 0.1
+    text = " ".join(conclude(ev)["sentences"])
+    assert "1.200 nats on the 25% of points with hard true posteriors, 80% of its total, and 0.100" in text
+
+
+# -- two analytic cases end to end -----------------------------------------------------------
+
+
+class Decoder(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, z):
+        return self.fn(z)
+
+
+class LaplaceGuide(AmortizedGuide):
+    """N(z0, (sigma / |f'(z0)|)^2) at the z0 = inverse(x) that a monotone branch of f maps to x:
+    a mean-field guide on one posterior mode, computed rather than trained."""
+
+    def __init__(self, model, inverse):
+        super().__init__()
+        self.model, self.inverse = model, inverse
+        self.latent_dim, self.data_dim, self.restarts = 1, 1, None
+
+    def distribution(self, x):
+        z0 = torch.special.ndtri(self.inverse(x.clamp_min(0)).clamp(1e-4, 1 - 1e-4))
+        h = 1e-5
+        slope = (self.model.mean(z0 + h) - self.model.mean(z0 - h)) / (2 * h)
+        scale = (self.model.noise_scale / slope.abs()).clamp(1e-3, 1.0)
+        return dist.Normal(z0, scale).to_event(1)
+
+
+@pytest.mark.parametrize(
+    "decoder, inverse, failure",
+    [
+        # u / 2 and |u - 1/2| have the same law: exactly the truth's p(x)
+        (lambda z: (torch.special.ndtr(z) / 2) ** 2, lambda x: 2 * x.sqrt(), "latent space"),
+        # uniform on [0, 1/2] instead of the truth's 1 / sqrt(x) on [0, 1/4]: MLEO 1 + log 2 - log 2
+        (lambda z: torch.special.ndtr(z) / 2, lambda x: 2 * x, "data distribution"),
+    ],
+)
+def test_diagnose_names_the_failure_of_an_analytic_decoder(decoder, inverse, failure):
+    truth = zoo.model("quadratic").double()
+    x = truth.sample(40, seed=3).x.double()
+    learned = LatentGaussian(Decoder(decoder), 1, 1, 0.01).double()
+    mfg = (learned, LaplaceGuide(learned, inverse))
+    richer = (truth, LaplaceGuide(truth, lambda x: 0.5 + x.sqrt()))  # the truth as the richer fit
+    out = diagnose(truth, x, mfg, richer, labels=("vae", "truth-as-richer"), num_draws=400)
+    assert out["failure"] == failure
+    ev = out["evidence"]
+    assert ev["truth"]["share_hard"] > 0.5 and ev["truth"]["kl_mean"] > 0.4  # Cx1: two equal modes
+    assert ev["mean_field"]["kl_mean"] < 0.15  # the learned posteriors are unimodal
+    assert abs(ev["richer"]["mleo"]) < 1e-3  # the truth against itself
+    if failure == "latent space":
+        assert abs(ev["mean_field"]["mleo"]) < 0.02  # the same p(x), up to the test sample
+        assert ev["mean_field"]["posterior_shift"] > 0.2  # but not the same latent space
+    else:
+        assert ev["mean_field"]["mleo"] > 0.5
