@@ -11,6 +11,7 @@ from benchmarks.common import cores, table
 BENCHMARKS = {
     "training": "benchmarks.training",
     "e2e": "benchmarks.end_to_end",
+    "nuts": "benchmarks.nuts_vs_numpyro",
 }
 
 
@@ -22,6 +23,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes: checks the harness runs")
     p.add_argument(
         "--table1", action="store_true", help="also time the table1 preset end to end (about 25 minutes)"
+    )
+    p.add_argument(
+        "--keep", metavar="DIR", help="keep the end-to-end run folders under DIR (default: discard them)"
     )
     args = p.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -35,7 +39,7 @@ def main(argv=None) -> int:
         module = importlib.import_module(BENCHMARKS[name])
         kwargs = {"quick": args.quick}
         if name == "e2e":
-            kwargs["table1"] = args.table1
+            kwargs.update(table1=args.table1, keep=args.keep)
         rows += module.run(**kwargs)
         print(f"done: {name}", file=sys.stderr)
     print(f"{cores()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads\n")

@@ -11,17 +11,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from benchmarks.common import Row, cores, peak_rss_mib
 
 
-def _analyze(*args: str) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one ``python -m pyrofail.analyze`` run."""
+def _analyze(*args: str, keep: str | None = None, name: str = "run") -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one ``python -m pyrofail.analyze`` run; its run
+    folder is kept under ``keep`` if given (for its report), else thrown away."""
     with tempfile.TemporaryDirectory() as tmp:
+        out = Path(keep or tmp) / name
         before = peak_rss_mib(children=True)
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "pyrofail.analyze", "--quiet", "--out", f"{tmp}/run", *args],
+            [sys.executable, "-m", "pyrofail.analyze", "--quiet", "--out", str(out), *args],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -30,13 +33,13 @@ def _analyze(*args: str) -> tuple[float, float]:
         return wall, max(before, peak_rss_mib(children=True))
 
 
-def run(quick: bool = False, table1: bool = False) -> list[Row]:
+def run(quick: bool = False, table1: bool = False, keep: str | None = None) -> list[Row]:
     n = cores()
-    wall, rss = _analyze() if not quick else _analyze("--preset", "tiny")
+    wall, rss = _analyze(keep=keep, name="default") if not quick else _analyze("--preset", "tiny")
     name = "default analyze" if not quick else "tiny analyze"
     rows = [Row(f"{name} ({n} cores)", wall, 120.0, "s", "< 120 s", wall < 120.0, f"peak {rss:.0f} MiB")]
     if table1:
-        wall, rss = _analyze("--preset", "table1", "--workers", "2")
+        wall, rss = _analyze("--preset", "table1", "--workers", "2", keep=keep, name="table1")
         rows.append(
             Row(
                 f"table1 preset, --workers 2 ({n} cores)",

@@ -228,5 +228,78 @@ def main(argv=None):
     return 0 if math.isfinite(ratio) else 1
 
 
+def _memory_at(points: int, seed: int = 0) -> float:
+    """Peak RSS (MiB) of a fresh process computing the NUTS reference of a K = 3 learned decoder
+    at ``points`` points (short chains: memory is set by the replicated plate, not the draws)."""
+    import subprocess
+    import sys
+
+    from benchmarks.common import peak_rss_mib
+
+    code = (
+        "import torch, pyrofail as pf\n"
+        "from pyrofail.analysis import reference_posterior\n"
+        f"truth = pf.zoo.model('figure8'); d = truth.sample(1500, seed={seed})\n"
+        "fit = pf.fit(d.x[:1000], x_val=d.x[1000:], truth=truth, latent_dim=3, restarts=1,\n"
+        "             init='ground_truth', steps=300, progress=False)\n"
+        f"x = truth.sample({points}, seed={seed + 1}).x.double()\n"
+        "reference_posterior(fit.model.double(), x, 'nuts', num_draws=200, num_warmup=50)\n"
+    )
+    before = peak_rss_mib(children=True)
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return max(before, peak_rss_mib(children=True))
+
+
+def run(quick: bool = False, **_) -> list:
+    """Rows for ``python -m benchmarks``: worst-point ESS/s against NumPyro (at 200 points, 300
+    warm-up and 300 draws per chain: the full N = 1,000 takes hours on two cores; ``--quick``:
+    50 points), and the peak memory of the reference at N = 1,000."""
+    import importlib.util
+    import tempfile
+
+    from benchmarks.common import Row
+
+    rows = []
+    if importlib.util.find_spec("numpyro") is None:
+        rows.append(Row("NUTS reference vs NumPyro: needs the bench extra", 0.0, 0.0, "", ">= 0.5", None))
+    else:
+        size = ["--points", "50", "--warmup", "100", "--draws", "100", "--fit-steps", "300"] if quick else [
+            "--points", "200", "--warmup", "300", "--draws", "300",
+        ]  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            main([*size, "--grid-points", "200" if quick else "2000", "--out", tmp])
+            res = json.loads((Path(tmp) / "results.json").read_text())
+        pyro, jax_ = (
+            res["results"]["Pyro (pyrofail reference)"],
+            res["results"]["NumPyro (vectorized chains)"],
+        )
+        points = res["args"]["points"]
+        note = (
+            f"median ESS/s ratio {pyro['median_ess_per_s'] / jax_['median_ess_per_s']:.2f}; mode masses "
+            f"within 0.05 of gold {100 * pyro['mode_frac']:.1f}% vs {100 * jax_['mode_frac']:.1f}%; "
+            + "; ".join(
+                f"grid K={k}, N={res['args']['grid_points']}: {t:.1f} s"
+                for k, t in res["grid_seconds"].items()
+            )
+        )
+        accurate = pyro["mode_frac"] >= jax_["mode_frac"]
+        rows.append(
+            Row(
+                f"NUTS reference worst-point ESS/s, K=3, N={points} (NumPyro = baseline)",
+                pyro["worst_ess_per_s"],
+                jax_["worst_ess_per_s"],
+                "ESS/s",
+                ">= 0.5, no worse mode masses",
+                pyro["worst_ess_per_s"] >= TARGET * jax_["worst_ess_per_s"] and accurate,
+                note,
+            )
+        )
+    points = 200 if quick else 1000
+    rows.append(
+        Row(f"NUTS reference peak memory, K=3, N={points}", _memory_at(points), 0.0, "MiB", "reported", None)
+    )
+    return rows
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -315,15 +315,13 @@ class FlowGuide(AmortizedGuide):
         min_scale: float = 1e-4,
         restarts: int | None = None,
     ):
-        super().__init__()
-        self.latent_dim = k = check_positive_int("latent_dim", latent_dim)
-        self.data_dim = check_positive_int("data_dim", data_dim)
+        super().__init__(latent_dim, data_dim, min_scale, restarts)
+        k = self.latent_dim
         self.transform = check_choice("flow transform", transform, TRANSFORMS)
         self.layers = check_positive_int("layers", layers)
         self.count_bins = check_positive_int("count_bins", count_bins, minimum=2)
         self.bound = check_positive_float("bound", bound)
         self.order = check_choice("spline order", order, ORDERS)
-        self.min_scale = check_positive_float("min_scale", min_scale)
         self.base = check_choice("flow base", base, BASES)
         hidden = tuple(hidden)
         last = hidden[-1] if hidden else 2 * k
@@ -336,7 +334,6 @@ class FlowGuide(AmortizedGuide):
             raise UsageError(
                 f"hypernet_hidden={hypernet_hidden!r} is not allowed; expected a list of widths"
             ) from None
-        self.restarts = restarts
         extra = 2 * k if self.base == "bimodal" else 0
         self.encoder = MLP((data_dim, *hidden, 2 * k + self.context_dim + extra), activation, restarts)
         with torch.no_grad():

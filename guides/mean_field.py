@@ -6,7 +6,6 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrofail.errors import check_positive_float, check_positive_int
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.nn import MLP
 from pyrofail.zoo import register
@@ -39,11 +38,7 @@ class MeanFieldGuide(AmortizedGuide):
         min_scale: float = 1e-4,
         restarts: int | None = None,
     ):
-        super().__init__()
-        self.latent_dim = check_positive_int("latent_dim", latent_dim)
-        self.data_dim = check_positive_int("data_dim", data_dim)
-        self.min_scale = check_positive_float("min_scale", min_scale)
-        self.restarts = restarts
+        super().__init__(latent_dim, data_dim, min_scale, restarts)
         self.encoder = MLP((data_dim, *hidden, 2 * latent_dim), activation, restarts)
 
     def distribution(self, x: torch.Tensor) -> dist.Distribution:

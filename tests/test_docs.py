@@ -25,3 +25,5 @@ def test_readme_python_example_runs():
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
     assert namespace["fit"].model.latent_dim == 1
     assert namespace["only_guide"].model.decoder.__class__.__name__ == "Spiral"
+    assert namespace["bias"]["n_points"] == 100
+    assert namespace["verdict"]["failure"] in ("data distribution", "latent space", "none", "undetermined")
