@@ -357,7 +357,7 @@ def _run(options: dict, run: Path, workers: int, quiet: bool) -> int:
         for r in results
     }
     checks = report.table1_checks(results)
-    posterior = run_posterior(results, run, options, progress=not quiet) if results else None
+    posterior = run_posterior(results, run, options, progress=not quiet, workers=workers) if results else None
     metrics = {
         "jobs": summary,
         "failed": failed,

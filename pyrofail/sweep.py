@@ -451,13 +451,43 @@ def diagnose_process(truth_record: dict, records: list[dict], configs: dict, lea
     return conclude(evidence(truth_kl, _evidence_side(mfg[0]), richer), learn_noise=learn_noise)
 
 
+def _posterior_worker(args):
+    """One job's :func:`posterior_job` in a pool process: the truth's record is read back
+    from the run folder (the parent wrote it), not sent over."""
+    name, config, root, settings, threads = args
+    torch.set_num_threads(threads)
+    truth_record = truth_stage(name, config, root, settings)
+    return posterior_job(root / "jobs" / job_id(config), truth_record, settings)
+
+
+def _posterior_records(by_model, truths, root, settings, workers, say) -> dict:
+    """``{job: posterior record}`` of every job, ``workers`` at a time (NUTS references of
+    K >= 3 models take minutes each: the stage's slow part)."""
+    tasks = [(name, r["config"]) for name, group in by_model.items() for r in group]
+    if workers <= 1:
+        records = {}
+        for name, config in tasks:
+            say(f"posterior: {job_id(config)}")
+            records[job_id(config)] = posterior_job(root / "jobs" / job_id(config), truths[name], settings)
+        return records
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    say(f"posterior: {len(tasks)} jobs, {workers} at a time")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        args = [(name, config, root, settings, threads) for name, config in tasks]
+        return {job_id(config): rec for (_, config), rec in zip(tasks, pool.map(_posterior_worker, args))}
+
+
 def run_posterior(
-    results: list[dict], root: str | os.PathLike, options: dict, progress: bool = False
+    results: list[dict], root: str | os.PathLike, options: dict, progress: bool = False, workers: int = 1
 ) -> dict | None:
     """The posterior stage of a run (module comment above): per process the truth's
-    reference and KL*, per job :func:`posterior_job`, per process the diagnosis and the
-    figures. Returns ``{"settings", "jobs": {job: record}, "diagnoses": {model: ...},
-    "figures": [paths relative to the run]}``; ``None`` with ``--no-reference``."""
+    reference and KL*, per job :func:`posterior_job` (``workers`` jobs at a time), per
+    process the diagnosis and the figures. Returns ``{"settings", "jobs": {job: record},
+    "diagnoses": {model: ...}, "figures": [paths relative to the run]}``; ``None`` with
+    ``--no-reference``."""
     from pyrofail.analysis import posterior_plots as pp
     from pyrofail.analysis import reference as ref_io
 
@@ -469,14 +499,15 @@ def run_posterior(
     for r in results:
         by_model.setdefault(r["config"]["model"], []).append(r)
     out = {"settings": settings, "jobs": {}, "diagnoses": {}, "figures": []}
+    say = _say(progress)
+    truths = {}
     for name, group in by_model.items():
-        say = _say(progress)
         say(f"posterior: {name}: ground-truth reference ({settings['method']})")
-        truth_record = truth_stage(name, group[0]["config"], root, settings)
-        records = []
-        for r in group:
-            say(f"posterior: {r['job']}")
-            records.append(posterior_job(root / "jobs" / r["job"], truth_record, settings))
+        truths[name] = truth_stage(name, group[0]["config"], root, settings)
+    all_records = _posterior_records(by_model, truths, root, settings, workers, say)
+    for name, group in by_model.items():
+        truth_record = truths[name]
+        records = [all_records[r["job"]] for r in group]
         configs = {r["job"]: r["config"] for r in group}
         for rec in records:
             out["jobs"][rec["job"]] = rec

@@ -40,6 +40,21 @@ def test_same_seed_gives_byte_identical_metrics(tiny_run, tmp_path):
     assert (again / "metrics.json").read_bytes() == (tiny_run / "metrics.json").read_bytes()
 
 
+def test_workers_run_jobs_and_posterior_stage_in_a_pool(tiny_run, tmp_path):
+    """--workers 2 runs the fits and the posterior stage in processes; the numbers agree with
+    the serial run's up to the thread count's rounding (one thread per worker here)."""
+    pooled = tmp_path / "pooled"
+    assert main(TINY + ["--workers", "2", "--out", str(pooled)]) == 0
+    serial = json.loads((tiny_run / "metrics.json").read_text())
+    ours = json.loads((pooled / "metrics.json").read_text())
+    for job, summary in serial["posterior"]["jobs"].items():
+        pooled_summary = ours["posterior"]["jobs"][job]["model"]
+        for key, value in summary["model"].items():
+            assert pooled_summary[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+        assert (pooled / "jobs" / job / "posterior.json").is_file()
+    assert ours["diagnosis"]["figure8"]["failure"] == serial["diagnosis"]["figure8"]["failure"]
+
+
 def test_default_run_has_the_posterior_stage(tiny_run):
     from pyrofail.analysis import reference
 
