@@ -474,6 +474,8 @@ def _posterior_records(by_model, truths, root, settings, workers, say) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 1) // workers)
+    # the NUTS references of the largest K take longest: start them first
+    tasks.sort(key=lambda task: -task[1]["latent_dim"])
     say(f"posterior: {len(tasks)} jobs, {workers} at a time")
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         args = [(name, config, root, settings, threads) for name, config in tasks]
