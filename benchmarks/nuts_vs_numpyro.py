@@ -230,7 +230,7 @@ def main(argv=None):
 
 def _memory_at(points: int, seed: int = 0) -> float:
     """Peak RSS (MiB) of a fresh process computing the NUTS reference of a K = 3 learned decoder
-    at ``points`` points (short chains: memory is set by the replicated plate, not the draws)."""
+    at ``points`` points (short chains, to keep it to minutes)."""
     import subprocess
     import sys
 
