@@ -320,3 +320,17 @@ def reference_modes(ref, **options) -> tuple[torch.Tensor, torch.Tensor]:
 
     z, lw = draws(ref)
     return find_modes(z, lw, log_density=log_density(ref), **options)
+
+
+def reference_mass_error(ref, against) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""How far the mode masses of reference ``ref`` are from those of reference ``against``,
+    on the modes of ``against``: per point :math:`\max_m |p_{ref}(M_m) - p_{against}(M_m)|`,
+    ``(N,)``, and the modes' ``labels`` (for :func:`num_modes`)."""
+    from pyrofail.analysis.reference import draws
+
+    centres, labels = reference_modes(against)
+    z_ref, lw_ref = draws(ref)
+    z_against, lw_against = draws(against)
+    exact = mode_masses(z_against, centres, labels, lw_against)
+    found = mode_masses(z_ref, centres, labels, lw_ref)
+    return (exact - found).abs().amax(-1), labels

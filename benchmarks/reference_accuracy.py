@@ -42,7 +42,7 @@ def main(argv=None):
 
     import pyrofail as pf
     from pyrofail.analysis import modes
-    from pyrofail.analysis.reference import draws, log_marginal, reference_posterior
+    from pyrofail.analysis.reference import log_marginal, reference_posterior
     from pyrofail.models import LatentGaussian
 
     torch.set_num_threads(args.threads)
@@ -66,13 +66,7 @@ def main(argv=None):
             num_warmup=args.warmup, seed=args.seed,
         )  # fmt: skip
         seconds = time.perf_counter() - start
-        centres, labels = modes.reference_modes(grid)
-        zg, lwg = draws(grid)
-        zn, lwn = draws(ref)
-        mass_err = (
-            modes.mode_masses(zg, centres, labels, lwg) - modes.mode_masses(zn, centres, labels, lwn)
-        ).abs()
-        mass_err = mass_err.amax(-1)
+        mass_err, labels = modes.reference_mass_error(ref, grid)
         lp_err = (log_marginal(grid)[0] - log_marginal(ref)[0]).abs()
         d = ref.diagnostics
         r = results[name] = {
