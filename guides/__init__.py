@@ -8,5 +8,13 @@ from pyrofail.guides.base import AmortizedGuide
 from pyrofail.guides.flow import FlowGuide
 from pyrofail.guides.full_rank import FullRankGuide
 from pyrofail.guides.mean_field import MeanFieldGuide
+from pyrofail.guides.mixture import MixtureGuide, MixtureOfDiagNormals
 
-__all__ = ["AmortizedGuide", "FlowGuide", "FullRankGuide", "MeanFieldGuide"]
+__all__ = [
+    "AmortizedGuide",
+    "FlowGuide",
+    "FullRankGuide",
+    "MeanFieldGuide",
+    "MixtureGuide",
+    "MixtureOfDiagNormals",
+]

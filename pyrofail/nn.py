@@ -38,6 +38,12 @@ def data_plates(n: int, restarts: int | None = None):
         yield stack.enter_context(pyro.plate("data", n, dim=DATA_DIM))
 
 
+def inv_softplus(y: float) -> float:
+    """:math:`\\operatorname{softplus}^{-1}(y) = y + \\log(1 - e^{-y})`: the raw output that a
+    softplus maps to ``y > 0`` (to start a scale at a chosen value)."""
+    return y + math.log(-math.expm1(-y))
+
+
 ACTIVATIONS = {
     "leaky_relu": nn.functional.leaky_relu,
     "relu": nn.functional.relu,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pyro.infer import RenyiELBO, Trace_ELBO
 
+from pyrofail import stratified
 from pyrofail.analysis import bounds
 from pyrofail.errors import check_positive_int
 from pyrofail.zoo import register
@@ -19,7 +20,7 @@ from pyrofail.zoo import register
 MAX_PLATE_NESTING = 2
 
 
-class ELBO(Trace_ELBO):
+class ELBO(stratified.StratifiedMixin, Trace_ELBO):
     r"""The evidence lower bound, estimated with reparameterised samples.
 
     .. math::
@@ -32,9 +33,14 @@ class ELBO(Trace_ELBO):
     :math:`\mathbb E_{p(x)}\mathrm{KL}(q_\phi \| p_\theta(z \mid x))` (up to the data entropy;
     Zhao, Song & Ermon 2017): the trade-off behind the failure modes of Yacoby et al. (2020).
 
+    With a mixture guide (``stratified = True``) the estimate is stratified,
+    :func:`pyrofail.stratified.selbo`: ``num_particles`` samples from each component.
+
     :param num_particles: samples per data point and step.
     :param eval_samples: samples per point for :meth:`per_point` (validation and test).
     """
+
+    bound = staticmethod(stratified.selbo)
 
     def __init__(self, num_particles: int = 1, eval_samples: int = 100):
         self.eval_samples = check_positive_int("eval_samples", eval_samples)
@@ -53,7 +59,7 @@ class ELBO(Trace_ELBO):
         return {"num_particles": self.num_particles, "eval_samples": self.eval_samples}
 
 
-class IWAE(RenyiELBO):
+class IWAE(stratified.StratifiedMixin, RenyiELBO):
     r"""The importance-weighted bound of Burda, Grosse & Salakhutdinov (2016), as Pyro's
     ``RenyiELBO`` with :math:`\alpha = 0` (Li & Turner 2016).
 
@@ -68,8 +74,14 @@ class IWAE(RenyiELBO):
     to all sites as independent dimensions and sums the others out before the log-mean-exp.
     The test suite pins it against a hand-written per-point IWAE.
 
+    With a mixture guide (``stratified = True``) training uses the stratified bound
+    :func:`pyrofail.stratified.siwae` (:math:`S` samples from each component); :meth:`per_point`
+    stays the plain bound with :math:`S` samples from the mixture, comparable across guides.
+
     :param num_particles: :math:`S`, importance samples per data point.
     """
+
+    bound = staticmethod(stratified.siwae)
 
     def __init__(self, num_particles: int = 20):
         super().__init__(

@@ -3,7 +3,7 @@ import torch
 
 from pyrofail.guides import MeanFieldGuide
 from pyrofail.models import LatentGaussian
-from pyrofail.nn import MLP, restart_finite, stack_restarts, take_restart
+from pyrofail.nn import MLP, inv_softplus, restart_finite, stack_restarts, take_restart
 
 
 @pytest.mark.parametrize("shape", [(7, 3), (4, 7, 3), (5, 4, 7, 3), (2, 5, 4, 7, 3)])
@@ -39,3 +39,10 @@ def test_restart_finite_flags_only_the_bad_restart():
     with torch.no_grad():
         mlp.biases[1][2, 0] = float("nan")
     assert restart_finite(mlp, 3).tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("y", [1e-3, 0.25, 1.0, 7.0])
+def test_inv_softplus_inverts_softplus(y):
+    assert torch.nn.functional.softplus(
+        torch.tensor(inv_softplus(y), dtype=torch.float64)
+    ).item() == pytest.approx(y, rel=1e-12)

@@ -12,7 +12,7 @@ from pyrofail import zoo
 
 SMOKE = {
     "model": ["clusters", "figure8", "linear_gaussian", "quadratic"],
-    "guide": ["flow", "full_rank", "mean_field"],
+    "guide": ["flow", "full_rank", "mean_field", "mixture"],
     "objective": ["elbo", "iwae"],
 }
 
