@@ -190,6 +190,37 @@ class MixtureOfDiagNormals(dist.TorchDistribution):
         return second - self.mean**2
 
 
+# ---- the mixture head: C K locations, C K raw scales and C logits in an encoder's output ----
+
+
+def head_size(c: int, k: int) -> int:
+    """Outputs of a mixture head with ``c`` components on ``k`` coordinates."""
+    return 2 * c * k + c
+
+
+@torch.no_grad()
+def init_head(mlp: MLP, start: int, c: int, k: int, scale: float = 0.5) -> None:
+    """Start the head at ``mlp``'s outputs ``start:`` with the components apart (module
+    docstring), of standard deviation ``scale``, equally weighted, almost independent of the
+    input (small output weights), so that they begin apart for every point."""
+    w, b = mlp.weights[-1][..., start:], mlp.biases[-1][..., start:]
+    w[..., : 2 * c * k].mul_(0.1)
+    w[..., 2 * c * k :].mul_(0.01)
+    b.zero_()
+    offsets = torch.zeros(c, k)
+    for i in range(c):
+        offsets[i, (i // 2) % k] = (-1) ** i * (1 + i // (2 * k))
+    b[..., : c * k].copy_(offsets.reshape(-1))
+    b[..., c * k : 2 * c * k].fill_(inv_softplus(scale))
+
+
+def mixture_from_head(out: torch.Tensor, c: int, k: int, min_scale: float) -> MixtureOfDiagNormals:
+    """The mixture that a head's outputs ``out`` (``(..., head_size(c, k))``) describe."""
+    locs = out[..., : c * k].unflatten(-1, (c, k))
+    raw = out[..., c * k : 2 * c * k].unflatten(-1, (c, k))
+    return MixtureOfDiagNormals(locs, nn.functional.softplus(raw) + min_scale, out[..., 2 * c * k :])
+
+
 @register(
     "guide",
     "mixture",
@@ -225,23 +256,8 @@ class MixtureGuide(AmortizedGuide):
         super().__init__(latent_dim, data_dim, min_scale, restarts)
         k = self.latent_dim
         self.components = c = check_positive_int("components", components)
-        self.encoder = MLP((data_dim, *hidden, 2 * c * k + c), activation, restarts)
-        with torch.no_grad():
-            w, b = self.encoder.weights[-1], self.encoder.biases[-1]
-            # the components' offsets and the logits start independent of x (small weights),
-            # so the components begin apart and equally weighted for every point
-            w[..., : 2 * c * k].mul_(0.1)
-            w[..., 2 * c * k :].mul_(0.01)
-            b.zero_()
-            offsets = torch.zeros(c, k)
-            for i in range(c):
-                offsets[i, (i // 2) % k] = (-1) ** i * (1 + i // (2 * k))
-            b[..., : c * k].copy_(offsets.reshape(-1))
-            b[..., c * k : 2 * c * k].fill_(inv_softplus(0.5))
+        self.encoder = MLP((data_dim, *hidden, head_size(c, k)), activation, restarts)
+        init_head(self.encoder, 0, c, k)
 
     def distribution(self, x: torch.Tensor) -> dist.Distribution:
-        c, k = self.components, self.latent_dim
-        out = self.encoder(x)
-        locs = out[..., : c * k].unflatten(-1, (c, k))
-        scales = nn.functional.softplus(out[..., c * k : 2 * c * k].unflatten(-1, (c, k))) + self.min_scale
-        return MixtureOfDiagNormals(locs, scales, out[..., 2 * c * k :])
+        return mixture_from_head(self.encoder(x), self.components, self.latent_dim, self.min_scale)

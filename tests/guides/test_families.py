@@ -15,6 +15,7 @@ from pyrofail.nn import stack_restarts, take_restart
 # every registered guide, and the flow's other layer kinds and bases
 VARIANTS = [(name, {}) for name in zoo.names("guide")] + [
     ("flow", {"base": "gaussian"}),
+    ("flow", {"components": 3}),
     ("flow", {"transform": "affine"}),
     ("flow", {"transform": "iaf"}),
     ("flow", {"order": "quadratic", "layers": 3}),
