@@ -129,10 +129,6 @@ class MixtureOfDiagNormals(dist.TorchDistribution):
             self._validate_sample(value)
         return (self.log_weights + self._component_log_prob(value).sum(-1)).logsumexp(-1)
 
-    def component_probs(self, value) -> torch.Tensor:
-        """Responsibilities :math:`P(c \\mid z)`, shape ``(..., C)``."""
-        return (self.log_weights + self._component_log_prob(value).sum(-1)).softmax(-1)
-
     def _draw(self, sample_shape):
         """Exact draws: a component from the weights, then its Gaussian."""
         shape = self._extended_shape(sample_shape)
