@@ -20,13 +20,15 @@ from typing import Any
 
 from pyrofail.errors import UsageError
 
-KINDS = ("model", "guide", "objective")
+KINDS = ("model", "guide", "objective", "regression")
 # Where the entries of each kind are defined; imported on first use so that importing
 # pyrofail stays cheap and the entry modules may import this one.
 _PROVIDERS = {
     "model": "pyrofail.models",
     "guide": "pyrofail.guides",
     "objective": "pyrofail.objectives",
+    # processes with inputs, outputs, global weights and per-point latents (BNN + latent noise)
+    "regression": "pyrofail.models",
 }
 _REGISTRY: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
 
