@@ -2,12 +2,20 @@
 
 The entry points: :func:`reference_posterior` (the exact or NUTS posterior of any model),
 :func:`compare` (a guide and its model against it, and against the ground truth) and
-:func:`diagnose` (which failure condition of Yacoby et al. 2020 is at work).
+:func:`diagnose` (which failure condition of Yacoby et al. 2020 is at work). Heavy libraries
+(ArviZ, matplotlib) load only when a function needs them.
 """
 
-from pyrofail.analysis import bounds
+import importlib
+
 from pyrofail.analysis.compare import compare
 from pyrofail.analysis.diagnose import diagnose
 from pyrofail.analysis.reference import reference_posterior
 
-__all__ = ["bounds", "compare", "diagnose", "reference_posterior"]
+__all__ = ["compare", "diagnose", "reference_posterior"]
+
+
+def __getattr__(name: str):
+    if name == "bounds":  # moved to the core, where the objectives use it
+        return importlib.import_module("pyrofail.bounds")
+    raise AttributeError(f"module 'pyrofail.analysis' has no attribute {name!r}")

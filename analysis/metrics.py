@@ -4,7 +4,7 @@ Every function is pure, ``(model, guide, x, ...) -> result``, and draws its Mont
 samples from a private seed, so that the same call gives the same numbers.
 
 * test :math:`-\mathrm{ELBO}`: mean over points of the per-point ELBO estimate
-  (:func:`pyrofail.analysis.bounds.elbo`), with its Monte Carlo standard error;
+  (:func:`pyrofail.bounds.elbo`), with its Monte Carlo standard error;
 * :math:`-\log p_\theta(x)`: exact quadrature for :math:`K \le 2`
   (:mod:`pyrofail.analysis.grid`), otherwise importance sampling from the guide;
 * :math:`\operatorname{avg}_i I(x; z_i)`: see :func:`mutual_information`;
@@ -17,7 +17,8 @@ import math
 
 import torch
 
-from pyrofail.analysis import bounds, grid
+from pyrofail import bounds
+from pyrofail.analysis import grid
 
 GRID_MAX_K = 2
 
@@ -51,7 +52,7 @@ def log_marginal(
         raise ValueError("importance sampling of log p(x) needs a guide")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        est = bounds.log_marginal(model, guide, x, num_samples)
+        est = bounds.iwae(model, guide, x, num_samples)
     return {"per_point": est.value, "stderr": est.stderr, "method": f"is{num_samples}"}
 
 

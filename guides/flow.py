@@ -23,7 +23,7 @@ posterior. Every layer starts as the identity.
 diagonal Gaussians whose locations, scales and weights come from the encoder
 (:func:`pyrofail.guides.mixture.mixture_from_head`, started apart like the ``mixture`` guide).
 A flow on a mixture base is itself a mixture, of the pushed-forward components, so it is
-trained by the same stratified estimators (:mod:`pyrofail.stratified`; :class:`MixtureFlow`).
+trained by the same stratified estimators (:mod:`pyrofail.objectives.stratified`; :class:`MixtureFlow`).
 The other bases: ``"gaussian"``, the standard normal :math:`\mathcal N(0, I_K)`; and
 ``"bimodal"``: independent coordinates, each an equal pair
 :math:`\tfrac12\mathcal N(-\delta_k(x), s_k(x)^2) + \tfrac12\mathcal N(\delta_k(x), s_k(x)^2)`

@@ -36,7 +36,7 @@ mass and one component on each, the ELBO is maximal at equal weights.
   modes, sd 0.03): the per-sample gradient of the ELBO in the first logit had sd 18 against a
   true value of -0.16 at weights 0.67/0.33, and even the mean of 200,000 samples was 3.4.
 * ``rsample_strata``: plain reparameterised draws from every component, for the stratified
-  estimators of :mod:`pyrofail.stratified` (Morningstar et al. 2021), whose weight gradient is
+  estimators of :mod:`pyrofail.objectives.stratified` (Morningstar et al. 2021), whose weight gradient is
   the explicit difference between the components' log-weights. pyrofail's ``elbo`` and
   ``iwae`` objectives use them for this guide (``stratified = True``), at :math:`C` model
   evaluations per particle.
@@ -145,7 +145,7 @@ class MixtureOfDiagNormals(dist.TorchDistribution):
     def rsample_strata(self, sample_shape=()) -> torch.Tensor:
         r"""Reparameterised draws from every component: ``sample_shape + (C,) + batch + (K,)``,
         :math:`z_{sc} = \mu_c + \sigma_c \odot \varepsilon_{sc}` (for the stratified
-        estimators of :mod:`pyrofail.stratified`)."""
+        estimators of :mod:`pyrofail.objectives.stratified`)."""
         shape = torch.Size(sample_shape) + self.locs.shape
         eps = torch.randn(shape, dtype=self.locs.dtype, device=self.locs.device)
         z = self.locs + self.scales * eps  # sample + batch + (C, K)
@@ -236,7 +236,7 @@ class MixtureGuide(AmortizedGuide):
     :param min_scale: floor on every component's standard deviation.
     """
 
-    # pyrofail's objectives train it with the stratified estimators (pyrofail.stratified)
+    # pyrofail's objectives train it with the stratified estimators (pyrofail.objectives.stratified)
     stratified = True
 
     def __init__(

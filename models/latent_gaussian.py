@@ -11,7 +11,6 @@ decoder with the same prior and likelihood, so every metric applies to both.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -19,27 +18,11 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyrofail.data import Dataset
 from pyrofail.errors import UsageError, check_positive_float, check_positive_int
 from pyrofail.nn import Batched, data_plates
 
 LOG_2PI = math.log(2 * math.pi)
-
-
-@dataclass
-class Dataset:
-    """Data drawn from a process: observations ``x`` ``(N, D)``, true latents ``z`` ``(N, K)``,
-    and labels ``y`` ``(N,)`` for processes that have them."""
-
-    x: torch.Tensor
-    z: torch.Tensor | None = None
-    y: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, index) -> Dataset:
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return Dataset(pick(self.x), pick(self.z), pick(self.y))
 
 
 class LatentGaussian(Batched, PyroModule):

@@ -1,9 +1,20 @@
 """pyrofail: a Pyro model zoo that reproduces, measures and explains how VAEs fail.
 
-Three swappable axes — the generative process (``pyrofail.models``), the variational family
-(``pyrofail.guides``) and the objective (``pyrofail.objectives``) — are trained by one SVI
-loop (:func:`fit`) and measured against the true posterior by ``pyrofail.analysis``.
+Four swappable axes — the generative process (``pyrofail.models``), the variational family
+(``pyrofail.guides``), the objective (``pyrofail.objectives``) and the training procedure — are
+registered by name in :mod:`pyrofail.zoo`, trained by :func:`fit`, and measured against the
+true posterior by ``pyrofail.analysis``. The subpackages load on first use, so
+``import pyrofail as pf`` stays cheap and ``pf.analysis.reference_posterior`` works at once.
+
+Example:
+    >>> import pyrofail as pf
+    >>> "figure8" in pf.zoo.names("model")
+    True
+    >>> pf.models.Figure8().latent_dim
+    1
 """
+
+import importlib
 
 from pyrofail import zoo
 from pyrofail.errors import UsageError
@@ -11,4 +22,17 @@ from pyrofail.fit import FitResult, fit
 
 __version__ = "0.1.0"
 
-__all__ = ["FitResult", "UsageError", "__version__", "fit", "zoo"]
+# loaded on first attribute access (PEP 562), as ``pyro.infer`` after ``import pyro``
+_LAZY = ("analysis", "bnn", "data", "guides", "models", "objectives")
+
+__all__ = ["FitResult", "UsageError", "__version__", "fit", "zoo", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return importlib.import_module(f"pyrofail.{name}")
+    raise AttributeError(f"module 'pyrofail' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

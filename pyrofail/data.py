@@ -1,11 +1,31 @@
-"""Seeded data sets drawn from a process, split into train, validation and test."""
+"""Data sets: the :class:`Dataset` every process and loader returns, and seeded splits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from pyrofail.errors import check_positive_int
-from pyrofail.models.latent_gaussian import Dataset
+
+__all__ = ["Dataset", "Splits", "make_splits"]
+
+
+@dataclass
+class Dataset:
+    """Data drawn from a process: observations ``x`` ``(N, D)``, true latents ``z`` ``(N, K)``,
+    and labels ``y`` ``(N,)`` for processes that have them."""
+
+    x: torch.Tensor
+    z: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index) -> Dataset:
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Dataset(pick(self.x), pick(self.z), pick(self.y))
 
 
 @dataclass

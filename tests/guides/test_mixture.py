@@ -21,9 +21,8 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 import pyrofail as pf
-from pyrofail import stratified
 from pyrofail.guides.mixture import MixtureOfDiagNormals
-from pyrofail.objectives import ELBO, IWAE
+from pyrofail.objectives import ELBO, IWAE, stratified
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import pyrofail as pf
-from pyrofail.analysis import bounds, grid
+from pyrofail import bounds
+from pyrofail.analysis import grid
 
 FIT = dict(restarts=2, steps=500, hidden=(32, 32), batch_size=100, seed=0)
 SAMPLES = 4000  # draws per point for its mass left of zero: standard error below 0.008

@@ -12,7 +12,7 @@ results have shape ``(N,)`` or ``(R, N)``.
 
 * ELBO: :math:`\frac1S \sum_s \log w_s` (Kingma & Welling 2014).
 * IWAE bound: :math:`\log \frac1S \sum_s w_s` (Burda, Grosse & Salakhutdinov 2016).
-* :math:`\log p(x)` by importance sampling: the IWAE estimate with many samples; its standard
+* :math:`\log p(x)` by importance sampling: the same estimate with many samples; its standard
   error by the delta method, :math:`\widehat{\mathrm{sd}}(w) / (\sqrt S\, \bar w)`.
 """
 
@@ -75,8 +75,8 @@ def elbo(model, guide, x: torch.Tensor, num_samples: int = 100, budget: int = 2*
 
 
 @torch.no_grad()
-def log_marginal(model, guide, x: torch.Tensor, num_samples: int = 1000, budget: int = 2**20) -> Estimate:
-    r"""Importance-sampling estimate :math:`\log \frac1S\sum_s w_s` of :math:`\log p(x)` per point.
+def iwae(model, guide, x: torch.Tensor, num_samples: int = 1000, budget: int = 2**20) -> Estimate:
+    r"""The IWAE bound :math:`\log \frac1S\sum_s w_s` per point, which estimates :math:`\log p(x)`.
 
     With ``num_samples`` equal to the IWAE particle count this is the IWAE bound; with
     thousands of samples from a guide that covers the posterior it estimates
@@ -101,6 +101,3 @@ def log_marginal(model, guide, x: torch.Tensor, num_samples: int = 1000, budget:
         values.append(log_mean)
         errors.append((rel / num_samples).sqrt())
     return Estimate(torch.cat(values, -1), torch.cat(errors, -1))
-
-
-iwae_bound = log_marginal

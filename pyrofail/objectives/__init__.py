@@ -1,0 +1,12 @@
+"""Training objectives, registered by name (``pyrofail.zoo.names("objective")``).
+
+Each objective is a Pyro ``ELBO`` subclass, so ``SVI(model, guide, optim, objective)`` trains
+with it, and also knows its own per-point value (``per_point``), which :func:`pyrofail.fit`
+uses to select restarts on validation data and the analysis reports on test data. Importing
+this package registers them.
+"""
+
+from pyrofail.objectives.elbo import ELBO, elbo
+from pyrofail.objectives.iwae import IWAE, iwae
+
+__all__ = ["ELBO", "IWAE", "elbo", "iwae"]
