@@ -52,6 +52,7 @@ import torch
 
 from pyrofail.analysis import modes as _modes
 from pyrofail.analysis import reference as _reference
+from pyrofail.analysis.modes import reference_modes
 
 # Guide draws per point for the ELBO and PSIS: the ELBO's Monte Carlo error is then a few
 # thousandths of a nat, and PSIS fits its Pareto tail to the largest 3 sqrt(S) ~ 95 weights.
@@ -59,22 +60,6 @@ GUIDE_SAMPLES = 1000
 # Guide draws per point for the energy score (its cost is quadratic in them); the Monte
 # Carlo error of the energy distance is then about 0.01 in units of z.
 ENERGY_SAMPLES = 256
-# Reference draws per point handed to the mode finder (mean shift is quadratic in them): a
-# weighted resample of 200 resolves modes down to the finder's 2% minimum mass.
-MODE_DRAWS = 200
-
-QUANTITIES = (
-    "elbo",
-    "log_px",
-    "pmo_gap",
-    "reverse_kl",
-    "forward_kl",
-    "mode_mass_error",
-    "n_modes",
-    "energy_score",
-    "energy_distance",
-    "pareto_k",
-)
 
 
 def pareto_k_threshold(num_samples: int) -> float:
@@ -85,26 +70,6 @@ def pareto_k_threshold(num_samples: int) -> float:
 
 def _double(module):
     return copy.deepcopy(module).double()
-
-
-def reference_modes(ref, seed: int = 0, num_draws: int = MODE_DRAWS) -> list:
-    """``(centres, labels)`` of the modes of every point's reference posterior
-    (:mod:`pyrofail.analysis.modes`), one pair per point.
-
-    Uses ``modes.reference_modes`` (all points at once) where that version of the mode finder
-    has it; otherwise :func:`~pyrofail.analysis.modes.find_modes` point by point on a weighted
-    resample of ``num_draws`` reference draws (seeded)."""
-    batched = getattr(_modes, "reference_modes", None)
-    if batched is not None:
-        centres, labels = batched(ref, seed=seed)
-        return [(centres[n], labels[n]) for n in range(centres.shape[0])]
-    z, lw = _reference.draws(ref)
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for n in range(z.shape[0]):
-        idx = torch.multinomial(lw[n].exp().float(), num_draws, replacement=True, generator=gen)
-        out.append(_modes.find_modes(z[n, idx], None))
-    return out
 
 
 @torch.no_grad()
@@ -156,7 +121,7 @@ def _against(log_joint, q, zq: torch.Tensor, x: torch.Tensor, ref, modes_of_ref,
     against the posterior of ``log_joint`` given by ``ref``."""
     log_w = log_joint(zq, x) - q.log_prob(zq)  # (S, N)
     elbo = log_w.mean(0)
-    log_px = _reference.log_marginal(ref)[0].to(elbo)
+    log_px = _reference.log_px(ref)[0].to(elbo)
     zp, lwp = _reference.draws(ref)  # (N, S', K), (N, S')
     zp, lwp = zp.to(x), lwp.to(x)
     lq = q.log_prob(zp.transpose(0, 1)).transpose(0, 1)  # (N, S')
@@ -170,8 +135,9 @@ def _against(log_joint, q, zq: torch.Tensor, x: torch.Tensor, ref, modes_of_ref,
     if modes_of_ref is None:
         modes_of_ref = reference_modes(ref, seed=seed)
     ref_err, counts = [], []
-    for n, (centres, labels) in enumerate(modes_of_ref):
-        centres = centres.to(x)
+    all_centres, all_labels = modes_of_ref
+    for n in range(x.shape[0]):
+        centres, labels = all_centres[n].to(x), all_labels[n]
         p_mass = _modes.mode_masses(zp[n], centres, labels, lwp[n])
         q_mass = _modes.mode_masses(zq[:, n], centres, labels)
         ref_err.append(0.5 * (q_mass - p_mass).abs().sum())
@@ -231,7 +197,8 @@ def compare(
     :param truth: the ground-truth process; adds the MLEO per point and the guide against the
         true posterior (``truth_reference``, computed when not given).
     :param num_samples: guide draws per point (ELBO, forward terms, PSIS).
-    :param modes, truth_modes: precomputed :func:`reference_modes` of the two references.
+    :param modes, truth_modes: precomputed
+        :func:`~pyrofail.analysis.modes.reference_modes` of the two references.
     :returns: ``{"n_points", "reference_method", "model": {"per_point", "mean"}, "truth":
         {...} or None, "mleo": {"per_point", "mean", "stderr"} or None}``; ``per_point``
         holds float64 tensors ``(N,)`` of every quantity, ``mean`` their means as floats
@@ -257,7 +224,7 @@ def compare(
         return out
     if truth_reference is None:
         truth_reference = _reference.reference_posterior(truth, x, method, num_draws=num_draws, seed=seed)
-    log_px_truth = _reference.log_marginal(truth_reference)[0].double()
+    log_px_truth = _reference.log_px(truth_reference)[0].double()
     diff = log_px_truth - per_model["log_px"]
     out["mleo"] = {
         "per_point": diff,

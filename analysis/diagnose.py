@@ -11,20 +11,10 @@ Gaussian (MFG) VAE fails:
 * **Cz2**: such a decoder exists: the MFG-VAE keeps :math:`p(x)` and learns it, with a wrong
   latent space instead (a *latent-space* failure).
 
-This module measures each condition.
-
-*How hard a posterior is for a mean-field Gaussian* is the smallest reverse KL any
-mean-field Gaussian reaches at that point (:func:`best_mean_field`),
-
-.. math::
-
-    \mathrm{KL}^*(x) = \min_{\mu, s}\ \mathrm{KL}\big(\mathcal N(\mu, \operatorname{diag} s^2)
-        \,\|\, p(z \mid x)\big)
-      = \min_{\mu, s}\ \log p(x) - \mathbb H[q] - \mathbb E_q[\log p(x, z)],
-
-the posterior-matching cost that even a perfect, non-amortized MFG encoder pays there.
-Cx1 holds when the share of test points with :math:`\mathrm{KL}^*_{GT}(x) >`
-:data:`HARD_KL` is at least :data:`CX1_SHARE`.
+This module decides each condition from measured numbers. *How hard a posterior is for a
+mean-field Gaussian* is KL*, the smallest reverse KL any mean-field Gaussian reaches at that
+point (:func:`pyrofail.analysis.hardness.best_mean_field`). Cx1 holds when the share of test
+points with :math:`\mathrm{KL}^*_{GT}(x) >` :data:`HARD_KL` is at least :data:`CX1_SHARE`.
 
 *Whether the MFG-VAE traded* is read off its learned model :math:`p_\theta`: its posteriors
 are simpler when :math:`\overline{\mathrm{KL}^*_{GT}} - \overline{\mathrm{KL}^*_\theta}` exceeds
@@ -40,19 +30,19 @@ ELBO's optimum. Anything else is reported as undetermined, with its numbers.
 
 from __future__ import annotations
 
-import copy
 import math
 
-import numpy as np
 import torch
 
 from pyrofail.analysis import reference as _reference
+from pyrofail.analysis.compare import compare
+from pyrofail.analysis.hardness import HARD_KL, best_mean_field
+from pyrofail.analysis.modes import reference_modes
+from pyrofail.numbers import number, percent
 
-# A posterior is "hard for a mean-field Gaussian" when the best one is farther than this from
-# it: -log(0.9) is the KL(q || p) of a Gaussian that fits one mode exactly and misses the
-# other 10% of the posterior mass, since KL(p1 || 0.9 p1 + 0.1 p2) = -log 0.9.
-HARD_KL = -math.log(0.9)
-# The test -ELBO is estimated to a standard error of 0.005 nats (see SCIENCE.md, Metrics).
+__all__ = ["conclude", "diagnose", "evidence", "side_summary"]
+
+# The test -ELBO is estimated to a standard error of 0.005 nats.
 ELBO_RESOLUTION = 0.005
 # Cx1 ("a large share of x"): the share at which the cost the truth imposes on any MFG
 # encoder, at least share * HARD_KL nats, reaches two standard errors of the test -ELBO;
@@ -60,15 +50,8 @@ ELBO_RESOLUTION = 0.005
 CX1_SHARE = 2 * ELBO_RESOLUTION / HARD_KL
 # Differences of p(x) (MLEO) or of posterior cost (KL*) below this are not attributed to
 # the objective: it is the restart-to-restart spread of the test objectives in Table 1 of
-# Yacoby et al. (0.02 to 0.11 nats; pyrofail.analysis.report.NOISE_NATS).
+# Yacoby et al. (0.02 to 0.11 nats; pyrofail.stages.report.NOISE_NATS).
 MARGIN_NATS = 0.05
-# Gauss-Hermite nodes per latent dimension for E_q[log p(x, z)] in best_mean_field.
-GH_NODES = {1: 48, 2: 16}
-# Adam steps of the per-point optimisation (deterministic: quadrature, no sampling).
-BEST_STEPS = 300
-# Starting points per data point: the heaviest reference modes and the moment-matched Gaussian.
-BEST_INITS = 4
-
 GUIDELINES = {
     # Yacoby, Pan & Doshi-Velez (2020), guidelines for practitioners
     "flexible": (
@@ -91,182 +74,6 @@ GUIDELINES = {
         "the latent space."
     ),
 }
-
-
-# ----------------------------------------------------------------------------------------
-# KL*: the best mean-field Gaussian per point
-
-
-def _gauss_hermite(k: int, n: int, dtype=torch.float64):
-    """Nodes ``(G, K)`` and weights ``(G,)`` of the tensor-product rule for E over N(0, I_K)."""
-    t, w = np.polynomial.hermite_e.hermegauss(n)  # weight exp(-t^2 / 2)
-    t, w = torch.tensor(t, dtype=dtype), torch.tensor(w / w.sum(), dtype=dtype)
-    nodes = torch.cartesian_prod(*([t] * k)).reshape(-1, k)
-    weights = torch.cartesian_prod(*([w] * k)).reshape(-1, k).prod(-1)
-    return nodes, weights
-
-
-class _LogJoint:
-    r""":math:`\log p(x, z)` of a latent-Gaussian model with :math:`f` tabulated once on a
-    regular grid of :math:`z` (K ≤ 2) and interpolated (linearly, bilinearly): the decoder runs
-    once for all points and all optimisation steps. Other models use ``log_joint``."""
-
-    SIZE = {1: 8193, 2: 513}
-
-    def __init__(self, model, radius: float = 8.0):
-        self.model = model
-        k = model.latent_dim
-        self.tabulated = hasattr(model, "mean") and hasattr(model, "noise_scale") and k in self.SIZE
-        if not self.tabulated:
-            return
-        m = self.SIZE[k]
-        self.k, self.m, self.lo = k, m, -radius
-        self.h = 2 * radius / (m - 1)
-        axis = torch.linspace(-radius, radius, m, dtype=torch.float64)
-        z = torch.cartesian_prod(*([axis] * k)).reshape(-1, k)
-        with torch.no_grad():
-            f = torch.cat([model.mean(z[i : i + 2**16]) for i in range(0, z.shape[0], 2**16)])
-        self.f = f.reshape(*([m] * k), -1)
-        self.sigma = float(model.noise_scale.reshape(-1)[0])
-        self.d = model.data_dim
-
-    def mean(self, z: torch.Tensor) -> torch.Tensor:
-        u = ((z - self.lo) / self.h).clamp(0, self.m - 1 - 1e-9)
-        i = u.detach().floor().long()
-        a = u - i
-        if self.k == 1:
-            i0 = i[..., 0]
-            return self.f[i0] * (1 - a) + self.f[i0 + 1] * a
-        i0, i1 = i[..., 0], i[..., 1]
-        a0, a1 = a[..., :1], a[..., 1:]
-        return (
-            self.f[i0, i1] * (1 - a0) * (1 - a1)
-            + self.f[i0 + 1, i1] * a0 * (1 - a1)
-            + self.f[i0, i1 + 1] * (1 - a0) * a1
-            + self.f[i0 + 1, i1 + 1] * a0 * a1
-        )
-
-    def __call__(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if not self.tabulated:
-            return self.model.log_joint(z, x)
-        k, d, s = self.k, self.d, self.sigma
-        resid = (x - self.mean(z)) / s
-        return (
-            -0.5 * (z * z).sum(-1)
-            - 0.5 * k * math.log(2 * math.pi)
-            - 0.5 * (resid * resid).sum(-1)
-            - d * math.log(s)
-            - 0.5 * d * math.log(2 * math.pi)
-        )
-
-
-def _inits(ref, modes, count: int):
-    """Starting ``(loc, log_scale)`` ``(N, count, K)``: the moment-matched Gaussian and the
-    heaviest modes of each point's reference posterior (a mode's draws give its mean and
-    spread)."""
-    mean = torch.as_tensor(ref.moments["mean"].values, dtype=torch.float64)
-    cov = np.diagonal(ref.moments["cov"].values, axis1=-2, axis2=-1).copy()
-    var = torch.as_tensor(cov, dtype=torch.float64)
-    sd = var.clamp_min(1e-12).sqrt()
-    locs, scales = [], []
-    for n, (centres, labels) in enumerate(modes):
-        loc_n, sd_n = [mean[n]], [sd[n]]
-        centres = centres.double()
-        for j in range(int(labels.max()) + 1):
-            pts = centres[labels == j]
-            loc_n.append(pts.mean(0))
-            spread = pts.std(0) if pts.shape[0] > 2 else sd[n] * 0.1
-            sd_n.append(torch.maximum(spread, sd[n] * 1e-3))
-            if len(loc_n) == count:
-                break
-        while len(loc_n) < count:
-            loc_n.append(loc_n[-1])
-            sd_n.append(sd_n[-1])
-        locs.append(torch.stack(loc_n))
-        scales.append(torch.stack(sd_n))
-    return torch.stack(locs), torch.stack(scales).log()
-
-
-def best_mean_field(
-    model,
-    x: torch.Tensor,
-    reference=None,
-    *,
-    method: str = "auto",
-    modes=None,
-    num_draws: int = 1000,
-    steps: int = BEST_STEPS,
-    inits: int = BEST_INITS,
-    seed: int = 0,
-) -> dict:
-    r"""The best mean-field Gaussian for every point's posterior and its reverse KL, KL*(x).
-
-    .. math::
-
-        \mathrm{KL}^*(x) = \min_{\mu, s}\ \log p(x) - \sum_i \log s_i - \tfrac K2 (1 + \log 2\pi)
-            - \mathbb E_{\mathcal N(\mu, \operatorname{diag} s^2)}[\log p(x, z)],
-
-    :math:`\log p(x)` from the reference, the expectation by Gauss–Hermite quadrature
-    (:data:`GH_NODES` per dimension; exact for polynomial log densities), minimised by Adam
-    from :data:`BEST_INITS` starting points (the moment-matched Gaussian and the heaviest
-    reference modes, :mod:`pyrofail.analysis.modes`); the best per point is kept. The result
-    is an upper bound on the true minimum, equal to it when a start lies in its basin. For a
-    Gaussian posterior with precision :math:`\Lambda` it is
-    :math:`\tfrac12(\sum_i \log\Lambda_{ii} - \log\det\Lambda)`.
-
-    :returns: ``{"kl", "loc", "scale"}`` per point, ``"mean"`` (the mean KL*),
-        ``"share_hard"`` (share of points with KL* > :data:`HARD_KL`) and ``"hard_kl"``.
-    """
-    from pyrofail.analysis.compare import reference_modes
-
-    x = torch.as_tensor(x).double()
-    if reference is None:
-        reference = _reference.reference_posterior(model, x, method, num_draws=num_draws, seed=seed)
-    if modes is None:
-        modes = reference_modes(reference, seed=seed)
-    work = copy.deepcopy(model).double()
-    log_joint = _LogJoint(work)
-    k = model.latent_dim
-    t, w = _gauss_hermite(k, GH_NODES.get(k, max(3, int(4096 ** (1 / k)))))
-    log_px = _reference.log_marginal(reference)[0].double()
-    loc0, log_s0 = _inits(reference, modes, inits)  # (N, I, K)
-    s0 = log_s0.exp()
-    u = torch.zeros_like(loc0, requires_grad=True)
-    v = torch.zeros_like(loc0, requires_grad=True)
-    xs = x[:, None, None, :]
-    const = 0.5 * k * (1 + math.log(2 * math.pi))
-
-    def kl():
-        loc, log_s = loc0 + s0 * u, log_s0 + v
-        z = loc[:, :, None, :] + log_s.exp()[:, :, None, :] * t  # (N, I, G, K)
-        expect = (log_joint(z, xs) * w).sum(-1)
-        return log_px[:, None] - log_s.sum(-1) - const - expect
-
-    opt = torch.optim.Adam([u, v], lr=0.05)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-3)
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            value = kl()
-            value.sum().backward()
-            opt.step()
-            sched.step()
-    with torch.no_grad():
-        value = kl()
-        value = torch.where(torch.isfinite(value), value, torch.inf)
-        best = value.argmin(-1)
-        pick = best[:, None, None].expand(-1, 1, k)
-        loc = torch.gather(loc0 + s0 * u, 1, pick)[:, 0]
-        scale = torch.gather((log_s0 + v).exp(), 1, pick)[:, 0]
-        kl_star = value.gather(1, best[:, None])[:, 0].clamp_min(0.0)
-    return {
-        "kl": kl_star,
-        "loc": loc,
-        "scale": scale,
-        "mean": float(kl_star.mean()),
-        "share_hard": float((kl_star > HARD_KL).double().mean()),
-        "hard_kl": HARD_KL,
-    }
 
 
 # ----------------------------------------------------------------------------------------
@@ -339,14 +146,6 @@ def evidence(truth_kl, mean_field: dict, richer: dict | None = None) -> dict:
     return ev
 
 
-def _n(v, digits: int = 3) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:.0f}%"
-
-
 def conclude(ev: dict, *, learn_noise: bool = False) -> dict:
     """The verdict on the conditions from :func:`evidence`, as plain sentences with their
     numbers, and the practitioners' guideline of Yacoby et al. that applies.
@@ -363,48 +162,48 @@ def conclude(ev: dict, *, learn_noise: bool = False) -> dict:
     head = "holds" if cx1 else "does not hold"
     sentences.append(
         f"Cx1 (= Cz1) {head}: the ground truth's posterior is hard for a mean-field Gaussian "
-        f"(the best one is more than {_n(HARD_KL)} nats from it) at {_pct(t['share_hard'])} of the "
-        f"{ev['n_points']} test points (Cx1 needs {_pct(CX1_SHARE)}); on average the best "
-        f"mean-field Gaussian is {_n(t['kl_mean'])} nats from it."
+        f"(the best one is more than {number(HARD_KL)} nats from it) at {percent(t['share_hard'])} of the "
+        f"{ev['n_points']} test points (Cx1 needs {percent(CX1_SHARE)}); on average the best "
+        f"mean-field Gaussian is {number(t['kl_mean'])} nats from it."
     )
     label = mf["label"]
     if is_simpler:
         sentences.append(
             f"The MFG-VAE ({label}) has learned simpler posteriors than the truth's: the best "
-            f"mean-field Gaussian is {_n(mf['kl_mean'])} nats from its posteriors against "
-            f"{_n(t['kl_mean'])} for the truth (difference {_n(simpler['mean'])} ± "
-            f"{_n(simpler['stderr'])}; hard at {_pct(mf['share_hard'])} of the points)."
+            f"mean-field Gaussian is {number(mf['kl_mean'])} nats from its posteriors against "
+            f"{number(t['kl_mean'])} for the truth (difference {number(simpler['mean'])} ± "
+            f"{number(simpler['stderr'])}; hard at {percent(mf['share_hard'])} of the points)."
         )
     else:
         sentences.append(
             f"The MFG-VAE ({label}) has not simplified its posteriors: the best mean-field "
-            f"Gaussian is {_n(mf['kl_mean'])} nats from them against {_n(t['kl_mean'])} for the "
-            f"truth (difference {_n(simpler['mean'])} ± {_n(simpler['stderr'])}, not above the "
-            f"{_n(MARGIN_NATS, 2)}-nat margin)."
+            f"Gaussian is {number(mf['kl_mean'])} nats from them against {number(t['kl_mean'])} for the "
+            f"truth (difference {number(simpler['mean'])} ± {number(simpler['stderr'])}, not above the "
+            f"{number(MARGIN_NATS, 2)}-nat margin)."
         )
     if rich is not None:
         base = f"the {rich['label']} model's"
-        values = f"MLEO {_n(mf['mleo'])} against {_n(rich['mleo'])} nats"
+        values = f"MLEO {number(mf['mleo'])} against {number(rich['mleo'])} nats"
     else:
         base = "the ground truth's"
-        values = f"MLEO {_n(mf['mleo'])} nats"
-    diff = f"difference {_n(px['mean'])} ± {_n(px['stderr'])}"
+        values = f"MLEO {number(mf['mleo'])} nats"
+    diff = f"difference {number(px['mean'])} ± {number(px['stderr'])}"
     if is_worse:
         sentences.append(f"Its p(x) is worse than {base}: {values} ({diff}).")
     elif is_kept:
         sentences.append(
-            f"Its p(x) is as good as {base}: {values} ({diff}, within the {_n(MARGIN_NATS, 2)}-nat "
+            f"Its p(x) is as good as {base}: {values} ({diff}, within the {number(MARGIN_NATS, 2)}-nat "
             "margin by two standard errors)."
         )
     else:
         sentences.append(
             f"Its p(x) cannot be told from {base} at these points: {values} ({diff}: neither above "
-            f"the {_n(MARGIN_NATS, 2)}-nat margin nor below it by two standard errors)."
+            f"the {number(MARGIN_NATS, 2)}-nat margin nor below it by two standard errors)."
         )
     if rich is not None and rich["mleo"] > MARGIN_NATS:
         sentences.append(
-            f"Caution: the {rich['label']} model's own p(x) is {_n(rich['mleo'])} nats (MLEO) from "
-            f"the truth's, more than the {_n(MARGIN_NATS, 2)}-nat margin: the fits may be far from "
+            f"Caution: the {rich['label']} model's own p(x) is {number(rich['mleo'])} nats (MLEO) from "
+            f"the truth's, more than the {number(MARGIN_NATS, 2)}-nat margin: the fits may be far from "
             "converged, which weakens the comparison of p(x)."
         )
     conditions = {"Cx1": cx1, "Cx2": None, "Cz2": None}
@@ -429,7 +228,7 @@ def conclude(ev: dict, *, learn_noise: bool = False) -> dict:
         shift = mf.get("posterior_shift")
         extra = ""
         if shift is not None:
-            extra = f"; its posteriors are at energy distance {_n(shift)} from the truth's"
+            extra = f"; its posteriors are at energy distance {number(shift)} from the truth's"
         sentences.append(
             "Verdict: a latent-space failure (Cz1 and Cz2): a decoder with simpler posteriors fits "
             f"p(x) as well, and the MFG-VAE learned it: p(x) is right, the latent space is not{extra}."
@@ -446,18 +245,18 @@ def conclude(ev: dict, *, learn_noise: bool = False) -> dict:
         failure = "undetermined"
         sentences.append(
             "Verdict: undetermined: Cx1 holds, but the MFG-VAE has not traded posterior accuracy "
-            f"for p(x) in this run (its guide still pays a PMO gap of {_n(mf['pmo_gap'])} nats), so "
+            f"for p(x) in this run (its guide still pays a PMO gap of {number(mf['pmo_gap'])} nats), so "
             "the run cannot tell Cx2 from Cz2; the fit is probably not at the ELBO's optimum (the "
             "paper trains 10 restarts, half at the ground truth, to convergence)."
         )
         guidelines.append(GUIDELINES["check"])
     if cx1 and mf["pmo_gap_hard"] is not None and mf["pmo_gap_easy"] is not None:
         share = mf["pmo_share_hard"]
-        carried = f", {_pct(share)} of its total," if share is not None else ""
+        carried = f", {percent(share)} of its total," if share is not None else ""
         sentences.append(
-            f"The MFG guide's PMO gap is {_n(mf['pmo_gap_hard'])} nats on the "
-            f"{_pct(t['share_hard'])} of points with hard true posteriors{carried} and "
-            f"{_n(mf['pmo_gap_easy'])} nats on the others."
+            f"The MFG guide's PMO gap is {number(mf['pmo_gap_hard'])} nats on the "
+            f"{percent(t['share_hard'])} of points with hard true posteriors{carried} and "
+            f"{number(mf['pmo_gap_easy'])} nats on the others."
         )
     if learn_noise:
         guidelines.append(GUIDELINES["sigma"])
@@ -493,8 +292,6 @@ def diagnose(
     :returns: :func:`conclude`'s dict (conditions, failure, sentences, guidelines, evidence),
         plus ``"truth_best"``, the ground truth's :func:`best_mean_field`.
     """
-    from pyrofail.analysis.compare import compare, reference_modes
-
     x = torch.as_tensor(x).double()
     ref_gt = _reference.reference_posterior(truth, x, method, num_draws=num_draws, seed=seed)
     modes_gt = reference_modes(ref_gt, seed=seed)

@@ -36,6 +36,7 @@ import torch
 from pyrofail.errors import UsageError
 
 LOG_2PI = math.log(2 * math.pi)
+MAX_K = 2  # the largest latent dimension the grid integrates
 GL2 = 1.0 / (2.0 * math.sqrt(3.0))  # Gauss-Legendre nodes at centre +- width * GL2
 
 
@@ -55,13 +56,13 @@ class Mesh:
 class GridPosterior:
     """Per-point results of the quadrature.
 
-    ``log_marginal`` ``(N,)`` is :math:`\\log p(x)`; ``mean`` ``(N, K)`` and ``cov``
+    ``log_px`` ``(N,)`` is :math:`\\log p(x)`; ``mean`` ``(N, K)`` and ``cov``
     ``(N, K, K)`` are posterior moments; ``draws`` ``(N, S, K)`` are posterior samples (when
     asked for); ``region_mass`` ``(N, M)`` is the posterior mass of each requested region;
     ``boundary_mass`` ``(N,)`` the mass in the outermost ring of cells.
     """
 
-    log_marginal: torch.Tensor
+    log_px: torch.Tensor
     mean: torch.Tensor
     cov: torch.Tensor
     draws: torch.Tensor | None
@@ -106,7 +107,7 @@ def build_mesh(
         left coarse) once the mesh would exceed this many nodes.
     """
     k = model.latent_dim
-    if k > 2:
+    if k > MAX_K:
         raise UsageError(f"the grid reference needs latent_dim <= 2, got {k}; use method='nuts'")
     if device is None:
         device = getattr(model, "log_noise", torch.empty(0)).device
@@ -223,7 +224,7 @@ def grid_posterior(
         :math:`\log p(x)` to about 1e-4 and 0.5 to about 1e-6).
     :param budget: number of (point, node) pairs held in memory at once.
     """
-    if model.latent_dim > 2:
+    if model.latent_dim > MAX_K:
         raise UsageError(
             f"the grid reference needs latent_dim <= 2, got {model.latent_dim}; use method='nuts'"
         )
@@ -279,7 +280,7 @@ def _integrate(model, mesh: Mesh, x, num_draws, regions, seed, budget) -> GridPo
             u = torch.rand(*idx.shape, k, generator=gen, dtype=z.dtype).to(z.device) * 2 - 1
             draws.append(z[idx] + u * mesh.half_width[idx][..., None])
     return GridPosterior(
-        log_marginal=torch.cat(logm),
+        log_px=torch.cat(logm),
         mean=torch.cat(mean),
         cov=torch.cat(cov),
         draws=torch.cat(draws) if num_draws else None,
@@ -287,8 +288,3 @@ def _integrate(model, mesh: Mesh, x, num_draws, regions, seed, budget) -> GridPo
         boundary_mass=torch.cat(bmass),
         mesh_info=mesh.info,
     )
-
-
-def log_marginal(model, x: torch.Tensor, **options) -> torch.Tensor:
-    """:math:`\\log p(x)` per row of ``x`` by quadrature (float64)."""
-    return grid_posterior(model, x, **options).log_marginal

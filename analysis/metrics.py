@@ -20,8 +20,6 @@ import torch
 from pyrofail import bounds
 from pyrofail.analysis import grid
 
-GRID_MAX_K = 2
-
 
 def negative_elbo(model, guide, x, num_samples: int = 100, seed: int = 0) -> dict:
     r"""Test :math:`-\mathrm{ELBO}`: ``{"mean", "stderr", "per_point"}``; ``stderr`` is the
@@ -33,9 +31,7 @@ def negative_elbo(model, guide, x, num_samples: int = 100, seed: int = 0) -> dic
     return {"mean": -float(mean), "stderr": float(err), "per_point": -est.value}
 
 
-def log_marginal(
-    model, x, *, guide=None, method: str = "auto", num_samples: int = 5000, seed: int = 0
-) -> dict:
+def log_px(model, x, *, guide=None, method: str = "auto", num_samples: int = 5000, seed: int = 0) -> dict:
     r""":math:`\log p_\theta(x)` per point: ``{"per_point", "stderr", "method"}``.
 
     ``method="grid"`` integrates exactly (:math:`K \le 2`, error below 1e-4 nats);
@@ -44,9 +40,9 @@ def log_marginal(
     ``"auto"`` picks the grid whenever it applies.
     """
     if method == "auto":
-        method = "grid" if model.latent_dim <= GRID_MAX_K else "is"
+        method = "grid" if model.latent_dim <= grid.MAX_K else "is"
     if method == "grid":
-        lp = grid.log_marginal(model, x).to(x.dtype)
+        lp = grid.grid_posterior(model, x).log_px.to(x.dtype)
         return {"per_point": lp, "stderr": torch.zeros_like(lp), "method": "grid"}
     if guide is None:
         raise ValueError("importance sampling of log p(x) needs a guide")
@@ -141,16 +137,14 @@ def mleo(truth, model, *, guide=None, n: int = 2000, seed: int = 12345, x=None, 
     r"""Maximum-likelihood term :math:`\mathrm{KL}(p_{GT}(x) \| p_\theta(x))`.
 
     Estimated as the mean of :math:`\log p_{GT}(x) - \log p_\theta(x)` over ``n`` fresh draws
-    from the ground truth (or over ``x`` if given), both densities by :func:`log_marginal`
+    from the ground truth (or over ``x`` if given), both densities by :func:`log_px`
     (``log_px_model`` may pass the model's, already computed on ``x``). Returns
     ``{"mean", "stderr"}``; the standard error is that of the mean over draws.
     """
     if x is None:
         x = truth.sample(n, seed=seed).x
-    lp_true = log_marginal(truth, x)["per_point"]
-    lp_model = (
-        log_px_model if log_px_model is not None else (log_marginal(model, x, guide=guide)["per_point"])
-    )
+    lp_true = log_px(truth, x)["per_point"]
+    lp_model = log_px_model if log_px_model is not None else (log_px(model, x, guide=guide)["per_point"])
     diff = lp_true.double() - lp_model.double()
     return {
         "mean": float(diff.mean()),
@@ -164,7 +158,7 @@ def summarize(
 ) -> dict:
     """The foundation metrics of one fitted model on test data ``x``, as plain floats."""
     nelbo = negative_elbo(model, guide, x, elbo_samples, seed)
-    lpx = log_marginal(model, x, guide=guide, num_samples=is_samples, seed=seed)
+    lpx = log_px(model, x, guide=guide, num_samples=is_samples, seed=seed)
     lp = lpx["per_point"].double()
     mi = mutual_information(guide, x, seed=seed)
     out = {

@@ -41,6 +41,7 @@ import math
 
 import torch
 
+from pyrofail.analysis.reference_data import draws, log_density
 from pyrofail.errors import UsageError
 
 MAX_DRAWS = 400
@@ -313,11 +314,9 @@ def num_modes(labels: torch.Tensor) -> torch.Tensor:
 
 
 def reference_modes(ref, **options) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(centres, labels)`` of every point's posterior in a reference
+    """``(centres, labels)`` ``(N, M, K)``, ``(N, M)`` of every point's posterior in a reference
     (:func:`pyrofail.analysis.reference.reference_posterior`): :func:`find_modes` on its
     weighted draws, with the posterior's own density at them when the reference stores it."""
-    from pyrofail.analysis.reference import draws, log_density
-
     z, lw = draws(ref)
     return find_modes(z, lw, log_density=log_density(ref), **options)
 
@@ -326,8 +325,6 @@ def reference_mass_error(ref, against) -> tuple[torch.Tensor, torch.Tensor]:
     r"""How far the mode masses of reference ``ref`` are from those of reference ``against``,
     on the modes of ``against``: per point :math:`\max_m |p_{ref}(M_m) - p_{against}(M_m)|`,
     ``(N,)``, and the modes' ``labels`` (for :func:`num_modes`)."""
-    from pyrofail.analysis.reference import draws
-
     centres, labels = reference_modes(against)
     z_ref, lw_ref = draws(ref)
     z_against, lw_against = draws(against)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyrofail.analysis import reference as _reference
+from pyrofail.analysis import reference_data as _reference
 from pyrofail.analysis.plots import _pyplot, save
 
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
@@ -81,7 +81,7 @@ def posterior_figure(path, truth, truth_reference, indices, fits, title: str = "
         pad = 0.1 * (hi - lo) + 0.05
         line = torch.linspace(lo - pad, hi + pad, 1000, dtype=torch.float64)[:, None]
         if k == 1:
-            log_px = _reference.log_marginal(truth_reference)[0][idx].double()
+            log_px = _reference.log_px(truth_reference)[0][idx].double()
             dens = _density_line(truth.double().log_joint, x[j : j + 1], log_px[j : j + 1], line)[0]
             ax.fill_between(line[:, 0], dens, color="0.8", label="truth p(z|x)")
         else:
@@ -103,7 +103,7 @@ def posterior_figure(path, truth, truth_reference, indices, fits, title: str = "
             if ref is None:
                 continue
             if model.latent_dim == 1:
-                lp = _reference.log_marginal(ref)[0][idx].double()
+                lp = _reference.log_px(ref)[0][idx].double()
                 dens = _density_line(model.double().log_joint, x[j : j + 1], lp[j : j + 1], line)[0]
                 ax.plot(line[:, 0], dens, color=colour, lw=1.0, ls="--")
             else:

@@ -8,7 +8,7 @@ counts, the same target acceptance and tree depth, diagonal mass matrices, float
 runs its standard program: a model with a ``data`` plate and ``num_chains=C`` vectorised chains
 (each chain one joint NUTS over all N points); Pyro runs the reference's single chain over the
 replicated plate. NumPyro's draws then go through the same re-weighting and diagnostics
-(:func:`pyrofail.analysis.nuts.from_draws`), timed and counted for it too.
+(:func:`pyrofail.analysis.reweight.from_draws`), timed and counted for it too.
 
 Measured, per sampler: wall time (with NumPyro's compilation), the effective sample size of
 the worst data point (the reference's per-point ``ess``), its ESS per second, and mode-mass
@@ -119,7 +119,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from pyrofail.analysis import nuts
+    from pyrofail.analysis import nuts, reweight
     from pyrofail.analysis.reference import reference_posterior, save
     from pyrofail.runs import atomic_torch_save, atomic_write_json, versions
 
@@ -160,14 +160,14 @@ def main(argv=None):
     z, div, seconds, steps = _numpyro(model, x, z0, **common)
     start = time.perf_counter()
     diverging = div[:, :, None].expand(-1, -1, x.shape[0])
-    ref_np = nuts.from_draws(model, x, z, diverging=diverging, seed=args.seed, attrs={"method": "nuts"})
+    ref_np = reweight.from_draws(model, x, z, diverging=diverging, seed=args.seed, attrs={"method": "nuts"})
     post = time.perf_counter() - start
     rows["NumPyro (vectorized chains)"] = (ref_np, seconds + post, seconds, steps)
     save(ref_np, out / "reference_numpyro.nc")
     print(f"NumPyro: {seconds + post:.0f} s")
 
     gold_z = torch.cat([torch.as_tensor(ref.posterior.z.values), z.to(torch.float64)])
-    gold = nuts.from_draws(model, x, gold_z, num_importance=40000, seed=args.seed + 7)
+    gold = reweight.from_draws(model, x, gold_z, num_importance=40000, seed=args.seed + 7)
 
     grid_times = {}
     for k in (1, 2):

@@ -42,7 +42,7 @@ def main(argv=None):
 
     import pyrofail as pf
     from pyrofail.analysis import modes
-    from pyrofail.analysis.reference import log_marginal, reference_posterior
+    from pyrofail.analysis.reference import log_px, reference_posterior
     from pyrofail.models import LatentGaussian
 
     torch.set_num_threads(args.threads)
@@ -67,7 +67,7 @@ def main(argv=None):
         )  # fmt: skip
         seconds = time.perf_counter() - start
         mass_err, labels = modes.reference_mass_error(ref, grid)
-        lp_err = (log_marginal(grid)[0] - log_marginal(ref)[0]).abs()
+        lp_err = (log_px(grid)[0] - log_px(ref)[0]).abs()
         d = ref.diagnostics
         r = results[name] = {
             "points": args.points,

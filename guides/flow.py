@@ -37,23 +37,16 @@ density is tiny. So the split a guide starts with is the split it keeps, unless 
 weight with a gradient of its own.
 
 * From a Gaussian base a flow tips onto one mode early, while its hypernetworks barely depend
-  on :math:`x` yet. On ``quadratic`` with the true decoder fixed (two modes of equal mass),
-  ``pf.fit(truth.sample(2000, seed=0).x, model=truth, learn_model=False, guide="flow",
-  guide_options={"base": "gaussian"})`` (ten restarts, 6000 steps) keeps 40-60% of its mass
-  on each mode on 25-37% of 500 test points (``seed=1``; two runs) and pays a
-  posterior-matching gap of 0.43-0.51 nats (:math:`\log 2 = 0.69` for one mode). A first
-  spline layer that starts parted drifts the same way (its steep part slides through the base
-  mass at no cost), and so does a bimodal base started nearly merged (small :math:`\delta`).
-* A parted bimodal base keeps both modes (99.6% of the points, gap 0.008 nats), because a
-  bump cannot cross the gap; but the same barrier keeps a bump that landed on a poor local
-  mode there, with half the mass, and it cannot learn unequal masses.
-* The mixture base learns the weights through the stratified gradient: the same call with the
-  default base keeps 40-60% on each mode at 100% of the test points, with a gap of 0.004 nats.
-  On ``figure8`` with the true decoder fixed (mostly one-mode posteriors; two restarts, 1000
-  steps, 2000 points, gap against the grid on 500) the gaps were: mixture base 0.26, Gaussian
-  base 0.36, ``mixture`` guide 0.40, mean-field 0.55, bimodal base 1.51. Trained as a VAE on
-  ``figure8`` (ten restarts, 6000 steps) its posterior-matching gap was 0.059 nats against
-  the Gaussian base's 0.173, with the same test log p(x) (-0.910 against -0.908).
+  on :math:`x` yet; a first spline layer that starts parted drifts the same way (its steep part
+  slides through the base mass at no cost), and so does a bimodal base started nearly merged.
+* A parted bimodal base keeps both modes, because a bump cannot cross the gap; but the same
+  barrier keeps a bump that landed on a poor local mode there, with half the mass, and it
+  cannot learn unequal masses.
+* The mixture base learns the weights through the stratified gradient
+  (:mod:`pyrofail.objectives.stratified`).
+
+``docs/results.md`` ("Guides on two equal modes") has the measurements behind these sentences,
+with the calls that made them.
 
 The price of the mixture base is :math:`C` model evaluations per particle in training.
 

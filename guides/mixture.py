@@ -32,9 +32,8 @@ mass and one component on each, the ELBO is maximal at equal weights.
   parameter, usable with any Pyro ``ELBO``, and for the locations and scales as good as the
   Gaussian reparameterisation. For the **weights** it is nearly useless once the components
   sit on separated modes: it moves mass by moving samples through the gap, so only the rare
-  samples there carry the signal. Measured on ``quadratic`` (x = 0.1, components on the two
-  modes, sd 0.03): the per-sample gradient of the ELBO in the first logit had sd 18 against a
-  true value of -0.16 at weights 0.67/0.33, and even the mean of 200,000 samples was 3.4.
+  samples there carry the signal: its per-sample standard deviation dwarfs the true value
+  (``docs/results.md``, "Why stratified estimators").
 * ``rsample_strata``: plain reparameterised draws from every component, for the stratified
   estimators of :mod:`pyrofail.objectives.stratified` (Morningstar et al. 2021), whose weight gradient is
   the explicit difference between the components' log-weights. pyrofail's ``elbo`` and
@@ -46,15 +45,6 @@ mass and one component on each, the ELBO is maximal at equal weights.
 \bmod K}` on top of the shared encoder output), with scale 1/2 and equal weights, so that on a
 two-mode posterior each falls to a different mode; components started on top of each other
 would stay together, since nothing separates them.
-
-Measured on ``quadratic`` with the true decoder fixed,
-``pf.fit(truth.sample(2000, seed=0).x, model=truth, learn_model=False, guide="mixture")``
-(ten restarts, 6000 steps, the stratified ELBO): 40-60% of the mass on each mode at 100% of
-500 test points (``seed=1``), weights within 0.01 of 1/2, posterior-matching gap 0.020 nats
-(the Gaussian-based flow, same call: 37% and 0.43 nats). Trained through the implicit
-gradients instead, the same call kept 86% of points balanced (gap 0.041), and a shorter one
-(two restarts, 3000 steps, 500 points) let the weights drift to 0.67/0.33 and stay there (8%
-balanced).
 """
 
 from __future__ import annotations

@@ -16,7 +16,11 @@ import datetime as _dt
 import sys
 from pathlib import Path
 
-from pyrofail import zoo
+import torch
+
+from pyrofail import stages, zoo
+from pyrofail.analysis import grid
+from pyrofail.analysis.reference import METHODS
 from pyrofail.errors import (
     AllRestartsDiverged,
     UsageError,
@@ -24,15 +28,17 @@ from pyrofail.errors import (
     check_positive_float,
     check_positive_int,
 )
-from pyrofail.presets import PAPER_TABLE1, PRESETS
+from pyrofail.presets import PRESETS
 from pyrofail.runs import (
     RUN_FORMAT,
     atomic_write_json,
-    atomic_write_text,
     read_json,
     remove_stale_temporaries,
     versions,
 )
+from pyrofail.stages import jobs, report
+from pyrofail.stages.folder import RunFolder
+from pyrofail.stages.references import DEFAULT_POINTS
 
 PROG = "python -m pyrofail.analyze"
 
@@ -199,10 +205,8 @@ def resolve(args: argparse.Namespace) -> dict:
     given = vars(args)
     options = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[args.preset].items()}
     options["objective_options"] = {k: dict(v) for k, v in options["objective_options"].items()}
-    from pyrofail.sweep import DEFAULT_REFERENCE_POINTS
-
     options.setdefault("reference", "auto")
-    options.setdefault("reference_points", DEFAULT_REFERENCE_POINTS)
+    options.setdefault("reference_points", DEFAULT_POINTS)
     if "no_reference" in given and "reference" in given:
         raise UsageError("--reference and --no-reference exclude each other; give one of them")
     for flag, key in _RUN_OPTIONS.items():
@@ -219,9 +223,6 @@ def resolve(args: argparse.Namespace) -> dict:
 
 def validate(options: dict) -> None:
     """Raise :class:`UsageError` naming the first bad option."""
-    from pyrofail.analysis.reference import GRID_MAX_K, METHODS
-    from pyrofail.sweep import DEFAULT_REFERENCE_POINTS
-
     for kind, key in (("model", "model"), ("guide", "guide"), ("objective", "objective")):
         for name in options[key]:
             check_choice(kind, name, zoo.names(kind))
@@ -238,8 +239,6 @@ def validate(options: dict) -> None:
         if "num_particles" in opts:
             check_positive_int("--num-particles", opts["num_particles"])
     if str(options["device"]).startswith("cuda"):
-        import torch
-
         if not torch.cuda.is_available():
             raise UsageError(f"--device {options['device']}: CUDA is not available here; use cpu")
     elif options["device"] != "cpu":
@@ -247,10 +246,10 @@ def validate(options: dict) -> None:
     method = options.get("reference", "auto")
     if method is not None:
         check_choice("reference method", method, METHODS)
-        check_positive_int("--reference-points", options.get("reference_points", DEFAULT_REFERENCE_POINTS))
-        if method == "grid" and max(options["latent_dim"]) > GRID_MAX_K:
+        check_positive_int("--reference-points", options.get("reference_points", DEFAULT_POINTS))
+        if method == "grid" and max(options["latent_dim"]) > grid.MAX_K:
             raise UsageError(
-                f"--reference grid needs latent dimensions <= {GRID_MAX_K}, but --latent-dim has "
+                f"--reference grid needs latent dimensions <= {grid.MAX_K}, but --latent-dim has "
                 f"{max(options['latent_dim'])}; use --reference auto or nuts"
             )
     for key in ("model", "latent_dim", "guide", "objective"):
@@ -326,172 +325,25 @@ def main(argv=None) -> int:
 
 
 def _run(options: dict, run: Path, workers: int, quiet: bool) -> int:
-    from pyrofail.analysis import report
-    from pyrofail.sweep import expand, run_jobs, run_posterior
-
     run.mkdir(parents=True, exist_ok=True)
-    jobs = expand(options)
     config_path = run / "config.json"
     if not config_path.exists():
-        atomic_write_json(
-            config_path,
-            {
-                "format": RUN_FORMAT,
-                "options": options,
-                "jobs": [j for j in jobs],
-                "versions": versions(),
-                "threads": _threads(),
-            },
-        )
-    if not quiet:
-        print(f"run folder: {run}  ({len(jobs)} job{'s' * (len(jobs) != 1)})", file=sys.stderr)
-    outcomes = run_jobs(jobs, run, workers=workers, progress=not quiet)
-    results = [r for r in outcomes if "failed" not in r]
-    failed = {r["job"]: r["failed"] for r in outcomes if "failed" in r}
-    summary = {
-        r["job"]: {
-            "metrics": r["metrics"],
-            "restarts": r["restarts"],
-            "selected_restart": r["selected_restart"],
+        config = {
+            "format": RUN_FORMAT,
+            "options": options,
+            "jobs": jobs.expand(options),
+            "versions": versions(),
+            "threads": torch.get_num_threads(),
         }
-        for r in results
-    }
-    checks = report.table1_checks(results)
-    posterior = run_posterior(results, run, options, progress=not quiet, workers=workers) if results else None
-    metrics = {
-        "jobs": summary,
-        "failed": failed,
-        "table1_checks": [{"claim": c, "holds": h, "numbers": n} for c, h, n in checks],
-    }
-    if posterior is not None:
-        metrics["posterior"] = {
-            "settings": posterior["settings"],
-            "jobs": {job: _posterior_summary(rec) for job, rec in posterior["jobs"].items()},
-        }
-        metrics["diagnosis"] = posterior["diagnoses"]
-    atomic_write_json(run / "metrics.json", metrics)
-    text = _report_markdown(options, results, checks, failed, posterior)
-    atomic_write_text(run / "report.md", text)
-    print(report.results_table(results))
-    t1 = report.table1(results, PAPER_TABLE1)
-    if t1 and options["preset"] == "table1":
-        print(t1)
-    if checks:
-        print(report.checks_markdown(checks))
-    if posterior is not None:
-        print(report.posterior_table(posterior["jobs"]))
-        print(report.diagnosis_markdown(posterior["diagnoses"]))
-    print(f"report: {run / 'report.md'}")
+        atomic_write_json(config_path, config)
+    folder = RunFolder.open(run, workers=workers, quiet=quiet)
+    folder.say(f"run folder: {run}  ({len(folder.jobs)} job{'s' * (len(folder.jobs) != 1)})")
+    stages.run_all(folder)
+    print(report.console(folder))
+    failed = folder.failed_jobs()
     for job, reason in failed.items():
         print(f"{PROG}: job {job} failed: {reason}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def _posterior_summary(record: dict) -> dict:
-    """A job's posterior record without its per-point values (those stay in the job folder)."""
-    if "skipped" in record:
-        return {"skipped": record["skipped"]}
-    out = {
-        "reference_method": record["reference_method"],
-        "n_points": record["n_points"],
-        "model": record["model"]["mean"],
-        "truth": None if record["truth"] is None else record["truth"]["mean"],
-        "mleo": {k: record["mleo"][k] for k in ("mean", "stderr")},
-    }
-    best = record.get("best_mean_field")
-    out["best_mean_field"] = None if best is None else {k: best[k] for k in ("mean", "share_hard")}
-    return out
-
-
-def _report_markdown(options, results, checks, failed=None, posterior=None) -> str:
-    from pyrofail.analysis import report
-
-    lines = [
-        "# pyrofail run report",
-        "",
-        f"Preset `{options['preset']}`; models {', '.join(options['model'])}; K "
-        f"{', '.join(map(str, options['latent_dim']))}; guides {', '.join(options['guide'])}; "
-        f"objectives {', '.join(options['objective'])}; {options['restarts']} restarts, "
-        f"{options['steps']} steps, seed {options['seed']}; "
-        f"{options['n_train']}/{options['n_val']}/{options['n_test']} train/validation/test "
-        "points.",
-        "",
-        "## Results",
-        "",
-        "test −ELBO: mean over test points of the per-point ELBO (± Monte Carlo error); "
-        "test −bound: the training objective on test data (the ELBO, or the IWAE bound with the "
-        "training particle count); test −log p(x): exact quadrature for K ≤ 2 (`grid`), else "
-        "importance sampling from the guide (`isN`); PMO gap: log p(x) − ELBO = "
-        "E KL(q(z|x) ‖ p(z|x)); MLEO: KL(p_GT(x) ‖ p_θ(x)) on the test points; avg I(x; z_i): "
-        "encoder mutual information per latent dimension with the aggregate posterior over the "
-        "test points.",
-        "",
-        report.results_table(results),
-    ]
-    for job, reason in (failed or {}).items():
-        lines += [f"**{job} failed**: {reason}", ""]
-    t1 = report.table1(results, PAPER_TABLE1)
-    if t1:
-        lines += [
-            "## Table 1 of Yacoby et al. (2020): ours (paper)",
-            "",
-            "Our numbers come from our own data sets (the paper's are not public) and the paper "
-            "does not state the constants of its likelihood, so compare orderings and gaps, "
-            "not absolute values.",
-            "",
-            t1,
-        ]
-    if checks:
-        lines += ["## Orderings", "", report.checks_markdown(checks)]
-    compared = report.guides_compared(results)
-    if compared:
-        lines += ["## Guides compared", "", "Highest test log p(x) per model, K and objective.", "", compared]
-    if posterior is not None:
-        settings = posterior["settings"]
-        lines += [
-            "## Posterior bias",
-            "",
-            f"Each guide against the reference posterior of its own model at the first "
-            f"{settings['points']} test points, or all of them if fewer (`points`; "
-            f"`--reference {settings['method']}`, {settings['draws']} draws per point). ELBO and "
-            "log p(x): means over the points; PMO "
-            "gap: log p(x) − ELBO, the reverse KL(q‖p); KL(p‖q): the forward KL from the "
-            "reference draws; best MFG KL*: the smallest reverse KL any mean-field Gaussian reaches "
-            "per point (what a perfect, non-amortized mean-field encoder would pay; the PMO gap "
-            "minus it is the price of amortization and training); mode-mass error: total variation "
-            "between the masses q and p put on the modes of p; energy distance: 2E‖Y−Z‖ − E‖Y−Y′‖ − "
-            "E‖Z−Z′‖, zero only when q = p (Gneiting & Raftery 2007); PSIS k̂: Pareto shape of the "
-            "importance weights p/q (Vehtari et al. 2024), median and share of points above the "
-            "threshold where importance sampling from the guide fails.",
-            "",
-            report.posterior_table(posterior["jobs"]),
-            "Against the ground truth's posterior p_GT(z|x) at the same points (jobs at the true "
-            "K): the same quantities for the guide; posterior shift: the energy distance between "
-            "the learned model's posterior p_θ(z|x) and the truth's (how far the latent space "
-            "moved); MLEO: mean of log p_GT(x) − log p_θ(x) (± its standard error).",
-            "",
-            report.truth_table(posterior["jobs"]),
-            "## Diagnosis",
-            "",
-            "The failure conditions of Yacoby, Pan & Doshi-Velez (2020), decided from the numbers "
-            "above (`pyrofail.analysis.diagnose`).",
-            "",
-            report.diagnosis_markdown(posterior["diagnoses"]),
-        ]
-    lines += ["## Figures", ""]
-    for f in (posterior or {}).get("figures", []):
-        lines.append(f"![{Path(f).stem}]({f})")
-    for r in results:
-        for f in r["figures"]:
-            lines.append(f"![{r['job']} {Path(f).stem}](jobs/{r['job']}/{f})")
-    lines.append("")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Registry of the three swappable axes: models, guides and objectives, by name.
+"""Registry of the swappable axes: models, guides, objectives and procedures, by name.
 
 Entries register themselves where they are defined, with a decorator::
 
@@ -20,13 +20,14 @@ from typing import Any
 
 from pyrofail.errors import UsageError
 
-KINDS = ("model", "guide", "objective", "regression")
+KINDS = ("model", "guide", "objective", "procedure", "regression")
 # Where the entries of each kind are defined; imported on first use so that importing
 # pyrofail stays cheap and the entry modules may import this one.
 _PROVIDERS = {
     "model": "pyrofail.models",
     "guide": "pyrofail.guides",
     "objective": "pyrofail.objectives",
+    "procedure": "pyrofail.procedures",
     # processes with inputs, outputs, global weights and per-point latents (BNN + latent noise)
     "regression": "pyrofail.models",
 }
@@ -96,3 +97,8 @@ def guide(name: str, **options):
 def objective(name: str, **options):
     """Build the objective registered as ``name`` (a Pyro ``ELBO`` instance)."""
     return entry("objective", name).factory(**options)
+
+
+def procedure(name: str):
+    """The training procedure registered as ``name``: ``(config, problem) -> FitResult``."""
+    return entry("procedure", name).factory

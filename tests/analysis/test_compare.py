@@ -9,7 +9,8 @@ from torch.distributions import kl_divergence
 
 from pyrofail import zoo
 from pyrofail.analysis import compare, reference_posterior
-from pyrofail.analysis.compare import pareto_k_threshold, reference_modes
+from pyrofail.analysis.compare import pareto_k_threshold
+from pyrofail.analysis.modes import reference_modes
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.models import LinearGaussian
 from tests.guides.exact import ExactPosteriorGuide
@@ -135,7 +136,7 @@ def test_mode_mass_error_sees_a_dropped_mode():
     assert torch.allclose(one["model"]["per_point"]["pmo_gap"], log2, atol=0.1)
     # the two true modes, given exactly (independent of the mode finder): a guide symmetric
     # about 0 puts half its mass on each, as the posterior does
-    exact = [(torch.stack((-z, z))[:, None], torch.tensor([0, 1])) for z in z_star[:, 0]]
+    exact = (torch.stack([torch.stack((-z, z))[:, None] for z in z_star[:, 0]]), torch.tensor([[0, 1]] * 4))
     both = compare(truth, TableGuide(torch.zeros_like(x), 2 * z_star), x, reference=ref, modes=exact)
     assert float(both["model"]["per_point"]["mode_mass_error"].max()) < 0.06
     assert torch.all(both["model"]["per_point"]["n_modes"] == 2)

@@ -16,15 +16,8 @@ from torch import nn
 
 from pyrofail import zoo
 from pyrofail.analysis import diagnose
-from pyrofail.analysis.diagnose import (
-    CX1_SHARE,
-    HARD_KL,
-    MARGIN_NATS,
-    _LogJoint,
-    best_mean_field,
-    conclude,
-    evidence,
-)
+from pyrofail.analysis.diagnose import CX1_SHARE, MARGIN_NATS, conclude, evidence
+from pyrofail.analysis.hardness import HARD_KL, _LogJoint, best_mean_field
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.models import LatentGaussian, LinearGaussian
 from pyrofail.nn import MLP

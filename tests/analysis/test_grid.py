@@ -19,7 +19,7 @@ def test_grid_matches_linear_gaussian_posterior(k, d, sigma):
     exact = truth.double().posterior(x)
     assert torch.allclose(post.mean, exact.mean, atol=TOL)
     assert torch.allclose(post.cov, exact.covariance_matrix, atol=TOL)
-    assert torch.allclose(post.log_marginal, truth.marginal().log_prob(x), atol=1e-4)
+    assert torch.allclose(post.log_px, truth.marginal().log_prob(x), atol=1e-4)
     # draws follow the posterior: their mean within 5 standard errors of the exact one
     se = exact.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt() / 500**0.5
     assert ((post.draws.mean(1) - exact.mean).abs() < 5 * se).float().mean() > 0.95

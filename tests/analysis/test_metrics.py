@@ -36,10 +36,10 @@ def test_log_marginal_methods_agree_on_linear_gaussian():
     truth = LinearGaussian()
     x = truth.sample(30, seed=2).x
     exact = truth.marginal().log_prob(x)
-    grid = metrics.log_marginal(truth, x, method="grid")
+    grid = metrics.log_px(truth, x, method="grid")
     assert torch.allclose(grid["per_point"].float(), exact, atol=1e-4)
     guide = ExactPosteriorGuide(truth, scale_factor=1.3)
-    est = metrics.log_marginal(truth, x, guide=guide, method="is", num_samples=4000)
+    est = metrics.log_px(truth, x, guide=guide, method="is", num_samples=4000)
     assert torch.all((est["per_point"] - exact).abs() < 5 * est["stderr"] + 1e-3)
 
 

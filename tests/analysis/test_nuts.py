@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from pyrofail import zoo
-from pyrofail.analysis import modes, nuts
-from pyrofail.analysis.reference import draws, load, log_marginal, method, reference_posterior, save
+from pyrofail.analysis import modes, nuts, reweight, stats
+from pyrofail.analysis.reference import draws, load, log_px, method, reference_posterior, save
 from pyrofail.errors import UsageError
 from pyrofail.models import LatentGaussian, LinearGaussian
 from tests.analysis.test_modes import Fold
@@ -50,8 +50,8 @@ def test_nuts_mode_masses_agree_with_the_grid(against_grid):
 
 def test_nuts_log_marginal_agrees_with_the_grid(against_grid):
     name, truth, x, grid, ref = against_grid
-    exact, _ = log_marginal(grid)
-    value, stderr = log_marginal(ref)
+    exact, _ = log_px(grid)
+    value, stderr = log_px(ref)
     err = (exact - value).abs()
     assert (err <= 0.02).double().mean() >= 0.95
     # the reported standard error is honest: errors beyond four of them are rare
@@ -80,7 +80,7 @@ def test_three_latent_dimensions_against_the_closed_form():
     ref = reference_posterior(truth, x, seed=1, **SMALL)  # "auto" is NUTS for K = 3
     assert method(ref) == "nuts"
     exact = truth.double().posterior(x)
-    value, stderr = log_marginal(ref)
+    value, stderr = log_px(ref)
     err = (value - truth.double().marginal().log_prob(x)).abs()
     assert (err <= 0.02).double().mean() >= 0.9 and bool((err < 4 * stderr + 0.005).all())
     mean = torch.as_tensor(ref.moments["mean"].values)
@@ -111,14 +111,14 @@ def test_reweighting_gives_modes_their_mass_not_their_chain_count():
     x = truth.sample(30, seed=4).x.double()
     x = x[x[:, 0] > 0.05]  # two separated modes of mass 1/2 each
     z = _mode_chains(truth, x, [True, True, True, False])  # three chains in one mode, one in the other
-    ref = nuts.from_draws(truth, x, z)
+    ref = reweight.from_draws(truth, x, z)
     zn, lw = draws(ref)
     positive = (torch.softmax(lw, -1) * (zn[..., 0] > 0)).sum(-1)
     assert (positive - 0.5).abs().max() < 0.03  # unweighted, the pooled draws would say 0.75
     exact = zoo.model("quadratic")
-    from pyrofail.analysis.grid import log_marginal as grid_log_marginal
+    from pyrofail.analysis.grid import grid_posterior
 
-    assert (log_marginal(ref)[0] - grid_log_marginal(exact, x)).abs().max() < 0.02
+    assert (log_px(ref)[0] - grid_posterior(exact, x).log_px).abs().max() < 0.02
     assert float(ref.diagnostics.rhat.max()) < 1.02  # within modes, the chains agree
 
 
@@ -127,7 +127,7 @@ def test_a_mode_no_chain_found_is_flagged():
     x = truth.sample(30, seed=5).x.double()
     x = x[x[:, 0] > 0.05]
     z = _mode_chains(truth, x, [True, True, True, True])
-    ref = nuts.from_draws(truth, x, z)
+    ref = reweight.from_draws(truth, x, z)
     d = ref.diagnostics
     # the prior component finds the other half of the mass, or its weights are heavy-tailed
     flagged = (d.missing_mass > 0.1) | (d.pareto_k > 0.7)
@@ -140,7 +140,7 @@ def test_rhat_and_ess_are_arviz_definitions():
     v[1] += torch.linspace(0, 1, 4, dtype=torch.float64)[:, None]  # chains disagree
     v[2] = v[2].cumsum(-1) * 0.1  # random walks
     v[3] = torch.round(v[3] * 2)  # ties
-    r, e = nuts.rhat(v), nuts.ess(v)
+    r, e = stats.rhat(v), stats.ess(v)
     for i in range(5):
         assert float(r[i]) == pytest.approx(az.rhat(v[i].numpy(), method="rank"), rel=1e-10)
         assert float(e[i]) == pytest.approx(az.ess(v[i].numpy(), method="bulk"), rel=1e-10)
@@ -148,7 +148,7 @@ def test_rhat_and_ess_are_arviz_definitions():
     mask = torch.zeros(4, 101, dtype=torch.bool)
     mask[[0, 2]] = True
     subset = az.rhat(v[1, [0, 2]].numpy(), method="rank")
-    assert float(nuts.rhat(v[1], mask)) == pytest.approx(subset, rel=1e-10)
+    assert float(stats.rhat_within(v[1], mask)) == pytest.approx(subset, rel=1e-10)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pyrofail.analysis.reference import (
     draws,
     load,
     log_density,
-    log_marginal,
+    log_px,
     method,
     reference_posterior,
     save,
@@ -51,7 +51,7 @@ def test_saved_reference_reloads_identically(grid_ref, tmp_path):
     for a, b in zip(draws(ref), draws(back)):
         assert torch.equal(a, b)
     assert torch.equal(log_density(ref), log_density(back))
-    assert torch.equal(log_marginal(ref)[0], log_marginal(back)[0])
+    assert torch.equal(log_px(ref)[0], log_px(back)[0])
     assert method(back) == "grid"
     assert not list(tmp_path.glob("run/.*.tmp"))  # the temporary file is gone
 

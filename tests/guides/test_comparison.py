@@ -1,6 +1,6 @@
 """The report's "guides compared" section: one sentence per model, K and objective."""
 
-from pyrofail.analysis.report import guides_compared
+from pyrofail.stages.report import guides_compared
 
 
 def _job(model, k, guide, objective, neg_log_px, stderr=0.0):

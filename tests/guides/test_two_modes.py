@@ -50,7 +50,7 @@ def _gap(truth, guide, x, ref):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         elbo = bounds.elbo(truth, guide, x, 200).value.double()
-    return float((ref.log_marginal - elbo).mean())
+    return float((ref.log_px - elbo).mean())
 
 
 def _balanced(left, ref):

@@ -1,0 +1,177 @@
+"""Stage ``bias``: each guide and learned model against the reference posteriors.
+
+Per process, the ground truth's KL* at the analysis points (how hard its posteriors are for a
+mean-field Gaussian); per job, :func:`pyrofail.analysis.compare` of its guide against its own
+model's reference and the truth's, the KL* of its learned model (at the true K, K ≤ 2), and the
+PMO gap at every test point (for the map over data space); per process, the figures.
+
+Reads: ``jobs/<job>/{config.json, model.pt, guide.pt, reference.nc}``, ``truth/<model>/reference.nc``.
+Writes: ``truth/<model>/hardness.json``, ``jobs/<job>/posterior.json`` (written last: its
+presence means done), ``figures/posterior-<model>.png``, ``figures/pmo-gap-<model>.png``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pyrofail import zoo
+from pyrofail.analysis import metrics, reference_data
+from pyrofail.analysis import posterior_plots as pp
+from pyrofail.analysis.compare import compare
+from pyrofail.analysis.hardness import best_mean_field
+from pyrofail.analysis.modes import reference_modes
+from pyrofail.runs import atomic_write_json, read_json
+from pyrofail.stages.folder import RunFolder, job_id
+from pyrofail.stages.jobs import load_job
+from pyrofail.stages.pool import run_tasks
+from pyrofail.stages.references import analysis_points, settings_of
+
+__all__ = ["run", "job_bias", "truth_hardness"]
+
+
+def _lists(d: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
+
+
+def _current(path: Path, key: dict) -> dict | None:
+    if path.exists():
+        record = read_json(path)
+        if record.get("key") == key:
+            return record
+    return None
+
+
+def truth_hardness(name: str, config: dict, settings: dict, folder: Path) -> dict:
+    """KL* of the ground truth's posterior at every analysis point (``hardness.json``)."""
+    sizes = {k: config[k] for k in ("n_train", "n_val", "n_test")}
+    key = {"model": name, "settings": settings, **sizes}
+    done = folder / "hardness.json"
+    record = _current(done, key)
+    if record is not None:
+        return record
+    ref = reference_data.load(folder / "reference.nc")
+    x_ref, _ = analysis_points(config, settings["points"])
+    modes = reference_modes(ref, seed=settings["seed"])
+    best = best_mean_field(zoo.model(name), x_ref, ref, modes=modes, seed=settings["seed"])
+    record = {
+        "key": key,
+        "method": reference_data.method(ref),
+        "best_mean_field": {
+            "mean": best["mean"],
+            "share_hard": best["share_hard"],
+            "hard_kl": best["hard_kl"],
+            "per_point": best["kl"].tolist(),
+        },
+    }
+    atomic_write_json(done, record)
+    return record
+
+
+def job_bias(folder: Path, truth_folder: Path, settings: dict) -> dict:
+    """One job's guide and model against the references (``posterior.json``)."""
+    folder = Path(folder)
+    key = {"settings": settings, "job": job_id(read_json(folder / "config.json"))}
+    done = folder / "posterior.json"
+    record = _current(done, key)
+    if record is not None:
+        return record
+    config, truth, model, guide = load_job(folder)
+    model, guide = model.double(), guide.double()
+    x_ref, x_test = analysis_points(config, settings["points"])
+    seed = settings["seed"]
+    ref = reference_data.load(folder / "reference.nc")
+    truth_ref = reference_data.load(truth_folder / "reference.nc")
+    modes = reference_modes(ref, seed=seed)
+    result = compare(
+        model,
+        guide,
+        x_ref,
+        ref,
+        truth,
+        truth_reference=truth_ref,
+        modes=modes,
+        truth_modes=reference_modes(truth_ref, seed=seed),
+        seed=seed,
+    )
+    best = None
+    if model.latent_dim == truth.latent_dim and model.latent_dim <= 2:
+        best = best_mean_field(model, x_ref, ref, modes=modes, seed=seed)
+    # the PMO gap at every test point, for the map over data space
+    nelbo = metrics.negative_elbo(model, guide, x_test, num_samples=100, seed=seed)
+    lpx = metrics.log_px(model, x_test, guide=guide, num_samples=1000, seed=seed)["per_point"]
+    pmo_all = lpx.double() + nelbo["per_point"].double()
+    record = {
+        "key": key,
+        "job": job_id(config),
+        "reference_method": result["reference_method"],
+        "n_points": result["n_points"],
+        "model": {"mean": result["model"]["mean"], "per_point": _lists(result["model"]["per_point"])},
+        "truth": None
+        if result["truth"] is None
+        else {"mean": result["truth"]["mean"], "per_point": _lists(result["truth"]["per_point"])},
+        "mleo": {
+            "mean": result["mleo"]["mean"],
+            "stderr": result["mleo"]["stderr"],
+            "per_point": result["mleo"]["per_point"].tolist(),
+        },
+        "best_mean_field": None
+        if best is None
+        else {
+            "mean": best["mean"],
+            "share_hard": best["share_hard"],
+            "per_point": best["kl"].tolist(),
+            "loc": best["loc"].tolist(),
+            "scale": best["scale"].tolist(),
+        },
+        "pmo_gap_all_test_points": pmo_all.tolist(),
+    }
+    atomic_write_json(done, record)
+    return record
+
+
+def _figures(folder: RunFolder, name: str, group: list[dict], settings: dict) -> None:
+    """The posteriors at points spread over the truth's KL*, and the PMO-gap map."""
+    hardness = read_json(folder.truth_dir(name) / "hardness.json")
+    truth_ref = reference_data.load(folder.truth_dir(name) / "reference.nc")
+    truth = zoo.model(name)
+    picks = pp.choose_points(hardness["best_mean_field"]["per_point"])
+    fits, gaps = [], {}
+    for r in group:
+        job_folder = folder.job_dir(r["job"])
+        gaps[r["job"]] = read_json(job_folder / "posterior.json")["pmo_gap_all_test_points"]
+        if r["config"]["latent_dim"] == truth.latent_dim:
+            _, _, model, guide = load_job(job_folder)
+            fits.append((r["job"], model, guide, reference_data.load(job_folder / "reference.nc")))
+    if fits:
+        pp.posterior_figure(
+            folder.figures / f"posterior-{name}.png", truth, truth_ref, picks, fits, title=name
+        )
+    x_ref, x_test = analysis_points(group[0]["config"], settings["points"])
+    pp.pmo_gap_figure(
+        folder.figures / f"pmo-gap-{name}.png",
+        x_test,
+        gaps,
+        marked=x_ref[torch.as_tensor(picks)],
+        truth=truth,
+        title=name,
+    )
+
+
+def run(folder: RunFolder) -> None:
+    settings = settings_of(folder.options)
+    if settings is None:
+        return
+    groups = folder.by_model()
+    for name, group in groups.items():
+        truth_hardness(name, group[0]["config"], settings, folder.truth_dir(name))
+    tasks = [
+        (folder.job_dir(r["job"]), folder.truth_dir(name), settings)
+        for name, group in groups.items()
+        for r in group
+    ]
+    folder.say(f"posterior bias: {len(tasks)} jobs")
+    run_tasks(job_bias, tasks, folder.workers)
+    for name, group in groups.items():
+        _figures(folder, name, group, settings)

@@ -1,0 +1,177 @@
+"""Stage ``jobs``: fit every job and measure it on its test data.
+
+A job is one process x K x guide x objective, a pure function of its resolved config: it
+writes only inside its own folder ``jobs/<job>/`` — ``config.json``, ``fit.ckpt`` while
+training (deleted when done), ``model.pt`` and ``guide.pt`` (state dicts of the selected
+restart), ``figures/`` and, written last, ``metrics.json``: a folder with ``metrics.json`` is
+finished and never recomputed. A job whose every restart diverges writes ``failed.json``
+instead, and the others go on.
+
+Reads: ``config.json``. Writes: ``jobs/<job>/*``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import torch
+
+from pyrofail import zoo
+from pyrofail.analysis import metrics, plots
+from pyrofail.data import make_splits
+from pyrofail.errors import AllRestartsDiverged, UsageError
+from pyrofail.fit import fit
+from pyrofail.runs import RUN_FORMAT, atomic_torch_save, atomic_write_json, read_json
+from pyrofail.stages.folder import RunFolder, job_id
+from pyrofail.stages.pool import run_tasks
+from pyrofail.training import build
+
+__all__ = ["AXES", "expand", "job_data", "load_job", "run", "run_job"]
+
+AXES = ("model", "latent_dim", "guide", "objective")
+# Options of the later stages: they do not change a fit and stay out of a job's config.
+LATER_STAGE_OPTIONS = ("reference", "reference_points")
+
+
+def expand(options: dict) -> list[dict]:
+    """The cartesian product over the list-valued axes (model, latent_dim, guide, objective);
+    per-guide and per-objective option tables are resolved for each job."""
+    axes = [options[a] if isinstance(options[a], (list, tuple)) else [options[a]] for a in AXES]
+    jobs = []
+    for model, k, guide, objective in itertools.product(*axes):
+        cfg = {k: v for k, v in options.items() if k not in AXES and k not in LATER_STAGE_OPTIONS}
+        cfg.update(model=model, latent_dim=int(k), guide=guide, objective=objective)
+        cfg["guide_options"] = dict(options.get("guide_options", {}).get(guide, {}))
+        cfg["objective_options"] = dict(options.get("objective_options", {}).get(objective, {}))
+        cfg["lr"] = float(options.get("lr_by_guide", {}).get(guide, options["lr"]))
+        cfg.pop("lr_by_guide", None)
+        cfg["format"] = RUN_FORMAT
+        jobs.append(cfg)
+    return jobs
+
+
+def job_data(config: dict):
+    """``(truth, splits)``: the job's ground truth and its seeded train/validation/test data."""
+    truth = zoo.model(config["model"])
+    splits = make_splits(truth, config["n_train"], config["n_val"], config["n_test"], seed=config["seed"])
+    return truth, splits
+
+
+def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> dict:
+    """Fit and measure one job; returns its record (also written to ``metrics.json``), or
+    ``{"job", "config", "failed"}`` when every restart diverged."""
+    folder = Path(folder)
+    done, failed = folder / "metrics.json", folder / "failed.json"
+    if failed.exists() and not done.exists():
+        record = read_json(failed)
+        if record.get("config") == config:
+            return record  # every restart diverged: the same options diverge again
+    if done.exists():
+        result = read_json(done)
+        if result.get("config") == config:
+            return result
+        raise UsageError(f"{folder} holds a finished job with other options; use a new --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "config.json", config)
+    truth, splits = job_data(config)
+    try:
+        result = _fit(config, splits, truth, folder, progress)
+    except AllRestartsDiverged as e:
+        record = {"job": job_id(config), "config": config, "failed": str(e)}
+        atomic_write_json(failed, record)
+        return record
+    model, guide = result.model.cpu(), result.guide.cpu()
+    atomic_torch_save(model.state_dict(), folder / "model.pt")
+    atomic_torch_save(guide.state_dict(), folder / "guide.pt")
+    x_test = splits.test.x
+    summary = metrics.summarize(model, guide, x_test, truth=truth, is_samples=config.get("is_samples", 5000))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["seed"])
+        bound = result.objective.per_point(model, guide, x_test).mean()
+    summary["test_neg_bound"] = -float(bound[0])
+    summary["test_neg_bound_stderr"] = float(bound[1])
+    summary["noise_scale"] = float(model.noise_scale)
+    figures = plots.job_figures(
+        truth, model, splits.test, folder / "figures", title=job_id(config), seed=config["seed"]
+    )
+    out = {
+        "job": job_id(config),
+        "config": config,
+        "metrics": summary,
+        "restarts": result.restarts,
+        "selected_restart": result.best,
+        "history": result.history,
+        "figures": [str(Path(f).relative_to(folder)) for f in figures],
+    }
+    atomic_write_json(done, out)
+    (folder / "fit.ckpt").unlink(missing_ok=True)
+    return out
+
+
+def _fit(config, splits, truth, folder, progress):
+    return fit(
+        splits.train.x,
+        x_val=splits.val.x,
+        truth=truth,
+        latent_dim=config["latent_dim"],
+        guide=config["guide"],
+        objective=config["objective"],
+        restarts=config["restarts"],
+        steps=config["steps"],
+        batch_size=config["batch_size"],
+        lr=config["lr"],
+        seed=config["seed"],
+        device=config.get("device", "cpu"),
+        hidden=config["hidden"],
+        init=config["init"],
+        learn_noise=config["learn_noise"],
+        noise_scale=config.get("noise_scale"),
+        guide_options=config["guide_options"],
+        objective_options=config["objective_options"],
+        checkpoint=folder / "fit.ckpt",
+        progress=progress,
+    )
+
+
+def load_job(folder: str | os.PathLike):
+    """``(config, truth, model, guide)`` of a finished job, rebuilt from its ``config.json``
+    by :mod:`pyrofail.training.build` (as the fit built them) with the saved state dicts,
+    loaded with ``weights_only=True``."""
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    truth = zoo.model(config["model"])
+    k, d = int(config["latent_dim"]), truth.data_dim
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave no trace
+        noise = config.get("noise_scale") or float(truth.noise_scale)
+        options = {"hidden": tuple(config["hidden"]), "activation": config.get("activation", "leaky_relu")}
+        model = build.learned_model(k, d, noise, learn_noise=bool(config["learn_noise"]), **options)
+        guide = build.guide(config["guide"], k, d, options=config.get("guide_options", {}), **options)
+    for module, name in ((model, "model.pt"), (guide, "guide.pt")):
+        try:
+            state = torch.load(folder / name, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UsageError(f"{folder / name} does not exist; the job has not finished") from None
+        except Exception as e:  # noqa: BLE001 - any unpickling failure: not our checkpoint
+            raise UsageError(f"{folder / name} is not a state dict ({type(e).__name__})") from None
+        module.load_state_dict(state)
+    return config, truth, model.eval(), guide.eval()
+
+
+def run(folder: RunFolder) -> None:
+    """Run every job of the run that has not finished, ``folder.workers`` at a time."""
+    tasks = [(cfg, folder.job_dir(cfg), not folder.quiet and folder.workers <= 1) for cfg in folder.jobs]
+    bar = None
+    if not folder.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), desc="jobs", unit="job", dynamic_ncols=True)
+
+    def tick(i, total):
+        if bar is not None:
+            bar.update(1)
+
+    run_tasks(run_job, tasks, folder.workers, progress=tick)
+    if bar is not None:
+        bar.close()

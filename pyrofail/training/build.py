@@ -1,0 +1,71 @@
+"""The learned model, guide and objective of a fit, built from its configuration.
+
+One place builds them, for a fit (batched over ``R`` restarts) and for reading a finished fit
+back (un-batched), so that a saved state dict always finds the module it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pyrofail import zoo
+from pyrofail.errors import UsageError
+from pyrofail.models.latent_gaussian import LatentGaussian
+from pyrofail.nn import MLP, Batched
+
+__all__ = ["guide", "learned_model", "objective", "check_stackable"]
+
+
+def learned_model(
+    latent_dim: int,
+    data_dim: int,
+    noise_scale: float,
+    *,
+    hidden: Sequence[int] = (50, 50, 50),
+    activation: str = "leaky_relu",
+    learn_noise: bool = False,
+    restarts: int | None = None,
+) -> LatentGaussian:
+    r"""A latent-Gaussian model :math:`z \sim \mathcal N(0, I_K)`, :math:`x \mid z \sim
+    \mathcal N(f_\theta(z), \sigma^2 I_D)` with an MLP decoder :math:`f_\theta`."""
+    decoder = MLP((latent_dim, *hidden, data_dim), activation, restarts=restarts)
+    return LatentGaussian(
+        decoder, latent_dim, data_dim, noise_scale, learn_noise=learn_noise, restarts=restarts
+    )
+
+
+def guide(
+    name: str,
+    latent_dim: int,
+    data_dim: int,
+    *,
+    hidden: Sequence[int] = (50, 50, 50),
+    activation: str = "leaky_relu",
+    options: dict | None = None,
+    restarts: int | None = None,
+):
+    """The registered guide ``name`` with the fit's network shape (its own ``options`` win)."""
+    opts = {"hidden": tuple(hidden), "activation": activation, **(options or {})}
+    return zoo.guide(name, latent_dim=latent_dim, data_dim=data_dim, restarts=restarts, **opts)
+
+
+def objective(spec, options: dict | None = None):
+    """A registered objective by name (with ``options``), or an objective object as given;
+    either must know its per-point value (``per_point``)."""
+    loss = zoo.objective(spec, **(options or {})) if isinstance(spec, str) else spec
+    if not hasattr(loss, "per_point"):
+        raise UsageError("objective= must be a registered name or an objective with per_point()")
+    return loss
+
+
+def check_stackable(model, restarts: int, learn_model: bool) -> None:
+    """A model's trainable parameters must live in :class:`Batched` modules to be batched."""
+    if not learn_model or restarts == 1:
+        return
+    batched = {id(p) for m in model.modules() if isinstance(m, Batched) for p in m.parameters()}
+    loose = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in batched]
+    if loose:
+        raise UsageError(
+            f"model= has parameters outside restart-batchable modules ({loose[0]}, ...); "
+            "use restarts=1 or build the decoder from pyrofail.nn.MLP"
+        )
