@@ -7,6 +7,7 @@ The entry points: :func:`reference_posterior` (the exact or NUTS posterior of an
 """
 
 import importlib
+import importlib.util
 
 from pyrofail.analysis.compare import compare
 from pyrofail.analysis.diagnose import diagnose
@@ -16,6 +17,9 @@ __all__ = ["compare", "diagnose", "reference_posterior"]
 
 
 def __getattr__(name: str):
+    """Submodules (``pf.analysis.metrics``, ...) load on first access."""
     if name == "bounds":  # moved to the core, where the objectives use it
         return importlib.import_module("pyrofail.bounds")
+    if importlib.util.find_spec(f"pyrofail.analysis.{name}") is not None:
+        return importlib.import_module(f"pyrofail.analysis.{name}")
     raise AttributeError(f"module 'pyrofail.analysis' has no attribute {name!r}")

@@ -54,6 +54,8 @@ from pyrofail.analysis import modes as _modes
 from pyrofail.analysis import reference as _reference
 from pyrofail.analysis.modes import reference_modes
 
+__all__ = ["compare", "pareto_k_threshold"]
+
 # Guide draws per point for the ELBO and PSIS: the ELBO's Monte Carlo error is then a few
 # thousandths of a nat, and PSIS fits its Pareto tail to the largest 3 sqrt(S) ~ 95 weights.
 GUIDE_SAMPLES = 1000

@@ -20,6 +20,8 @@ import torch
 from pyrofail import bounds
 from pyrofail.analysis import grid
 
+__all__ = ["log_px", "mleo", "mutual_information", "negative_elbo", "summarize"]
+
 
 def negative_elbo(model, guide, x, num_samples: int = 100, seed: int = 0) -> dict:
     r"""Test :math:`-\mathrm{ELBO}`: ``{"mean", "stderr", "per_point"}``; ``stderr`` is the

@@ -44,6 +44,8 @@ import torch
 from pyrofail.analysis.reference_data import draws, log_density
 from pyrofail.errors import UsageError
 
+__all__ = ["assign", "find_modes", "mode_masses", "num_modes", "reference_mass_error", "reference_modes"]
+
 MAX_DRAWS = 400
 DIP = 0.5
 MIN_MASS = 0.02

@@ -9,6 +9,8 @@ import torch
 
 from pyrofail.runs import atomic_write_bytes
 
+__all__ = ["job_figures", "save"]
+
 
 def _pyplot():
     import matplotlib

@@ -26,6 +26,8 @@ import torch
 from pyrofail.analysis import reference_data as _reference
 from pyrofail.analysis.plots import _pyplot, save
 
+__all__ = ["choose_points", "pmo_gap_figure", "posterior_figure"]
+
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 

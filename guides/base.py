@@ -10,6 +10,8 @@ from pyro.nn import PyroModule
 from pyrofail.errors import check_positive_float, check_positive_int
 from pyrofail.nn import Batched, data_plates
 
+__all__ = ["AmortizedGuide"]
+
 
 class AmortizedGuide(Batched, PyroModule):
     """Base of amortized guides: the Pyro guide samples ``"z"`` from :meth:`distribution`.

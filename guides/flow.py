@@ -77,6 +77,8 @@ from pyrofail.guides.mixture import head_size, init_head, mixture_from_head
 from pyrofail.nn import MLP, inv_softplus
 from pyrofail.zoo import register
 
+__all__ = ["FlowGuide", "MixtureFlow", "SymmetricPairNormal"]
+
 TRANSFORMS = ("spline", "affine", "iaf")
 ORDERS = ("linear", "quadratic")
 BASES = ("bimodal", "gaussian", "mixture")

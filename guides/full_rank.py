@@ -10,6 +10,8 @@ from pyrofail.guides.base import AmortizedGuide
 from pyrofail.nn import MLP
 from pyrofail.zoo import register
 
+__all__ = ["FullRankGuide"]
+
 
 @register(
     "guide",

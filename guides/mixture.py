@@ -61,6 +61,8 @@ from pyrofail.guides.base import AmortizedGuide
 from pyrofail.nn import MLP, inv_softplus
 from pyrofail.zoo import register
 
+__all__ = ["MixtureGuide", "MixtureOfDiagNormals", "head_size", "init_head", "mixture_from_head"]
+
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 

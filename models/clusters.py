@@ -8,6 +8,8 @@ from torch import nn
 from pyrofail.models.latent_gaussian import LatentGaussian
 from pyrofail.zoo import register
 
+__all__ = ["ClusterSteps", "Clusters"]
+
 
 class ClusterSteps(nn.Module):
     """The clusters decoder :math:`f(z)` for ``z`` of shape ``(..., 1)``."""

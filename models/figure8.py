@@ -8,6 +8,8 @@ from torch import nn
 from pyrofail.models.latent_gaussian import LatentGaussian
 from pyrofail.zoo import register
 
+__all__ = ["Figure8", "Figure8Curve"]
+
 
 class Figure8Curve(nn.Module):
     """The figure-8 decoder :math:`f(z)` for ``z`` of shape ``(..., 1)``."""

@@ -9,6 +9,8 @@ from pyrofail.errors import UsageError
 from pyrofail.models.latent_gaussian import LatentGaussian
 from pyrofail.zoo import register
 
+__all__ = ["Affine", "LinearGaussian"]
+
 
 class Affine(nn.Module):
     """The decoder :math:`f(z) = W z + b` (fixed, not trained)."""

@@ -6,6 +6,8 @@ from torch import nn
 from pyrofail.models.latent_gaussian import LatentGaussian
 from pyrofail.zoo import register
 
+__all__ = ["CentredSquare", "Quadratic"]
+
 
 class CentredSquare(nn.Module):
     """The quadratic decoder :math:`f(z) = (\\Phi(z) - 1/2)^2` for ``z`` of shape ``(..., 1)``."""

@@ -40,6 +40,8 @@ from pyrofail.stages import jobs, report
 from pyrofail.stages.folder import RunFolder
 from pyrofail.stages.references import DEFAULT_POINTS
 
+__all__ = ["build_parser", "main", "resolve", "validate"]
+
 PROG = "python -m pyrofail.analyze"
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+__all__ = ["Estimate", "elbo", "iwae", "log_weights"]
+
 
 @dataclass
 class Estimate:

@@ -6,6 +6,8 @@ line turns it into a one-line message and exit status 2 instead of a traceback.
 
 import operator
 
+__all__ = ["AllRestartsDiverged", "UsageError", "check_choice", "check_positive_float", "check_positive_int"]
+
 
 class UsageError(ValueError):
     """Bad input: the message names the offending value and what is allowed."""

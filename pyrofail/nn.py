@@ -20,6 +20,17 @@ import pyro
 import torch
 from torch import nn
 
+__all__ = [
+    "Batched",
+    "MLP",
+    "data_plates",
+    "inv_softplus",
+    "restart_finite",
+    "restart_tensors",
+    "stack_restarts",
+    "take_restart",
+]
+
 RESTART_DIM = -2
 DATA_DIM = -1
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import pyro
 import torch
 
+__all__ = ["FusedAdam"]
+
 
 def _kernel(params) -> dict:
     """``fused=True`` (one kernel per step for all tensors: 0.14 ms against 0.38 ms for the

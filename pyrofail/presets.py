@@ -5,6 +5,8 @@ A preset fills every option the user did not give; options given on the command 
 
 from __future__ import annotations
 
+__all__ = ["BASE", "PAPER_TABLE1", "PRESETS"]
+
 BASE = {
     "model": ["figure8"],
     "latent_dim": [1],

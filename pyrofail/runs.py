@@ -21,11 +21,22 @@ import torch
 
 from pyrofail.errors import UsageError
 
+__all__ = [
+    "RUN_FORMAT",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "dumps",
+    "load_checkpoint",
+    "read_json",
+    "remove_stale_temporaries",
+    "versions",
+]
+
 RUN_FORMAT = 1
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-CONFIG = "config.json"
-METRICS = "metrics.json"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 
 from pyrofail.errors import UsageError
 
+__all__ = ["Entry", "KINDS", "entry", "guide", "model", "names", "objective", "procedure", "register"]
+
 KINDS = ("model", "guide", "objective", "procedure", "regression")
 # Where the entries of each kind are defined; imported on first use so that importing
 # pyrofail stays cheap and the entry modules may import this one.

@@ -36,6 +36,8 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
+__all__ = ["StratifiedMixin", "is_stratified", "log_weights", "selbo", "siwae"]
+
 
 def is_stratified(guide) -> bool:
     """Whether ``guide`` (possibly wrapped in Pyro handlers) asks for stratified estimators:
