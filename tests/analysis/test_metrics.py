@@ -60,3 +60,89 @@ def test_summarize_is_reproducible():
         float(torch.distributions.kl_divergence(guide.distribution(x), truth.posterior(x)).mean()),
         abs=0.02,
     )
+
+
+class TwoModes(AmortizedGuide):
+    """q(z | x_n) for two groups of points: group 0 has two modes at -a and +a (weights w and
+    1 - w), group 1 one mode at b; every component has scale s and K independent coordinates
+    alike. As a ``MixtureOfDiagNormals`` (``mixture=True``) or behind a plain distribution
+    wrapper that hides the mixture's structure (``mixture=False``)."""
+
+    def __init__(self, a=2.0, b=6.0, s=0.3, w=0.3, k=1, mixture=True):
+        super().__init__()
+        self.a, self.b, self.s, self.w, self.mixture = a, b, s, w, mixture
+        self.latent_dim, self.data_dim, self.restarts = k, 1, None
+
+    def distribution(self, x):
+        from pyrofail.guides.mixture import MixtureOfDiagNormals
+
+        group = x[:, 0] > 0  # (N,)
+        k = self.latent_dim
+        locs = torch.where(
+            group[:, None, None],
+            torch.tensor([self.b, self.b], dtype=x.dtype).view(1, 2, 1).expand(-1, -1, k),
+            torch.tensor([-self.a, self.a], dtype=x.dtype).view(1, 2, 1).expand(-1, -1, k),
+        )
+        logits = torch.where(
+            group[:, None],
+            torch.zeros(1, 2, dtype=x.dtype),
+            torch.tensor([[self.w, 1 - self.w]], dtype=x.dtype).log(),
+        )
+        q = MixtureOfDiagNormals(locs, torch.full_like(locs, self.s), logits)
+        return q if self.mixture else _Opaque(q)
+
+
+class _Opaque(dist.TorchDistribution):
+    """A distribution that exposes only sample and log_prob (like a flow)."""
+
+    arg_constraints = {}
+    support = dist.constraints.real_vector
+
+    def __init__(self, q):
+        self.q = q
+        super().__init__(q.batch_shape, q.event_shape, validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.q.sample(sample_shape)
+
+    def log_prob(self, value):
+        return self.q.log_prob(value)
+
+
+def _exact_mi(guide, x):
+    """I(x; z_1) by quadrature on a fine grid of z_1 (coordinates are alike and independent)."""
+    from pyrofail.guides.mixture import MixtureOfDiagNormals
+
+    q = guide.distribution(x)
+    q = q.q if isinstance(q, _Opaque) else q
+    first = MixtureOfDiagNormals(q.locs[..., :1], q.scales[..., :1], q.logits)
+    z = torch.linspace(-12, 14, 40001, dtype=torch.float64)
+    lp = first.log_prob(z[:, None, None].expand(-1, x.shape[0], 1))  # (G, N)
+    agg = torch.logsumexp(lp, 1) - math.log(x.shape[0])
+    dz = float(z[1] - z[0])
+    return float(((lp.exp() * (lp - agg[:, None])).sum(0) * dz).mean())
+
+
+@pytest.mark.parametrize("k, mixture", [(1, True), (1, False), (2, True), (2, False)])
+def test_mutual_information_of_a_two_mode_guide_against_quadrature(k, mixture):
+    """One third of the points have a two-mode q (unequal weights), the rest one mode far away:
+    the exact I(x; z_i) is about H(group) plus the spread within groups. The exact mixture
+    marginals (and the exact K = 1 log_prob) hit it within Monte Carlo error; the
+    leave-one-out kernel estimate (K = 2 behind an opaque distribution) within 0.05 nats.
+    A kernel estimate with Silverman's bandwidth from the per-point spread measured 0.62
+    against an exact 1.41 in such a case."""
+    x = torch.cat((-torch.ones(100, 1), torch.ones(200, 1))).double()
+    guide = TwoModes(k=k, mixture=mixture)
+    exact = _exact_mi(guide, x)
+    mi = metrics.mutual_information(guide, x, num_samples=50, kernel_samples=128)
+    tol = 0.05 if (k > 1 and not mixture) else 0.02
+    for i in range(k):
+        assert float(mi[i]) == pytest.approx(exact, abs=tol)
+
+
+def test_mutual_information_per_point_contributions_average_to_the_estimate():
+    x = torch.randn(500, 1, generator=torch.Generator().manual_seed(0))
+    guide = GaussianChannel(1.0, 0.5)
+    per = metrics.mutual_information(guide, x, per_point=True)
+    assert per.shape == (500, 1)
+    assert torch.allclose(per.mean(0), metrics.mutual_information(guide, x))
