@@ -146,12 +146,13 @@ def _summary(values: torch.Tensor) -> tuple[float, float]:
 # the encoder's divergence
 
 
-def _has_closed_kl(q) -> bool:
-    try:
-        torch.distributions.kl_divergence(q, q)
-    except NotImplementedError:
-        return False
-    return True
+def _is_gaussian(q) -> bool:
+    """Whether ``q`` is a Gaussian whose KL torch computes in closed form: ``Normal`` (possibly
+    inside ``Independent``) or ``MultivariateNormal``. Other families, a ``TransformedDistribution``
+    among them (torch's rule for those only covers identical transforms), go by Monte Carlo."""
+    while isinstance(q, torch.distributions.Independent):
+        q = q.base_dist
+    return isinstance(q, (torch.distributions.Normal, torch.distributions.MultivariateNormal))
 
 
 def _mean(q, num_samples: int, seed: int) -> torch.Tensor:
@@ -176,7 +177,7 @@ class _Divergence:
             if objective == "mean":
                 self.mu0 = _mean(self.q0, num_samples, seed)
                 self.method = "exact mean" if self._exact_mean() else f"monte_carlo{num_samples}"
-            elif _has_closed_kl(self.q0):
+            elif _is_gaussian(self.q0):
                 self.method = "closed_form"
             else:
                 with torch.random.fork_rng(devices=[]):

@@ -106,10 +106,11 @@ def test_linf_attack_stays_in_the_cube_and_finds_the_best_corner(setup):
     assert torch.all(many["divergence"] >= one["divergence"])
 
 
-def test_monte_carlo_kl_matches_the_closed_form(setup):
+@pytest.mark.parametrize("family", ["mixture", "transformed"])
+def test_monte_carlo_kl_matches_the_closed_form(setup, family):
     a, b, cov, x = setup
     cov = torch.diag(cov.diagonal())
-    exact_enc, mc_enc = LinearEncoder(a, b, cov, "diag"), LinearEncoder(a, b, cov, "mixture")
+    exact_enc, mc_enc = LinearEncoder(a, b, cov, "diag"), LinearEncoder(a, b, cov, family)
     lam, _ = top_eigen(a.T @ torch.linalg.inv(cov) @ a)
     out = attack_encoder(mc_enc, x, EPS, norm="l2", steps=60, seed=3)
     assert out["method"] == "monte_carlo1000"
@@ -141,10 +142,14 @@ def sensitive(guide):
     return guide
 
 
-@pytest.mark.parametrize("family", [MeanFieldGuide, MixtureGuide, FlowGuide])
+@pytest.mark.parametrize(
+    "family, options",
+    [(MeanFieldGuide, {}), (MixtureGuide, {}), (FlowGuide, {}), (FlowGuide, {"base": "gaussian"})],
+    ids=["mean_field", "mixture", "flow", "flow-gaussian-base"],
+)
 @pytest.mark.parametrize("objective", ["kl", "mean"])
-def test_the_attack_beats_random_perturbations_on_every_family(family, objective):
-    guide = sensitive(family(2, 3, hidden=(8,)))
+def test_the_attack_beats_random_perturbations_on_every_family(family, options, objective):
+    guide = sensitive(family(2, 3, hidden=(8,), **options))
     x = torch.randn(6, 3, generator=torch.Generator().manual_seed(2))
     out = attack_encoder(
         guide, x, 0.2, norm="l2", objective=objective, steps=15, num_samples=16, eval_samples=200
