@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyrofail.errors import check_positive_float, check_positive_int
+from pyrofail.errors import UsageError, check_positive_float, check_positive_int
 from pyrofail.models.latent_gaussian import LatentGaussian
 from pyrofail.zoo import register
 
@@ -54,7 +54,10 @@ class WarpedIdentity(nn.Module):
         self.amplitude = float(amplitude)
         self.frequency = check_positive_float("frequency", frequency)
         if not 0 <= self.amplitude * self.frequency < 1:
-            raise ValueError("amplitude * frequency must lie in [0, 1) for g to be increasing")
+            raise UsageError(
+                f"amplitude={amplitude!r} with frequency={frequency!r} is not allowed; expected "
+                "0 <= amplitude * frequency < 1, so that g is increasing"
+            )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z + self.amplitude * torch.sin(self.frequency * z)

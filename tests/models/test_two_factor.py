@@ -120,3 +120,14 @@ def test_exact_posterior_means_are_disentangled(truth):
     out = dci(means, data.z, n_estimators=20)
     assert out["disentanglement"] > 0.9 and out["completeness"] > 0.9
     assert out["informativeness_test"] > 0.85
+
+
+def test_bad_options_raise_usage_error():
+    from pyrofail.errors import UsageError
+
+    with pytest.raises(UsageError, match="amplitude"):
+        TwoFactorSmooth(amplitude=0.6)  # 0.6 * 2 >= 1: g would not be increasing
+    with pytest.raises(UsageError, match="levels"):
+        TwoFactorSteps(levels=1)
+    with pytest.raises(UsageError, match="noise_scale"):
+        TwoFactorSteps(noise_scale=0.0)
