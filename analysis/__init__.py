@@ -2,8 +2,10 @@
 
 The entry points: :func:`reference_posterior` (the exact or NUTS posterior of any model),
 :func:`compare` (a guide and its model against it, and against the ground truth) and
-:func:`diagnose` (which failure condition of Yacoby et al. 2020 is at work). Heavy libraries
-(ArviZ, matplotlib) load only when a function needs them.
+:func:`diagnose` (which failure condition of Yacoby et al. 2020 is at work); for downstream
+tasks, :func:`mig` and :func:`dci` (disentanglement) and :func:`attack_encoder` (adversarial
+robustness). Heavy libraries (ArviZ, matplotlib, scikit-learn) load only when a function needs
+them, and so do the submodules (``pf.analysis.metrics``, ...).
 """
 
 import importlib
@@ -13,11 +15,19 @@ from pyrofail.analysis.compare import compare
 from pyrofail.analysis.diagnose import diagnose
 from pyrofail.analysis.reference import reference_posterior
 
-__all__ = ["compare", "diagnose", "reference_posterior"]
+# functions whose module loads on first use: name -> module
+_LAZY = {
+    "attack_encoder": "pyrofail.analysis.attacks",
+    "dci": "pyrofail.analysis.disentanglement",
+    "mig": "pyrofail.analysis.disentanglement",
+}
+
+__all__ = ["attack_encoder", "compare", "dci", "diagnose", "mig", "reference_posterior"]
 
 
 def __getattr__(name: str):
-    """Submodules (``pf.analysis.metrics``, ...) load on first access."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     if name == "bounds":  # moved to the core, where the objectives use it
         return importlib.import_module("pyrofail.bounds")
     if importlib.util.find_spec(f"pyrofail.analysis.{name}") is not None:

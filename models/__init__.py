@@ -10,5 +10,15 @@ from pyrofail.models.figure8 import Figure8
 from pyrofail.models.latent_gaussian import Dataset, LatentGaussian
 from pyrofail.models.linear_gaussian import LinearGaussian
 from pyrofail.models.quadratic import Quadratic
+from pyrofail.models.two_factor import TwoFactorSmooth, TwoFactorSteps
 
-__all__ = ["Clusters", "Dataset", "Figure8", "LatentGaussian", "LinearGaussian", "Quadratic"]
+__all__ = [
+    "Clusters",
+    "Dataset",
+    "Figure8",
+    "LatentGaussian",
+    "LinearGaussian",
+    "Quadratic",
+    "TwoFactorSmooth",
+    "TwoFactorSteps",
+]

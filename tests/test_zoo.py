@@ -11,7 +11,7 @@ import pyrofail as pf
 from pyrofail import zoo
 
 SMOKE = {
-    "model": ["clusters", "figure8", "linear_gaussian", "quadratic"],
+    "model": ["clusters", "figure8", "linear_gaussian", "quadratic", "two_factor_smooth", "two_factor_steps"],
     "guide": ["flow", "full_rank", "mean_field", "mixture"],
     "objective": ["elbo", "iwae"],
 }
