@@ -346,7 +346,12 @@ def read(source, *, columns: Sequence | None = None, labels=None) -> Table:
 
 def default_threshold(source) -> float | None:
     """The source's own binarisation threshold (``digits``: 8, half the 0–16 pixel range), or
-    ``None``."""
+    ``None``.
+
+    Example:
+        >>> default_threshold("digits"), default_threshold("wine")
+        (8.0, None)
+    """
     name = _normal_name(source)
     entry = BUNDLED.get(name) if name is not None else None
     return None if entry is None else entry.threshold
@@ -354,7 +359,12 @@ def default_threshold(source) -> float | None:
 
 def default_standardize(source) -> bool:
     """Whether the source's features are standardised by default (all but ``digits``, whose
-    pixels share one scale)."""
+    pixels share one scale).
+
+    Example:
+        >>> default_standardize("digits"), default_standardize("my_data.csv")
+        (False, True)
+    """
     name = _normal_name(source)
     entry = BUNDLED.get(name) if name is not None else None
     return True if entry is None else entry.standardize

@@ -2,6 +2,7 @@
 Bernoulli. Each log_joint against a hand computation or torch.distributions, against the Pyro
 trace, batched across restarts, through the grid reference, and in training."""
 
+import doctest
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from scipy import integrate
 import pyrofail as pf
 from pyrofail.analysis import grid
 from pyrofail.errors import UsageError
-from pyrofail.models import LatentBernoulli, LatentGaussian
+from pyrofail.models import LatentBernoulli, LatentGaussian, latent_bernoulli
 from pyrofail.models.linear_gaussian import Affine
 from pyrofail.nn import MLP, stack_restarts, take_restart
 
@@ -246,3 +247,8 @@ def test_every_guide_and_objective_trains_every_likelihood(likelihood, guide, ob
         assert result.model.log_noise.shape == start.shape
         moved = not torch.equal(result.model.log_noise.detach(), start)
         assert moved == model.learn_noise
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(latent_bernoulli)
+    assert result.attempted > 0 and result.failed == 0
