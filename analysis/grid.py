@@ -6,22 +6,24 @@ r"""The exact posterior :math:`p(z \mid x)` and :math:`\log p(x)` by quadrature,
     \qquad p(z_g \mid x) \propto w_g\, p(z_g)\, p(x \mid z_g).
 
 **One mesh for every data point.** For a latent-Gaussian model,
-:math:`\log p(x \mid z) = -\lVert x - f(z)\rVert^2 / 2\sigma^2 + c`, so the integrand is
-smooth on a cell exactly when the decoder moves little across it compared with
-:math:`\sigma`. The mesh is therefore refined where the decoder varies, not where a
-particular ``x`` puts its mass: starting from cells of width ``base_width`` on
-:math:`[-r, r]^K`, a cell is split in :math:`2^K` while :math:`f` changes by more than
-``tol`` :math:`\cdot\,\sigma` between its centre and its corners. No posterior mode can be
-narrower than a leaf cell, so none is missed, and :math:`f` is evaluated once per node for all
-``x``; the log-likelihood of all points at all nodes is then one matrix product.
+:math:`\log p(x \mid z) = -\tfrac12 \sum_d (x_d - f_d(z))^2 / \sigma_d^2 + c`, a function of
+the whitened decoder :math:`f(z) \oslash \sigma` alone (one shared :math:`\sigma` or one per
+feature), so the integrand is smooth on a cell exactly when the whitened decoder moves little
+across it. The mesh is therefore refined where the decoder varies, not where a particular
+``x`` puts its mass: starting from cells of width ``base_width`` on :math:`[-r, r]^K`, a cell
+is split in :math:`2^K` while :math:`\lVert (f(z') - f(z)) \oslash \sigma \rVert` exceeds
+``tol`` between its centre and a corner (with one :math:`\sigma`, a change of ``tol``
+:math:`\cdot\,\sigma`). No posterior mode can be narrower than a leaf cell, so none is missed,
+and :math:`f` is evaluated once per node for all ``x``; the log-likelihood of all points at all
+nodes is then one matrix product of the whitened :math:`x` and :math:`f`.
 
 Each leaf cell carries the tensor-product two-point Gauss–Legendre rule (exact for cubics
 along each axis). Cells beyond ``refine_radius`` (prior mass below :math:`10^{-6}`) stay at
 the base width. The result reports the posterior mass in the outermost ring of cells; when it
 exceeds ``boundary_tol`` the mesh is rebuilt on a wider box.
 
-For a model that is not latent-Gaussian (no ``mean``/``noise_scale``), a uniform mesh of
-width ``base_width`` is used with ``log_joint`` directly.
+For a model that is not latent-Gaussian (no ``mean``/``noise_scale``: a Bernoulli
+likelihood, say), a uniform mesh of width ``base_width`` is used with ``log_joint`` directly.
 """
 
 from __future__ import annotations
@@ -87,6 +89,15 @@ def _is_latent_gaussian(model) -> bool:
     return hasattr(model, "mean") and hasattr(model, "noise_scale")
 
 
+def feature_sigma(model, dtype, device) -> torch.Tensor:
+    r""":math:`(\sigma_1, \dots, \sigma_D)` of a latent-Gaussian model (its first restart when
+    batched), whether it has one shared :math:`\sigma` or one per feature."""
+    sigma = torch.as_tensor(model.noise_scale)
+    if getattr(model, "restarts", None) is not None:
+        sigma = sigma[0]
+    return sigma.to(dtype=dtype, device=device).expand(model.data_dim)
+
+
 @torch.no_grad()
 def build_mesh(
     model,
@@ -102,7 +113,8 @@ def build_mesh(
 ) -> Mesh:
     """The shared quadrature mesh for ``model`` (see the module docstring).
 
-    :param tol: largest change of :math:`f` across a leaf cell, in units of :math:`\\sigma`.
+    :param tol: largest change of :math:`f` across a leaf cell, in units of :math:`\\sigma`
+        (feature by feature: the norm of the change divided by :math:`\\sigma_d`).
     :param max_nodes: refinement stops (and ``info["unresolved_cells"]`` counts the cells
         left coarse) once the mesh would exceed this many nodes.
     """
@@ -119,13 +131,13 @@ def build_mesh(
     levels = 0
     max_ratio = 0.0
     if _is_latent_gaussian(model):
-        sigma = float(model.noise_scale.reshape(-1)[0])
+        sigma = feature_sigma(model, dtype, device)  # (D,)
         n_leaf_nodes = 0
         while centres.shape[0]:
             corners = centres[:, None, :] + 0.5 * width * signs  # (M, 2^K, K)
             f_c = _mean_chunked(model, centres)
             f_k = _mean_chunked(model, corners.reshape(-1, k)).reshape(*corners.shape[:2], -1)
-            change = (f_k - f_c[:, None, :]).norm(dim=-1).amax(-1) / sigma  # (M,)
+            change = ((f_k - f_c[:, None, :]) / sigma).norm(dim=-1).amax(-1)  # (M,), whitened
             near = centres.norm(dim=-1) <= refine_radius + width * math.sqrt(k) / 2
             split = (change > tol) & near
             n_split = int(split.sum())
@@ -181,18 +193,19 @@ class _Integrand:
         self.gaussian = _is_latent_gaussian(model)
         base = mesh.log_weights - 0.5 * (z * z).sum(-1) - 0.5 * k * LOG_2PI
         if self.gaussian:
-            sigma = model.noise_scale.reshape(-1)[0].to(z.dtype)
+            # whitened: log N(x; f, diag s^2) = -|x/s|^2/2 + (x/s).(f/s) - |f/s|^2/2 - sum log s - ...
+            sigma = feature_sigma(model, z.dtype, z.device)  # (D,)
             d = model.data_dim
-            self.f = _mean_chunked(model, z)  # (G, D)
-            self.inv_var = 1.0 / sigma**2
-            base = base - 0.5 * self.inv_var * (self.f * self.f).sum(-1)
-            base = base - d * torch.log(sigma) - 0.5 * d * LOG_2PI
+            self.inv_sigma = 1.0 / sigma
+            self.f = _mean_chunked(model, z) * self.inv_sigma  # (G, D)
+            base = base - 0.5 * (self.f * self.f).sum(-1)
+            base = base - torch.log(sigma).sum() - 0.5 * d * LOG_2PI
         self.base = base
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.gaussian:
-            quad = x @ self.f.T - 0.5 * (x * x).sum(-1, keepdim=True)
-            return self.base + self.inv_var * quad
+            x = x * self.inv_sigma
+            return self.base + (x @ self.f.T - 0.5 * (x * x).sum(-1, keepdim=True))
         lj = self.model.log_joint(self.mesh.nodes[:, None, :], x[None, :, :])  # (G, n)
         return lj.T + self.mesh.log_weights
 

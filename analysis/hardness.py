@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pyrofail.analysis import reference_data
+from pyrofail.analysis.grid import feature_sigma
 from pyrofail.analysis.modes import reference_modes
 from pyrofail.analysis.reference import reference_posterior
 
@@ -67,7 +68,8 @@ class _LogJoint:
         with torch.no_grad():
             f = torch.cat([model.mean(z[i : i + 2**16]) for i in range(0, z.shape[0], 2**16)])
         self.f = f.reshape(*([m] * k), -1)
-        self.sigma = float(model.noise_scale.reshape(-1)[0])
+        self.sigma = feature_sigma(model, torch.float64, f.device)  # (D,): shared or per feature
+        self.log_norm = float(self.sigma.log().sum())
         self.d = model.data_dim
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
@@ -90,12 +92,12 @@ class _LogJoint:
         if not self.tabulated:
             return self.model.log_joint(z, x)
         k, d, s = self.k, self.d, self.sigma
-        resid = (x - self.mean(z)) / s
+        resid = (x - self.mean(z)) / s.to(x.dtype)
         return (
             -0.5 * (z * z).sum(-1)
             - 0.5 * k * math.log(2 * math.pi)
             - 0.5 * (resid * resid).sum(-1)
-            - d * math.log(s)
+            - self.log_norm
             - 0.5 * d * math.log(2 * math.pi)
         )
 

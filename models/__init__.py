@@ -7,6 +7,7 @@ Importing this package registers the zoo entries.
 
 from pyrofail.models.clusters import Clusters
 from pyrofail.models.figure8 import Figure8
+from pyrofail.models.latent_bernoulli import LatentBernoulli
 from pyrofail.models.latent_gaussian import Dataset, LatentGaussian
 from pyrofail.models.linear_gaussian import LinearGaussian
 from pyrofail.models.quadratic import Quadratic
@@ -16,6 +17,7 @@ __all__ = [
     "Clusters",
     "Dataset",
     "Figure8",
+    "LatentBernoulli",
     "LatentGaussian",
     "LinearGaussian",
     "Quadratic",

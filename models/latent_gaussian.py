@@ -2,10 +2,14 @@ r"""The latent-Gaussian generative process shared by every zoo entry and every l
 
 .. math::
 
-    z \sim \mathcal N(0, I_K), \qquad x \mid z \sim \mathcal N\big(f(z), \sigma^2 I_D\big).
+    z \sim \mathcal N(0, I_K), \qquad
+    x \mid z \sim \mathcal N\big(f(z), \operatorname{diag}(\sigma_1^2, \dots, \sigma_D^2)\big),
 
-A ground-truth zoo entry fixes :math:`f` to a known function; a learned model uses a neural
-decoder with the same prior and likelihood, so every metric applies to both.
+with one :math:`\sigma` shared by every feature (the zoo's processes) or one per feature
+(``noise_per_feature=True``: columns measured with different precision), fixed or learned. A
+ground-truth zoo entry fixes :math:`f` to a known function; a learned model uses a neural
+decoder with the same prior and likelihood, so every metric applies to both. Binary data take
+the Bernoulli sibling, :class:`~pyrofail.models.latent_bernoulli.LatentBernoulli`.
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ class LatentGaussian(Batched, PyroModule):
         ``(..., R, N, K)`` to ``(..., R, N, D)``).
     :param latent_dim: :math:`K`.
     :param data_dim: :math:`D`.
-    :param noise_scale: :math:`\sigma > 0` (a float, or one per restart).
+    :param noise_scale: :math:`\sigma > 0`: a float, or one per restart ``(R,)``; with
+        ``noise_per_feature`` a float (every feature), ``(D,)`` or ``(R, D)``.
     :param learn_noise: whether :math:`\log\sigma` is a trainable parameter.
+    :param noise_per_feature: one :math:`\sigma_d` per feature (``log_noise`` of shape
+        ``(D,)``, ``(R, D)`` when batched) instead of one shared :math:`\sigma`.
     :param restarts: ``None``, or ``R`` for ``R`` independent copies in one batched module.
 
     The Pyro model (:meth:`model`) has a latent site ``"z"`` and an observed site ``"x"``, both
@@ -49,19 +56,31 @@ class LatentGaussian(Batched, PyroModule):
         noise_scale=1.0,
         *,
         learn_noise: bool = False,
+        noise_per_feature: bool = False,
         restarts: int | None = None,
     ):
         super().__init__()
         self.latent_dim = check_positive_int("latent_dim", latent_dim)
         self.data_dim = check_positive_int("data_dim", data_dim)
         self.restarts = restarts
+        self.noise_per_feature = bool(noise_per_feature)
         self.decoder = decoder
         noise = torch.as_tensor(noise_scale, dtype=torch.get_default_dtype())
         if noise.numel() == 1:
             check_positive_float("noise_scale", float(noise))
-        elif not bool((noise > 0).all()):
-            raise UsageError(f"noise_scale={noise.tolist()} is not allowed; expected values > 0")
-        log_noise = noise.log().expand(self.batch_shape).clone()
+            noise = noise.reshape(())
+        elif not bool(torch.isfinite(noise).all() and (noise > 0).all()):
+            raise UsageError(f"noise_scale={noise.tolist()} is not allowed; expected finite values > 0")
+        shape = self.batch_shape + ((self.data_dim,) if self.noise_per_feature else ())
+        try:
+            log_noise = noise.log().expand(shape).clone()
+        except RuntimeError:
+            allowed = "a float, (D,) or (R, D)" if self.noise_per_feature else "a float or (R,)"
+            hint = "" if self.noise_per_feature else "; for one sigma per feature pass noise_per_feature=True"
+            raise UsageError(
+                f"noise_scale has shape {tuple(noise.shape)}; expected {allowed} for "
+                f"data_dim={self.data_dim}, restarts={restarts}{hint}"
+            ) from None
         if learn_noise:
             self.log_noise = nn.Parameter(log_noise)
         else:
@@ -70,7 +89,8 @@ class LatentGaussian(Batched, PyroModule):
     # -- the process --------------------------------------------------------------------
     @property
     def noise_scale(self) -> torch.Tensor:
-        """The current :math:`\\sigma` (detached), of shape ``()`` or ``(R,)``."""
+        """The current :math:`\\sigma` (detached): ``()`` or ``(R,)``; per feature ``(D,)``
+        or ``(R, D)``."""
         return self.log_noise.detach().exp()
 
     @property
@@ -78,9 +98,18 @@ class LatentGaussian(Batched, PyroModule):
         return isinstance(self.log_noise, nn.Parameter)
 
     def _log_sigma(self) -> torch.Tensor:
-        # broadcastable against (..., R, N, D) when batched
+        # broadcastable against (..., N, D), or (..., R, N, D) when batched: a shared sigma
+        # is () or (R, 1, 1), a per-feature one (D,) or (R, 1, D)
         s = self.log_noise
-        return s if self.restarts is None else s.reshape(-1, 1, 1)
+        if self.restarts is None:
+            return s
+        return s.reshape(-1, 1, self.data_dim if self.noise_per_feature else 1)
+
+    def _log_norm(self, log_sigma: torch.Tensor) -> torch.Tensor:
+        # sum_d log sigma_d, broadcastable against (..., N) or (..., R, N)
+        if self.noise_per_feature:
+            return log_sigma.sum(-1)
+        return self.data_dim * log_sigma.squeeze(-1)
 
     def mean(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder :math:`f(z)`."""
@@ -92,7 +121,8 @@ class LatentGaussian(Batched, PyroModule):
         return dist.Normal(zero, 1.0).to_event(1)
 
     def likelihood(self, z: torch.Tensor) -> dist.Distribution:
-        """:math:`p(x \\mid z) = \\mathcal N(f(z), \\sigma^2 I_D)` with event shape ``(D,)``."""
+        """:math:`p(x \\mid z) = \\mathcal N(f(z), \\operatorname{diag}(\\sigma_1^2, \\dots,
+        \\sigma_D^2))` with event shape ``(D,)``."""
         return dist.Normal(self.mean(z), self._log_sigma().exp()).to_event(1)
 
     def model(self, x: torch.Tensor | None = None, n: int | None = None):
@@ -114,7 +144,7 @@ class LatentGaussian(Batched, PyroModule):
         return z
 
     def log_joint(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        r""":math:`\log p(x, z) = \log \mathcal N(z; 0, I) + \log \mathcal N(x; f(z), \sigma^2 I)`.
+        r""":math:`\log p(x, z) = \log \mathcal N(z; 0, I) + \sum_d \log \mathcal N(x_d; f_d(z), \sigma_d^2)`.
 
         ``z`` is ``(..., K)`` and ``x`` is ``(..., D)``; leading shapes broadcast, so a grid
         ``(G, 1, K)`` against data ``(N, D)`` gives ``(G, N)`` with ``f`` evaluated ``G`` times.
@@ -123,7 +153,7 @@ class LatentGaussian(Batched, PyroModule):
         k, d = self.latent_dim, self.data_dim
         log_prior = -0.5 * (z * z).sum(-1) - 0.5 * k * LOG_2PI
         resid = (x - self.mean(z)) * torch.exp(-log_sigma)
-        log_lik = -0.5 * (resid * resid).sum(-1) - d * log_sigma.squeeze(-1) - 0.5 * d * LOG_2PI
+        log_lik = -0.5 * (resid * resid).sum(-1) - self._log_norm(log_sigma) - 0.5 * d * LOG_2PI
         return log_prior + log_lik
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +177,10 @@ class LatentGaussian(Batched, PyroModule):
 
     def extra_repr(self) -> str:
         sigma = self.noise_scale
-        sigma = f"{float(sigma):.4g}" if sigma.numel() == 1 else "per restart"
+        if self.noise_per_feature:
+            sigma = "per feature"
+        else:
+            sigma = f"{float(sigma):.4g}" if sigma.numel() == 1 else "per restart"
         return (
             f"latent_dim={self.latent_dim}, data_dim={self.data_dim}, noise_scale={sigma}, "
             f"learn_noise={self.learn_noise}, restarts={self.restarts}"

@@ -92,7 +92,7 @@ def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> 
         bound = result.objective.per_point(model, guide, x_test).mean()
     summary["test_neg_bound"] = -float(bound[0])
     summary["test_neg_bound_stderr"] = float(bound[1])
-    summary["noise_scale"] = float(model.noise_scale)
+    summary["noise_scale"] = model.noise_scale.tolist()
     figures = plots.job_figures(
         truth, model, splits.test, folder / "figures", title=job_id(config), seed=config["seed"]
     )

@@ -180,7 +180,7 @@ def resolve(
             f"latent_dim={latent_dim} conflicts with the fixed model's latent_dim={model.latent_dim}"
         )
     if noise_scale is None:
-        if process is not None:
+        if process is not None and hasattr(process, "noise_scale"):
             noise_scale = float(process.noise_scale.reshape(-1)[0])
         elif learn_noise:
             noise_scale = 1.0

@@ -102,7 +102,7 @@ class _Opaque(dist.TorchDistribution):
         self.q = q
         super().__init__(q.batch_shape, q.event_shape, validate_args=False)
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         return self.q.sample(sample_shape)
 
     def log_prob(self, value):
