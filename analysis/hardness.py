@@ -199,7 +199,8 @@ def best_mean_field(
         pick = best[:, None, None].expand(-1, 1, k)
         loc = torch.gather(loc0 + s0 * u, 1, pick)[:, 0]
         scale = torch.gather((log_s0 + v).exp(), 1, pick)[:, 0]
-        kl_star = value.gather(1, best[:, None])[:, 0].clamp_min(0.0)
+        # not clamped at 0: a negative KL* can only come from quadrature error, and shows it
+        kl_star = value.gather(1, best[:, None])[:, 0]
     return {
         "kl": kl_star,
         "loc": loc,

@@ -20,7 +20,7 @@ import torch
 from pyrofail import bounds
 from pyrofail.analysis import grid
 
-__all__ = ["log_px", "mleo", "mutual_information", "negative_elbo", "summarize"]
+__all__ = ["log_px", "mleo", "mutual_information", "negative_elbo", "summarize", "total_mutual_information"]
 
 
 def negative_elbo(model, guide, x, num_samples: int = 100, seed: int = 0) -> dict:
@@ -33,13 +33,25 @@ def negative_elbo(model, guide, x, num_samples: int = 100, seed: int = 0) -> dic
     return {"mean": -float(mean), "stderr": float(err), "per_point": -est.value}
 
 
-def log_px(model, x, *, guide=None, method: str = "auto", num_samples: int = 5000, seed: int = 0) -> dict:
+def log_px(
+    model,
+    x,
+    *,
+    guide=None,
+    method: str = "auto",
+    num_samples: int = 5000,
+    seed: int = 0,
+    target_stderr: float | None = None,
+    max_samples: int = 2**17,
+) -> dict:
     r""":math:`\log p_\theta(x)` per point: ``{"per_point", "stderr", "method"}``.
 
     ``method="grid"`` integrates exactly (:math:`K \le 2`, error below 1e-4 nats);
     ``"is"`` importance-samples from ``guide`` with ``num_samples`` draws per point (its
     delta-method error understates the truth when the guide misses posterior mass);
-    ``"auto"`` picks the grid whenever it applies.
+    ``"auto"`` picks the grid whenever it applies. With ``target_stderr``, importance sampling
+    doubles its draws until the standard error of the mean over the points is below it (or
+    ``max_samples`` is reached).
     """
     if method == "auto":
         method = "grid" if model.latent_dim <= grid.MAX_K else "is"
@@ -51,7 +63,31 @@ def log_px(model, x, *, guide=None, method: str = "auto", num_samples: int = 500
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         est = bounds.iwae(model, guide, x, num_samples)
+        # more draws (doubling, each time on fresh ones) until the mean's error is small enough
+        while target_stderr is not None and _mean_stderr(est) > target_stderr and num_samples < max_samples:
+            more = bounds.iwae(model, guide, x, num_samples)
+            est = _pool(est, more)
+            num_samples *= 2
     return {"per_point": est.value, "stderr": est.stderr, "method": f"is{num_samples}"}
+
+
+def _mean_stderr(est) -> float:
+    return float(est.stderr.double().pow(2).sum().sqrt() / est.stderr.shape[-1])
+
+
+def _pool(a, b):
+    """Two importance-sampling estimates of log p(x) with equal draws as one with twice as many
+    (the log of the mean of the two means; the relative variance halves)."""
+    value = torch.logaddexp(a.value, b.value) - math.log(2)
+    rel = (
+        0.5
+        * (
+            torch.expm1(2 * (a.value - value)).add(1) * a.stderr**2
+            + torch.expm1(2 * (b.value - value)).add(1) * b.stderr**2
+        )
+        / 2
+    )
+    return type(a)(value, rel.sqrt())
 
 
 def _normal_marginals(q):
@@ -248,17 +284,62 @@ def mutual_information(
     return contributions if per_point else contributions.mean(0)
 
 
-def mleo(truth, model, *, guide=None, n: int = 2000, seed: int = 12345, x=None, log_px_model=None) -> dict:
+@torch.no_grad()
+def total_mutual_information(guide, x, num_samples: int = 4, seed: int = 0, budget: int = 2**22) -> dict:
+    r"""The encoder's mutual information with the whole code,
+    :math:`I(x; z) = \mathbb E_x \mathbb E_{q(z \mid x)}[\log q(z \mid x) - \log q(z)]`,
+    :math:`q(z) = \frac1N \sum_m q(z \mid x_m)` (the aggregate over the given points, so at
+    most :math:`\log N`), with every density the guide's own ``log_prob``. Returns
+    ``{"mean", "stderr"}`` (the standard error over points).
+
+    Example:
+        >>> import pyro.distributions as dist, torch
+        >>> class Channel:  # q(z | x) = N(x, 0.1^2 I_2), x ~ N(0, I_2): I = log(1 + 100) = 4.62
+        ...     def distribution(self, x):
+        ...         return dist.Normal(x, 0.1).to_event(1)
+        >>> x = torch.randn(3000, 2, generator=torch.Generator().manual_seed(0))
+        >>> round(total_mutual_information(Channel(), x, num_samples=8)["mean"], 1)
+        4.6
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        q = guide.distribution(x)
+        z = q.sample((num_samples,))  # (S, N, K)
+        own = q.log_prob(z)  # (S, N)
+        s, n, k = z.shape
+        flat = z.reshape(-1, k)
+        chunk = max(1, budget // (n * k))
+        agg = torch.cat(
+            [
+                torch.logsumexp(q.log_prob(flat[i : i + chunk, None, :].expand(-1, n, -1)), -1)
+                for i in range(0, len(flat), chunk)
+            ]
+        ).reshape(s, n) - math.log(n)
+    per_point = (own - agg).mean(0).double()
+    return {"mean": float(per_point.mean()), "stderr": float(per_point.std() / math.sqrt(n))}
+
+
+def mleo(
+    truth,
+    model,
+    *,
+    guide=None,
+    n: int = 2000,
+    seed: int = 12345,
+    x=None,
+    log_px_model=None,
+    log_px_truth=None,
+) -> dict:
     r"""Maximum-likelihood term :math:`\mathrm{KL}(p_{GT}(x) \| p_\theta(x))`.
 
     Estimated as the mean of :math:`\log p_{GT}(x) - \log p_\theta(x)` over ``n`` fresh draws
     from the ground truth (or over ``x`` if given), both densities by :func:`log_px`
-    (``log_px_model`` may pass the model's, already computed on ``x``). Returns
+    (``log_px_model`` and ``log_px_truth`` may pass them, already computed on ``x``). Returns
     ``{"mean", "stderr"}``; the standard error is that of the mean over draws.
     """
     if x is None:
         x = truth.sample(n, seed=seed).x
-    lp_true = log_px(truth, x)["per_point"]
+    lp_true = log_px_truth if log_px_truth is not None else log_px(truth, x)["per_point"]
     lp_model = log_px_model if log_px_model is not None else (log_px(model, x, guide=guide)["per_point"])
     diff = lp_true.double() - lp_model.double()
     return {
@@ -269,13 +350,32 @@ def mleo(truth, model, *, guide=None, n: int = 2000, seed: int = 12345, x=None, 
 
 
 def summarize(
-    model, guide, x, *, truth=None, elbo_samples: int = 100, is_samples: int = 5000, seed: int = 0
-) -> dict:
-    """The foundation metrics of one fitted model on test data ``x``, as plain floats."""
+    model,
+    guide,
+    x,
+    *,
+    truth=None,
+    elbo_samples: int = 100,
+    is_samples: int = 5000,
+    seed: int = 0,
+    per_point: bool = False,
+    method: str = "auto",
+    target_stderr: float | None = None,
+):
+    """The foundation metrics of one fitted model on test data ``x``, as plain floats: test
+    −ELBO, test −log p(x), the PMO gap, avg_i I(x; z_i) and, with ``truth``, the MLEO.
+
+    With ``per_point=True`` it returns ``(summary, values)``, ``values`` holding every point's
+    ``neg_elbo``, ``log_px``, ``mutual_information`` (``(N, K)``) and, with ``truth``,
+    ``truth_log_px``: what paired comparisons between fits on the same points need.
+    """
     nelbo = negative_elbo(model, guide, x, elbo_samples, seed)
-    lpx = log_px(model, x, guide=guide, num_samples=is_samples, seed=seed)
+    lpx = log_px(
+        model, x, guide=guide, method=method, num_samples=is_samples, seed=seed, target_stderr=target_stderr
+    )
     lp = lpx["per_point"].double()
-    mi = mutual_information(guide, x, seed=seed)
+    mi_points = mutual_information(guide, x, seed=seed, per_point=True)
+    mi = mi_points.mean(0)
     out = {
         "test_neg_elbo": nelbo["mean"],
         "test_neg_elbo_stderr": nelbo["stderr"],
@@ -286,8 +386,11 @@ def summarize(
         "mutual_information": [float(v) for v in mi],
         "avg_mutual_information": float(mi.mean()),
     }
+    values = {"neg_elbo": nelbo["per_point"], "log_px": lp, "mutual_information": mi_points}
     if truth is not None:
-        kl = mleo(truth, model, x=x, log_px_model=lp)
+        truth_lp = log_px(truth, x)["per_point"].double()
+        kl = mleo(truth, model, x=x, log_px_model=lp, log_px_truth=truth_lp)
         out["mleo"] = kl["mean"]
         out["truth_neg_log_px"] = -kl["truth_log_px"]
-    return out
+        values["truth_log_px"] = truth_lp
+    return (out, values) if per_point else out

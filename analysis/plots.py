@@ -9,7 +9,7 @@ import torch
 
 from pyrofail.runs import atomic_write_bytes
 
-__all__ = ["job_figures", "save"]
+__all__ = ["failure_map_figure", "job_figures", "robustness_figure", "save"]
 
 
 def _pyplot():
@@ -40,10 +40,17 @@ def _curve(model, latent_dim: int, n: int = 400, span: float = 3.0):
     return z[:, 0], model.mean(z)
 
 
+def _principal_axes(x: torch.Tensor) -> torch.Tensor:
+    """The two leading principal directions ``(D, 2)`` of ``x``, to draw many features."""
+    centred = x - x.mean(0)
+    return torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
+
+
 @torch.no_grad()
 def job_figures(truth, model, data, folder, title: str = "", seed: int = 0) -> list[Path]:
-    """Two figures for one fitted model: data against samples from the learned model, and the
-    learned decoder :math:`f_\\theta` against the ground-truth :math:`f`."""
+    """Figures of one fitted model: data against samples from the learned model (for more
+    than two features, on the data's two leading principal axes), and, given the ground
+    truth, the learned decoder :math:`f_\\theta` against the true :math:`f`."""
     plt = _pyplot()
     folder = Path(folder)
     n = min(len(data), 2000)
@@ -51,6 +58,10 @@ def job_figures(truth, model, data, folder, title: str = "", seed: int = 0) -> l
     learned = model.sample(n, seed=seed + 7).x.cpu()
     d = x.shape[1]
     out = []
+    if d > 2:
+        axes = _principal_axes(x.double())
+        mean = x.double().mean(0)
+        x, learned = (x.double() - mean) @ axes, (learned.double() - mean) @ axes
 
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     if d == 1:
@@ -62,12 +73,14 @@ def job_figures(truth, model, data, folder, title: str = "", seed: int = 0) -> l
     else:
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.4, label="data")
         ax.scatter(learned[:, 0], learned[:, 1], s=2, alpha=0.4, label="learned model")
-        ax.set_xlabel("x1")
-        ax.set_ylabel("x2")
+        ax.set_xlabel("x1" if d <= 2 else "first principal axis of the data")
+        ax.set_ylabel("x2" if d <= 2 else "second principal axis")
         ax.set_aspect("equal", adjustable="datalim")
     ax.legend(markerscale=4, fontsize=8)
     ax.set_title(f"{title}\ndata vs samples", fontsize=9)
     out.append(save(fig, folder / "samples.png"))
+    if truth is None or d > 2:
+        return out
 
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     zt, ft = _curve(truth, truth.latent_dim)
@@ -99,3 +112,74 @@ def job_figures(truth, model, data, folder, title: str = "", seed: int = 0) -> l
     ax.set_title(f"{title}\ndecoder", fontsize=9)
     out.append(save(fig, folder / "decoder.png"))
     return out
+
+
+def failure_map_figure(path, model: str, rows: list[dict]) -> Path:
+    """The failure map of one process over its noise scale σ: the MLEO of the MFG-VAE and of
+    its comparator (± two standard errors), and the share of hard points (Cx1) on a second axis,
+    each σ labelled with its verdict. ``rows``: ``{"sigma", "mleo_mfg", "mleo_mfg_se",
+    "mleo_other", "mleo_other_se", "other", "share_hard", "cx1_share", "failure"}`` by σ."""
+    plt = _pyplot()
+    rows = sorted(rows, key=lambda r: r["sigma"])
+    sigma = [r["sigma"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ax.errorbar(
+        sigma,
+        [r["mleo_mfg"] for r in rows],
+        yerr=[2 * r["mleo_mfg_se"] for r in rows],
+        marker="o",
+        capsize=3,
+        label="MFG-VAE (mean-field, ELBO)",
+    )
+    if any(r.get("mleo_other") is not None for r in rows):
+        pts = [r for r in rows if r.get("mleo_other") is not None]
+        ax.errorbar(
+            [r["sigma"] for r in pts],
+            [r["mleo_other"] for r in pts],
+            yerr=[2 * r["mleo_other_se"] for r in pts],
+            marker="s",
+            capsize=3,
+            label=f"comparator ({pts[0]['other']})",
+        )
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("noise scale σ of the ground truth")
+    ax.set_ylabel("MLEO = KL(p_GT(x) ‖ p_θ(x)), nats")
+    for r in rows:
+        ax.annotate(
+            r["failure"], (r["sigma"], r["mleo_mfg"]), textcoords="offset points", xytext=(4, 6), fontsize=7
+        )
+    twin = ax.twinx()
+    twin.plot(sigma, [r["share_hard"] for r in rows], "k:", marker="x", label="share of hard points (Cx1)")
+    twin.set_ylabel("share of x with hard true posteriors", fontsize=8)
+    twin.set_ylim(0, 1)
+    handles = ax.get_legend_handles_labels()
+    extra = twin.get_legend_handles_labels()
+    ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, loc="upper left")
+    ax.set_title(f"{model}: where along σ the failure appears (error bars: two standard errors)", fontsize=8)
+    return save(fig, path)
+
+
+def robustness_figure(path, process: str, records: dict) -> Path:
+    """The encoder attack over its radius ε: per job, KL(q(z|x) ‖ q(z|x + δ)) at the worst δ
+    found (mean ± two standard errors over the attacked points; solid) and the truth's exact
+    posterior shift under the same δ (dashed, where the truth's posterior is exact)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for i, (job, rec) in enumerate(sorted(records.items())):
+        rows = rec["robustness"]
+        eps = [r["eps"] for r in rows]
+        colour = f"C{i % 10}"
+        ax.errorbar(
+            eps, [r["mean"] for r in rows], yerr=[2 * r["stderr"] for r in rows], color=colour, marker="o",
+            capsize=3, label=job,
+        )  # fmt: skip
+        if all("truth_kl" in r for r in rows):
+            ideal = [float(torch.tensor(r["truth_kl"]).mean()) for r in rows]
+            ax.plot(eps, ideal, color=colour, ls="--", lw=1)
+    ax.set_xlabel("attack radius ε (ℓ∞, data units)")
+    ax.set_ylabel("KL(q(z|x) ‖ q(z|x+δ)), nats")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{process}: the encoder under attack (dashed: the exact posterior, same δ)", fontsize=8)
+    return save(fig, path)

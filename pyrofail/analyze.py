@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import inspect
+import json
 import sys
 from pathlib import Path
 
 import torch
 
-from pyrofail import stages, zoo
+from pyrofail import loaders, stages, zoo
 from pyrofail.analysis import grid
 from pyrofail.analysis.reference import METHODS
+from pyrofail.data import check_binary, load_splits
 from pyrofail.errors import (
     AllRestartsDiverged,
     UsageError,
@@ -83,13 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="option set to start from: 'default' (Figure-8, ELBO vs IWAE, K=1, "
         "~2 min), 'table1' (Table 1 of Yacoby et al.: figure8 and clusters, "
-        "K=1,2,3, ELBO vs IWAE, 10 restarts), 'tiny' (seconds; a smoke test)",
+        "K=1,2,3, ELBO vs IWAE, 10 restarts), 'failure-map' (figure8 and clusters over the "
+        "truth's noise scale), 'tiny' (seconds; a smoke test)",
     )
     p.add_argument(
         "--model",
         type=_list(str),
         metavar="NAMES",
         help="ground-truth processes, comma-separated (see --list)",
+    )
+    p.add_argument(
+        "--truth-noise",
+        type=_list(float),
+        metavar="SIGMAS",
+        help="noise scales of the ground truth, e.g. 0.03,0.05,0.1 (default: each process's own); "
+        "one job per value, and the learned models' noise follows it unless --noise-scale is given",
     )
     p.add_argument(
         "--latent-dim",
@@ -106,12 +117,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help="training objectives, comma-separated (see --list)",
     )
+    p.add_argument(
+        "--procedure",
+        type=_list(str),
+        metavar="NAMES",
+        help="training procedures, comma-separated: joint (the usual VAE training), libi "
+        "(likelihood before inference) (see --list)",
+    )
     p.add_argument("--restarts", type=int, metavar="R", help="restarts per job (vectorised)")
     p.add_argument("--steps", type=int, metavar="N", help="Adam steps per job")
     p.add_argument("--batch-size", type=int, metavar="B", help="data points per step")
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument(
         "--num-particles", type=int, metavar="S", help="importance samples per point for the iwae objective"
+    )
+    p.add_argument(
+        "--matched-budget",
+        action="store_true",
+        help="iwae with mixture guides (mixture, flow): split the S draws over the components, "
+        "so every family gets about S model evaluations per point (default: S from each component)",
+    )
+    p.add_argument(
+        "--guide-option",
+        action="append",
+        metavar="[GUIDE.]KEY=VALUE",
+        help="an option of the variational family, e.g. flow.base=gaussian or components=3 (for every "
+        "guide in --guide); repeatable; VALUE is read as JSON (numbers, true/false) or else as text",
     )
     p.add_argument("--seed", type=int, help="seed of data, weights and Monte Carlo draws")
     p.add_argument("--device", help="torch device: cpu or cuda")
@@ -129,11 +160,52 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["paper", "random", "ground_truth"],
         help="restart initialisation: 'paper' = half at the ground truth",
     )
+    data = p.add_argument_group("your own data (instead of --model)")
+    data.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="a CSV file (header row, numeric columns), a .npy/.npz file, or a data set bundled "
+        "with scikit-learn: diabetes, breast_cancer, wine, digits; the check runs without a ground truth",
+    )
+    data.add_argument(
+        "--columns", type=_list(str), metavar="NAMES", help="feature columns to use (default: all)"
+    )
+    data.add_argument(
+        "--labels", metavar="COLUMN", help="a column of labels, kept for the tasks that use them"
+    )
+    data.add_argument(
+        "--no-standardize",
+        action="store_true",
+        help="keep the data's units (default: standardise each feature with the training rows' "
+        "mean and sd, stored in data.json)",
+    )
+    data.add_argument(
+        "--split",
+        type=_list(float),
+        metavar="FRACTIONS",
+        help="train,validation,test shares (default 0.6,0.2,0.2)",
+    )
+    data.add_argument(
+        "--binarize",
+        type=float,
+        metavar="THRESHOLD",
+        help="values above THRESHOLD become 1, the others 0 (--likelihood bernoulli; digits: 8 by default)",
+    )
+    p.add_argument(
+        "--likelihood",
+        choices=["gaussian", "bernoulli"],
+        help="p(x | z) of the learned models: gaussian (default) or bernoulli (binary data)",
+    )
     p.add_argument(
         "--noise-scale",
         type=float,
         metavar="SIGMA",
-        help="noise scale of the learned models (default: the ground truth's)",
+        help="noise scale of the learned models (default: the ground truth's; learned on your own data)",
+    )
+    p.add_argument(
+        "--noise-per-feature",
+        action="store_true",
+        help="learn one noise scale per feature (implies --learn-noise)",
     )
     p.add_argument(
         "--learn-noise",
@@ -160,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="test points at which references are computed and guides compared (default: 300, "
         "or all test points if fewer); the PMO-gap map uses every test point",
     )
+    p.add_argument(
+        "--downstream",
+        action="store_true",
+        help="also measure the downstream tasks: compression, disentanglement, adversarial "
+        "robustness of the encoder, outlier detection (zoo processes only)",
+    )
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<preset>-<time>)")
     p.add_argument(
         "--resume",
@@ -180,9 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
 # options a user may give, mapped to the resolved option names
 _RUN_OPTIONS = {
     "model": "model",
+    "truth_noise": "truth_noise",
     "latent_dim": "latent_dim",
     "guide": "guide",
     "objective": "objective",
+    "procedure": "procedure",
     "restarts": "restarts",
     "steps": "steps",
     "batch_size": "batch_size",
@@ -199,7 +279,12 @@ _RUN_OPTIONS = {
     "reference": "reference",
     "reference_points": "reference_points",
     "no_reference": "reference",
+    "likelihood": "likelihood",
+    "noise_per_feature": "noise_per_feature",
+    "downstream": "downstream",
 }
+# the flags that describe a user's data set (options["data_options"])
+_DATA_OPTIONS = {"columns": "columns", "labels": "labels", "split": "fractions", "binarize": "binarize"}
 
 
 def resolve(args: argparse.Namespace) -> dict:
@@ -218,14 +303,84 @@ def resolve(args: argparse.Namespace) -> dict:
         options["lr_by_guide"] = {}
     if "num_particles" in given:
         options["objective_options"].setdefault("iwae", {})["num_particles"] = given["num_particles"]
+    if "matched_budget" in given:
+        options["objective_options"].setdefault("iwae", {})["matched_budget"] = True
+    if "data" in given:
+        _data_options(options, given)
+    elif any(flag in given for flag in (*_DATA_OPTIONS, "no_standardize")):
+        raise UsageError(
+            "--columns, --labels, --split, --binarize and --no-standardize describe --data; give --data"
+        )
+    options["guide_options"] = {k: dict(v) for k, v in options.get("guide_options", {}).items()}
+    for text in given.get("guide_option", []):
+        for guide, key, value in _guide_option(text, options["guide"]):
+            options["guide_options"].setdefault(guide, {})[key] = value
     validate(options)
     options["preset"] = args.preset
     return options
 
 
+def _data_options(options: dict, given: dict) -> None:
+    """A user's data set in place of the processes: no ground truth, so no paper
+    initialisation and no truth noise; the noise scale is learned unless given."""
+    for flag in ("model", "truth_noise"):
+        if flag in given:
+            raise UsageError(f"--data replaces --{flag.replace('_', '-')}: give one of them")
+    options["model"], options["truth_noise"] = None, None
+    options["data"] = given["data"]
+    data_options = {key: given[flag] for flag, key in _DATA_OPTIONS.items() if flag in given}
+    if "no_standardize" in given:
+        data_options["standardize"] = False
+    if options.get("likelihood") == "bernoulli" and "binarize" not in data_options:
+        if loaders.default_threshold(given["data"]) is not None:
+            data_options["binarize"] = True  # digits: pixels above half their range
+    options["data_options"] = data_options
+    options["init"] = "random"
+    if options.get("likelihood", "gaussian") == "gaussian" and options.get("noise_scale") is None:
+        options["learn_noise"] = True
+
+
+def _guide_option(text: str, guides: list[str]):
+    """``(guide, key, value)`` for every guide a ``[GUIDE.]KEY=VALUE`` option applies to."""
+    if "=" not in text:
+        raise UsageError(f"--guide-option {text!r} is not KEY=VALUE or GUIDE.KEY=VALUE")
+    name, raw = text.split("=", 1)
+    target, _, key = name.rpartition(".")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if target:
+        check_choice("guide", target, zoo.names("guide"))
+        if target not in guides:
+            raise UsageError(
+                f"--guide-option {text!r}: guide {target!r} is not in --guide ({', '.join(guides)})"
+            )
+    for guide in [target] if target else guides:
+        allowed = [
+            p for p in inspect.signature(zoo.entry("guide", guide).factory).parameters if p not in _BUILT
+        ]
+        if key not in allowed:
+            raise UsageError(
+                f"--guide-option {text!r}: {guide} has no option {key!r}; choose one of: {', '.join(allowed)}"
+            )
+        yield guide, key, value
+
+
+# guide arguments that the fit sets itself
+_BUILT = ("self", "latent_dim", "data_dim", "restarts", "hidden", "activation")
+
+
 def validate(options: dict) -> None:
     """Raise :class:`UsageError` naming the first bad option."""
-    for kind, key in (("model", "model"), ("guide", "guide"), ("objective", "objective")):
+    kinds = [("guide", "guide"), ("objective", "objective"), ("procedure", "procedure")]
+    if options.get("data") is None:
+        kinds.insert(0, ("model", "model"))
+    else:
+        splits = load_splits(options["data"], **options["data_options"], seed=options["seed"])
+        if options.get("likelihood") == "bernoulli":
+            check_binary(splits.train.x, f"--data {options['data']}")
+    for kind, key in kinds:
         for name in options[key]:
             check_choice(kind, name, zoo.names(kind))
     for k in options["latent_dim"]:
@@ -254,13 +409,23 @@ def validate(options: dict) -> None:
                 f"--reference grid needs latent dimensions <= {grid.MAX_K}, but --latent-dim has "
                 f"{max(options['latent_dim'])}; use --reference auto or nuts"
             )
-    for key in ("model", "latent_dim", "guide", "objective"):
-        if len(set(options[key])) != len(options[key]):
+    for sigma in options.get("truth_noise") or []:
+        check_positive_float("--truth-noise", sigma)
+    if options.get("noise_per_feature"):
+        if options.get("likelihood") == "bernoulli":
+            raise UsageError("--noise-per-feature needs --likelihood gaussian; a Bernoulli has no noise")
+        options["learn_noise"] = True
+    if options.get("likelihood") == "bernoulli" and (
+        options.get("noise_scale") or options.get("learn_noise")
+    ):
+        raise UsageError("--likelihood bernoulli has no noise scale; drop --noise-scale and --learn-noise")
+    for key in ("model", "truth_noise", "latent_dim", "guide", "objective", "procedure"):
+        if options.get(key) is not None and len(set(options[key])) != len(options[key]):
             raise UsageError(f"--{key.replace('_', '-')} lists a value twice: {options[key]}")
 
 
 def _print_registry() -> None:
-    for kind in ("model", "guide", "objective"):
+    for kind in zoo.KINDS:
         print(f"{kind}s:")
         for name in zoo.names(kind):
             e = zoo.entry(kind, name)
@@ -326,10 +491,26 @@ def main(argv=None) -> int:
         return 130
 
 
+def _describe_data(options: dict) -> dict:
+    """What ``data.json`` records of a user's data: source, options, split sizes and rows,
+    features, and the standardisation applied (from the training rows)."""
+    splits = load_splits(options["data"], **options["data_options"], seed=options["seed"])
+    return {
+        "source": options["data"],
+        "options": options["data_options"],
+        "features": list(splits.train.features or []),
+        "sizes": {part: len(getattr(splits, part)) for part in ("train", "val", "test")},
+        "rows": {part: idx.tolist() for part, idx in (splits.index or {}).items()},
+        "standardizer": None if splits.standardizer is None else splits.standardizer.to_dict(),
+    }
+
+
 def _run(options: dict, run: Path, workers: int, quiet: bool) -> int:
     run.mkdir(parents=True, exist_ok=True)
     config_path = run / "config.json"
     if not config_path.exists():
+        if options.get("data") is not None:
+            atomic_write_json(run / "data.json", _describe_data(options))
         config = {
             "format": RUN_FORMAT,
             "options": options,

@@ -37,6 +37,7 @@ def fit(
     guide="mean_field",
     objective="elbo",
     procedure: str = "joint",
+    procedure_options: dict | None = None,
     restarts: int = 10,
     steps: int = 6000,
     batch_size: int = 100,
@@ -45,6 +46,8 @@ def fit(
     device: str = "cpu",
     noise_scale: float | None = None,
     learn_noise: bool = False,
+    likelihood: str = "gaussian",
+    noise_per_feature: bool = False,
     hidden: Sequence[int] = (50, 50, 50),
     activation: str = "leaky_relu",
     init: str = "paper",
@@ -69,7 +72,9 @@ def fit(
     :param latent_dim: :math:`K` of the learned model (default: that of ``truth``/``model``).
     :param guide: a registered guide name (``pyrofail.zoo.names("guide")``) or a guide object.
     :param objective: a registered objective name, or a Pyro ``ELBO`` with ``per_point``.
-    :param procedure: a registered procedure name (``pyrofail.zoo.names("procedure")``).
+    :param procedure: a registered procedure name (``pyrofail.zoo.names("procedure")``), e.g.
+        ``"libi"`` (likelihood before inference, :mod:`pyrofail.procedures.libi`).
+    :param procedure_options: the procedure's own options.
     :param restarts: number of restarts ``R``, run as one batched model.
     :param steps: Adam steps of the training (after initialisation).
     :param batch_size: data points per step.
@@ -80,6 +85,8 @@ def fit(
     :param device: ``"cpu"`` or ``"cuda"`` (or any torch device string).
     :param noise_scale: :math:`\sigma` of the learned model (default: the truth's).
     :param learn_noise: train :math:`\log\sigma` as well.
+    :param likelihood: ``"gaussian"`` or ``"bernoulli"`` (binary data, decoder logits).
+    :param noise_per_feature: one :math:`\sigma_d` per feature (with ``learn_noise``).
     :param hidden: hidden widths of the MLP decoder (and of the guide unless
         ``guide_options`` says otherwise).
     :param init: ``"paper"`` (half the restarts at the ground truth, half random),

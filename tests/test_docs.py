@@ -3,6 +3,9 @@
 import re
 from pathlib import Path
 
+from pyrofail.analysis.diagnose import conclude
+from pyrofail.analysis.hardness import HARD_KL
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -26,4 +29,10 @@ def test_readme_python_example_runs():
     assert namespace["fit"].model.latent_dim == 1
     assert namespace["only_guide"].model.decoder.__class__.__name__ == "Spiral"
     assert namespace["bias"]["n_points"] == 100
-    assert namespace["verdict"]["failure"] in ("data distribution", "latent space", "none", "undetermined")
+    # the verdict rests on the numbers it reports: Cx1 is the share of points whose KL* is above
+    # HARD_KL against the share the run's test -ELBO error asks for
+    verdict = namespace["verdict"]
+    share = float((verdict["truth_best"]["kl"] > HARD_KL).double().mean())
+    assert verdict["evidence"]["truth"]["share_hard"] == share
+    assert verdict["conditions"]["Cx1"] == (share >= verdict["evidence"]["cx1_share"])
+    assert verdict["failure"] == conclude(verdict["evidence"])["failure"]

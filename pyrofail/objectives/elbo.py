@@ -39,6 +39,7 @@ class ELBO(stratified.StratifiedMixin, Trace_ELBO):
     """
 
     bound = staticmethod(stratified.selbo)
+    plain_name, stratified_name = "ELBO", "stratified ELBO (SELBO)"
 
     def __init__(self, num_particles: int = 1, eval_samples: int = 100):
         self.eval_samples = check_positive_int("eval_samples", eval_samples)

@@ -33,11 +33,16 @@ class IWAE(stratified.StratifiedMixin, RenyiELBO):
     stays the plain bound with :math:`S` samples from the mixture, comparable across guides.
 
     :param num_particles: :math:`S`, importance samples per data point.
+    :param matched_budget: for mixture guides, split the :math:`S` draws over the components
+        (about :math:`S` model evaluations per point, as for every other family) instead of
+        :math:`S` from each.
     """
 
     bound = staticmethod(stratified.siwae)
+    plain_name, stratified_name = "IWAE", "stratified IWAE (SIWAE)"
 
-    def __init__(self, num_particles: int = 20):
+    def __init__(self, num_particles: int = 20, matched_budget: bool = False):
+        self.split_budget = bool(matched_budget)
         super().__init__(
             alpha=0.0,
             num_particles=check_positive_int("num_particles", num_particles),
@@ -51,7 +56,7 @@ class IWAE(stratified.StratifiedMixin, RenyiELBO):
         return bounds.iwae(model, guide, x, self.num_particles)
 
     def options(self) -> dict:
-        return {"num_particles": self.num_particles}
+        return {"num_particles": self.num_particles, "matched_budget": self.split_budget}
 
 
 @register(
@@ -60,6 +65,6 @@ class IWAE(stratified.StratifiedMixin, RenyiELBO):
     summary="importance-weighted bound, RenyiELBO(alpha=0); tighter with more particles",
     keywords=("importance-weighted", "iwae", "renyi"),
 )
-def iwae(num_particles: int = 20) -> IWAE:
+def iwae(num_particles: int = 20, matched_budget: bool = False) -> IWAE:
     """The IWAE objective (:class:`IWAE`)."""
-    return IWAE(num_particles=num_particles)
+    return IWAE(num_particles=num_particles, matched_budget=matched_budget)

@@ -36,6 +36,8 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
+from pyrofail.bounds import Estimate
+
 __all__ = ["StratifiedMixin", "is_stratified", "log_weights", "selbo", "siwae"]
 
 
@@ -47,7 +49,7 @@ def is_stratified(guide) -> bool:
     return bool(getattr(target, "stratified", False))
 
 
-def log_weights(model, guide, args, kwargs, num_particles: int):
+def log_weights(model, guide, args, kwargs, num_particles: int, split_budget: bool = False):
     r"""Stratified importance log-weights :math:`\log w_{sc}` and mixture log-weights.
 
     The guide must have exactly one latent sample site, whose distribution has
@@ -55,6 +57,9 @@ def log_weights(model, guide, args, kwargs, num_particles: int):
     ``log_weights`` (``(*batch, C)``), like
     :class:`~pyrofail.guides.mixture.MixtureOfDiagNormals`.
 
+    :param num_particles: :math:`S` draws from every component, or, with ``split_budget``,
+        :math:`\max(1, \lfloor S / C \rfloor)` (about :math:`S` model evaluations in all, as
+        for the plain estimator: a matched budget).
     :returns: ``(log_w, log_pi)`` of shapes ``(S, C, *batch)`` and ``(C, *batch)``; for a
         masked-out batch element both the model's and the guide's terms are zero.
     """
@@ -69,6 +74,8 @@ def log_weights(model, guide, args, kwargs, num_particles: int):
         )
     site = latent[0]
     q = site["fn"]
+    if split_budget:
+        num_particles = max(1, num_particles // q.log_weights.shape[-1])
     z = q.rsample_strata(torch.Size((num_particles,)))
     s, c = z.shape[:2]
     flat = z.flatten(0, 1)
@@ -100,10 +107,34 @@ class StratifiedMixin:
     through the parent class unchanged."""
 
     bound = None  # set by the subclass, as a staticmethod
+    split_budget = False  # S draws in all rather than from every component (a matched budget)
 
     def _stratified_loss(self, model, guide, args, kwargs) -> torch.Tensor:
-        log_w, log_pi = log_weights(model, guide, args, kwargs, self.num_particles)
+        log_w, log_pi = log_weights(model, guide, args, kwargs, self.num_particles, self.split_budget)
         return -self.bound(log_w, log_pi).sum()
+
+    def trained_on(self, guide) -> str:
+        """What the objective trains ``guide`` with, in words (for the report)."""
+        s = self.num_particles
+        if not is_stratified(guide):
+            return f"{self.plain_name}, {s} draw{'s' * (s != 1)} per point"
+        if self.split_budget:
+            return f"{self.stratified_name}, {s} draws per point split over the components"
+        return f"{self.stratified_name}, {s} draw{'s' * (s != 1)} from every component"
+
+    @torch.no_grad()
+    def training_bound(self, model, guide, x, replicates: int = 4):
+        """Per-point value of the estimator that trains ``guide`` (the stratified one for
+        mixture guides, else :meth:`per_point`), averaged over ``replicates`` independent
+        evaluations, with their standard error: an :class:`~pyrofail.bounds.Estimate`."""
+        if not is_stratified(guide):
+            return self.per_point(model, guide, x)
+        values = []
+        for _ in range(replicates):
+            log_w, log_pi = log_weights(model.model, guide, (x,), {}, self.num_particles, self.split_budget)
+            values.append(self.bound(log_w, log_pi))
+        v = torch.stack(values)
+        return Estimate(v.mean(0), v.std(0) / replicates**0.5)
 
     def loss(self, model, guide, *args, **kwargs):
         if not is_stratified(guide):

@@ -11,6 +11,7 @@ stage           reads                                           writes
                                                                 ``jobs/<job>/posterior.json``,
                                                                 ``figures/``
 ``diagnosis``   ``hardness.json``, ``posterior.json``           ``diagnosis.json``
+``downstream``  models and guides (``--downstream``)            ``downstream.json``, ``figures/``
 ``report``      everything above                                ``metrics.json``, ``report.md``
 ==============  ==============================================  =====================================
 
@@ -21,12 +22,12 @@ section in :mod:`pyrofail.stages.report`.
 
 from __future__ import annotations
 
-from pyrofail.stages import bias, diagnosis, jobs, references, report
+from pyrofail.stages import bias, diagnosis, downstream, jobs, references, report
 from pyrofail.stages.folder import RunFolder
 
 __all__ = ["STAGES", "RunFolder", "run_all"]
 
-STAGES = (jobs, references, bias, diagnosis, report)
+STAGES = (jobs, references, bias, diagnosis, downstream, report)
 
 
 def run_all(folder: RunFolder, stages=STAGES) -> None:

@@ -5,7 +5,8 @@ mean-field Gaussian); per job, :func:`pyrofail.analysis.compare` of its guide ag
 model's reference and the truth's, the KL* of its learned model (at the true K, K ≤ 2), and the
 PMO gap at every test point (for the map over data space); per process, the figures.
 
-Reads: ``jobs/<job>/{config.json, model.pt, guide.pt, reference.nc}``, ``truth/<model>/reference.nc``.
+Reads: ``jobs/<job>/{config.json, model.pt, guide.pt, reference.nc, test_points.json}``,
+``truth/<model>/reference.nc``.
 Writes: ``truth/<model>/hardness.json``, ``jobs/<job>/posterior.json`` (written last: its
 presence means done), ``figures/posterior-<model>.png``, ``figures/pmo-gap-<model>.png``.
 """
@@ -16,17 +17,16 @@ from pathlib import Path
 
 import torch
 
-from pyrofail import zoo
-from pyrofail.analysis import metrics, reference_data
 from pyrofail.analysis import posterior_plots as pp
+from pyrofail.analysis import reference_data
 from pyrofail.analysis.compare import compare
 from pyrofail.analysis.hardness import best_mean_field
 from pyrofail.analysis.modes import reference_modes
 from pyrofail.runs import atomic_write_json, read_json
-from pyrofail.stages.folder import RunFolder, job_id
+from pyrofail.stages.folder import RunFolder, job_id, process_id, truth_of
 from pyrofail.stages.jobs import load_job
 from pyrofail.stages.pool import run_tasks
-from pyrofail.stages.references import analysis_points, settings_of
+from pyrofail.stages.references import analysis_points, has_reference, settings_of
 
 __all__ = ["run", "job_bias", "truth_hardness"]
 
@@ -43,10 +43,10 @@ def _current(path: Path, key: dict) -> dict | None:
     return None
 
 
-def truth_hardness(name: str, config: dict, settings: dict, folder: Path) -> dict:
+def truth_hardness(config: dict, settings: dict, folder: Path) -> dict:
     """KL* of the ground truth's posterior at every analysis point (``hardness.json``)."""
-    sizes = {k: config[k] for k in ("n_train", "n_val", "n_test")}
-    key = {"model": name, "settings": settings, **sizes}
+    sizes = {k: config[k] for k in ("n_train", "n_val", "n_test", "seed")}
+    key = {"process": process_id(config), "settings": settings, **sizes}
     done = folder / "hardness.json"
     record = _current(done, key)
     if record is not None:
@@ -54,7 +54,7 @@ def truth_hardness(name: str, config: dict, settings: dict, folder: Path) -> dic
     ref = reference_data.load(folder / "reference.nc")
     x_ref, _ = analysis_points(config, settings["points"])
     modes = reference_modes(ref, seed=settings["seed"])
-    best = best_mean_field(zoo.model(name), x_ref, ref, modes=modes, seed=settings["seed"])
+    best = best_mean_field(truth_of(config), x_ref, ref, modes=modes, seed=settings["seed"])
     record = {
         "key": key,
         "method": reference_data.method(ref),
@@ -79,29 +79,25 @@ def job_bias(folder: Path, truth_folder: Path, settings: dict) -> dict:
         return record
     config, truth, model, guide = load_job(folder)
     model, guide = model.double(), guide.double()
-    x_ref, x_test = analysis_points(config, settings["points"])
+    x_ref, _ = analysis_points(config, settings["points"])
     seed = settings["seed"]
     ref = reference_data.load(folder / "reference.nc")
-    truth_ref = reference_data.load(truth_folder / "reference.nc")
     modes = reference_modes(ref, seed=seed)
-    result = compare(
-        model,
-        guide,
-        x_ref,
-        ref,
-        truth,
-        truth_reference=truth_ref,
-        modes=modes,
-        truth_modes=reference_modes(truth_ref, seed=seed),
-        seed=seed,
-    )
+    against = {}
+    if truth is not None:
+        truth_ref = reference_data.load(truth_folder / "reference.nc")
+        against = {"truth_reference": truth_ref, "truth_modes": reference_modes(truth_ref, seed=seed)}
+    result = compare(model, guide, x_ref, ref, truth, modes=modes, seed=seed, **against)
     best = None
-    if model.latent_dim == truth.latent_dim and model.latent_dim <= 2:
+    # KL* of the learned model: against the truth's at the true K (K <= 2, where it is
+    # computed on a grid); on a user's data, of every model, the best one standing in for a truth
+    if (truth is None and model.latent_dim <= 3) or (
+        truth is not None and model.latent_dim == truth.latent_dim and model.latent_dim <= 2
+    ):
         best = best_mean_field(model, x_ref, ref, modes=modes, seed=seed)
-    # the PMO gap at every test point, for the map over data space
-    nelbo = metrics.negative_elbo(model, guide, x_test, num_samples=100, seed=seed)
-    lpx = metrics.log_px(model, x_test, guide=guide, num_samples=1000, seed=seed)["per_point"]
-    pmo_all = lpx.double() + nelbo["per_point"].double()
+    # the PMO gap at every test point, for the map over data space, from the job's own values
+    points = read_json(folder / "test_points.json")
+    pmo_all = torch.tensor(points["log_px"], dtype=torch.float64) + torch.tensor(points["neg_elbo"])
     record = {
         "key": key,
         "job": job_id(config),
@@ -111,7 +107,9 @@ def job_bias(folder: Path, truth_folder: Path, settings: dict) -> dict:
         "truth": None
         if result["truth"] is None
         else {"mean": result["truth"]["mean"], "per_point": _lists(result["truth"]["per_point"])},
-        "mleo": {
+        "mleo": None
+        if result["mleo"] is None
+        else {
             "mean": result["mleo"]["mean"],
             "stderr": result["mleo"]["stderr"],
             "per_point": result["mleo"]["per_point"].tolist(),
@@ -135,7 +133,7 @@ def _figures(folder: RunFolder, name: str, group: list[dict], settings: dict) ->
     """The posteriors at points spread over the truth's KL*, and the PMO-gap map."""
     hardness = read_json(folder.truth_dir(name) / "hardness.json")
     truth_ref = reference_data.load(folder.truth_dir(name) / "reference.nc")
-    truth = zoo.model(name)
+    truth = truth_of(group[0]["config"])
     picks = pp.choose_points(hardness["best_mean_field"]["per_point"])
     fits, gaps = [], {}
     for r in group:
@@ -163,15 +161,18 @@ def run(folder: RunFolder) -> None:
     settings = settings_of(folder.options)
     if settings is None:
         return
-    groups = folder.by_model()
+    groups = folder.by_process()
     for name, group in groups.items():
-        truth_hardness(name, group[0]["config"], settings, folder.truth_dir(name))
+        if truth_of(group[0]["config"]) is not None:
+            truth_hardness(group[0]["config"], settings, folder.truth_dir(name))
     tasks = [
         (folder.job_dir(r["job"]), folder.truth_dir(name), settings)
         for name, group in groups.items()
         for r in group
+        if has_reference(r["config"])
     ]
     folder.say(f"posterior bias: {len(tasks)} jobs")
     run_tasks(job_bias, tasks, folder.workers)
     for name, group in groups.items():
-        _figures(folder, name, group, settings)
+        if truth_of(group[0]["config"]) is not None:
+            _figures(folder, name, group, settings)

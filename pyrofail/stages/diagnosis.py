@@ -1,25 +1,43 @@
 """Stage ``diagnosis``: which failure of Yacoby et al. (2020) each process shows.
 
-The MFG-VAE is the job with the mean-field guide and the ELBO at the true K; the richer fit is,
-among the other jobs at the true K, the one with the best p(x) (lowest MLEO). The conditions
-and the verdict are decided by :func:`pyrofail.analysis.diagnose.conclude`.
+The MFG-VAE is the job with the mean-field guide and the ELBO at the true K. The fit it is
+compared with is fixed in advance, not chosen by the statistic it is then tested on: the first
+job at the true K in :data:`COMPARATORS` (the IWAE-trained mean-field model, as in the paper;
+else the richest family). The conditions and the verdict are decided by
+:func:`pyrofail.analysis.diagnose.conclude`.
 
-Reads: ``truth/<model>/hardness.json``, ``jobs/<job>/{config.json, posterior.json}``.
-Writes: ``diagnosis.json`` (``{model: verdict}``).
+A run that sweeps the truth's noise scale (``--truth-noise``) also gets the failure map: per
+process and σ, the MLEO of the MFG-VAE and of its comparator, the share of hard points and the
+verdict, as a table and a figure.
+
+Reads: ``truth/<process>/hardness.json``, ``jobs/<job>/{metrics.json, posterior.json}``.
+Writes: ``diagnosis.json`` (``{process: verdict}``); with a noise sweep, ``failure_map.json``
+(``{model: rows}``) and ``figures/failure-map-<model>.png``.
 """
 
 from __future__ import annotations
 
-from pyrofail import zoo
 from pyrofail.analysis.diagnose import conclude, evidence
+from pyrofail.analysis.plots import failure_map_figure
 from pyrofail.runs import atomic_write_json, read_json
-from pyrofail.stages.folder import RunFolder
+from pyrofail.stages.folder import RunFolder, truth_of
 from pyrofail.stages.references import settings_of
 
-__all__ = ["diagnose_process", "run"]
+__all__ = ["COMPARATORS", "diagnose_process", "diagnose_without_truth", "run"]
+
+# (guide, objective) of the fit the MFG-VAE is compared with, in order of preference
+COMPARATORS = (
+    ("mean_field", "iwae"),
+    ("flow", "iwae"),
+    ("flow", "elbo"),
+    ("mixture", "iwae"),
+    ("mixture", "elbo"),
+    ("full_rank", "iwae"),
+    ("full_rank", "elbo"),
+)
 
 
-def _side(record: dict) -> dict:
+def _side(job: dict, record: dict) -> dict:
     truth_side = record.get("truth") or {}
     return {
         "label": record["job"],
@@ -27,24 +45,28 @@ def _side(record: dict) -> dict:
         "mleo": record["mleo"]["per_point"],
         "pmo_gap": record["model"]["per_point"]["pmo_gap"],
         "posterior_shift": (truth_side.get("per_point") or {}).get("posterior_shift"),
+        "elbo_stderr": job["metrics"]["test_neg_elbo_stderr"],
     }
 
 
 def diagnose_process(
-    k_true: int, hardness: dict, records: list[dict], configs: dict, learn_noise: bool
+    k_true: int,
+    hardness: dict,
+    jobs: list[dict],
+    records: dict,
+    learn_noise: bool,
+    reference: str = "the ground truth",
 ) -> dict:
-    """The verdict for one process from its truth's KL* and its jobs' posterior records."""
-    usable = [
-        r
-        for r in records
-        if configs[r["job"]]["latent_dim"] == k_true and r.get("best_mean_field") is not None
-    ]
-    mfg = [
-        r
-        for r in usable
-        if configs[r["job"]]["guide"] == "mean_field" and configs[r["job"]]["objective"] == "elbo"
-    ]
-    if not mfg:
+    """The verdict for one process from its truth's KL* (``hardness``), its finished jobs and
+    their posterior records (``{job: posterior.json}``)."""
+    at_k = {
+        (j["config"]["guide"], j["config"]["objective"]): j
+        for j in jobs
+        if j["config"]["latent_dim"] == k_true
+        and (records.get(j["job"]) or {}).get("best_mean_field") is not None
+    }
+    mfg = at_k.get(("mean_field", "elbo"))
+    if mfg is None:
         return {
             "failure": "not diagnosed",
             "sentences": [
@@ -52,22 +74,92 @@ def diagnose_process(
                 f"objective at the true K = {k_true}."
             ],
         }
-    others = sorted((r for r in usable if r is not mfg[0]), key=lambda r: (r["mleo"]["mean"], r["job"]))
-    richer = _side(others[0]) if others else None
+    other = next((at_k[c] for c in COMPARATORS if c in at_k), None)
+    richer = None if other is None else _side(other, records[other["job"]])
     truth_kl = hardness["best_mean_field"]["per_point"]
-    return conclude(evidence(truth_kl, _side(mfg[0]), richer), learn_noise=learn_noise)
+    ev = evidence(truth_kl, _side(mfg, records[mfg["job"]]), richer, reference=reference)
+    return conclude(ev, learn_noise=learn_noise)
+
+
+def diagnose_without_truth(k: int, jobs: list[dict], records: dict, learn_noise: bool) -> dict:
+    r"""The verdict at latent dimension ``k`` on a user's data: the best-fitting model at ``k``
+    (highest test log p(x)) stands in for the ground truth — its KL* for the truth's, and
+    :math:`\log p_{best}(x) - \log p_\theta(x)` at the analysis points for the MLEO."""
+    at_k = [
+        j
+        for j in jobs
+        if j["config"]["latent_dim"] == k and (records.get(j["job"]) or {}).get("best_mean_field")
+    ]
+    if not at_k:
+        return {
+            "failure": "not diagnosed",
+            "sentences": [f"Not diagnosed: no reference posteriors at K = {k}."],
+        }
+    best = min(at_k, key=lambda j: (j["metrics"]["test_neg_log_px"], j["job"]))
+    best_lp = records[best["job"]]["model"]["per_point"]["log_px"]
+
+    def proxied(job):
+        record = records[job["job"]]
+        lp = record["model"]["per_point"]["log_px"]
+        return {**record, "mleo": {"per_point": [b - v for b, v in zip(best_lp, lp)]}}
+
+    proxies = {j["job"]: proxied(j) for j in at_k}
+    hardness = {"best_mean_field": records[best["job"]]["best_mean_field"]}
+    verdict = diagnose_process(
+        k, hardness, at_k, proxies, learn_noise, reference=f"the best-fitting model ({best['job']})"
+    )
+    verdict["reference_job"] = best["job"]
+    return verdict
 
 
 def run(folder: RunFolder) -> None:
     if settings_of(folder.options) is None:
         return
     out = {}
-    for name, group in folder.by_model().items():
+    learn_noise = bool(folder.options.get("learn_noise"))
+    for name, group in folder.by_process().items():
+        records = {}
+        for r in group:
+            path = folder.job_dir(r["job"]) / "posterior.json"
+            if path.exists():
+                records[r["job"]] = read_json(path)
+        truth = truth_of(group[0]["config"])
+        if truth is None:
+            for k in sorted({r["config"]["latent_dim"] for r in group}):
+                out[f"{name} K={k}"] = diagnose_without_truth(k, group, records, learn_noise)
+            continue
         hardness = read_json(folder.truth_dir(name) / "hardness.json")
-        records = [read_json(folder.job_dir(r["job"]) / "posterior.json") for r in group]
-        configs = {r["job"]: r["config"] for r in group}
-        k_true = zoo.model(name).latent_dim
-        out[name] = diagnose_process(
-            k_true, hardness, records, configs, bool(folder.options.get("learn_noise"))
-        )
+        out[name] = diagnose_process(truth.latent_dim, hardness, group, records, learn_noise)
     atomic_write_json(folder.root / "diagnosis.json", out)
+    maps = failure_maps(folder, out)
+    if maps:
+        atomic_write_json(folder.root / "failure_map.json", maps)
+        for model, rows in maps.items():
+            failure_map_figure(folder.figures / f"failure-map-{model}.png", model, rows)
+
+
+def failure_maps(folder: RunFolder, verdicts: dict) -> dict:
+    """``{model: rows}`` for every model run at more than one noise scale of its truth."""
+    by_model: dict[str, list[dict]] = {}
+    for name, group in folder.by_process().items():
+        ev = (verdicts.get(name) or {}).get("evidence")
+        if ev is None:
+            continue
+        sigma = float(truth_of(group[0]["config"]).noise_scale.reshape(-1)[0])
+        mf, other = ev["mean_field"], ev["richer"]
+        row = {
+            "process": name,
+            "sigma": sigma,
+            "mleo_mfg": mf["mleo"],
+            "mleo_mfg_se": mf["mleo_stderr"],
+            "mleo_other": None if other is None else other["mleo"],
+            "mleo_other_se": None if other is None else other["mleo_stderr"],
+            "other": None if other is None else other["label"],
+            "px_cost": ev["px_cost"],
+            "share_hard": ev["truth"]["share_hard"],
+            "cx1_share": ev["cx1_share"],
+            "pmo_gap": mf["pmo_gap"],
+            "failure": verdicts[name]["failure"],
+        }
+        by_model.setdefault(group[0]["config"]["model"], []).append(row)
+    return {m: sorted(rows, key=lambda r: r["sigma"]) for m, rows in by_model.items() if len(rows) > 1}

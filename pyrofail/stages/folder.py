@@ -16,14 +16,40 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyrofail import zoo
 from pyrofail.runs import read_json
 
-__all__ = ["RunFolder", "job_id"]
+__all__ = ["RunFolder", "data_name", "job_id", "process_id", "truth_of"]
+
+
+def data_name(source) -> str:
+    """A user's data source as a name: a bundled set's name, or a file's stem."""
+    return Path(str(source)).stem
+
+
+def process_id(config: dict) -> str:
+    """The name of a job's data: the model, and its noise scale when the run set it
+    (``figure8``, ``figure8-s0.05``), or the user's data set (``breast_cancer``)."""
+    if config.get("data") is not None:
+        return data_name(config["data"])
+    noise = (config.get("truth_options") or {}).get("noise_scale")
+    return config["model"] if noise is None else f"{config['model']}-s{noise:g}"
 
 
 def job_id(config: dict) -> str:
-    """The name of a job's folder: ``<model>-K<k>-<guide>-<objective>``."""
-    return f"{config['model']}-K{config['latent_dim']}-{config['guide']}-{config['objective']}"
+    """The name of a job's folder: ``<process>-K<k>-<guide>-<objective>``, and the procedure
+    when it is not the usual joint training (``...-elbo-libi``)."""
+    name = f"{process_id(config)}-K{config['latent_dim']}-{config['guide']}-{config['objective']}"
+    procedure = config.get("procedure", "joint")
+    return name if procedure == "joint" else f"{name}-{procedure}"
+
+
+def truth_of(config: dict):
+    """A job's ground-truth process, built with the run's ``truth_options``; ``None`` for a
+    user's data, which has no ground truth."""
+    if config.get("data") is not None:
+        return None
+    return zoo.model(config["model"], **(config.get("truth_options") or {}))
 
 
 @dataclass
@@ -47,8 +73,8 @@ class RunFolder:
     def job_dir(self, job) -> Path:
         return self.root / "jobs" / (job if isinstance(job, str) else job_id(job))
 
-    def truth_dir(self, model: str) -> Path:
-        return self.root / "truth" / model
+    def truth_dir(self, process: str) -> Path:
+        return self.root / "truth" / process
 
     @property
     def figures(self) -> Path:
@@ -72,11 +98,12 @@ class RunFolder:
                 out[job_id(cfg)] = read_json(path)["failed"]
         return out
 
-    def by_model(self) -> dict[str, list[dict]]:
-        """Finished job records grouped by process, in the order of the job list."""
+    def by_process(self) -> dict[str, list[dict]]:
+        """Finished job records grouped by ground truth (:func:`process_id`), in the order of
+        the job list."""
         groups: dict[str, list[dict]] = {}
         for record in self.finished_jobs():
-            groups.setdefault(record["config"]["model"], []).append(record)
+            groups.setdefault(process_id(record["config"]), []).append(record)
         return groups
 
     def say(self, text: str) -> None:

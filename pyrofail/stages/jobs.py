@@ -3,9 +3,10 @@
 A job is one process x K x guide x objective, a pure function of its resolved config: it
 writes only inside its own folder ``jobs/<job>/`` — ``config.json``, ``fit.ckpt`` while
 training (deleted when done), ``model.pt`` and ``guide.pt`` (state dicts of the selected
-restart), ``figures/`` and, written last, ``metrics.json``: a folder with ``metrics.json`` is
-finished and never recomputed. A job whose every restart diverges writes ``failed.json``
-instead, and the others go on.
+restart), ``test_points.json`` (every test point's −ELBO, log p(x), mutual-information
+contributions and test bound, for paired comparisons), ``figures/`` and, written last,
+``metrics.json``: a folder with ``metrics.json`` is finished and never recomputed. A job
+whose every restart diverges writes ``failed.json`` instead, and the others go on.
 
 Reads: ``config.json``. Writes: ``jobs/<job>/*``.
 """
@@ -18,31 +19,39 @@ from pathlib import Path
 
 import torch
 
-from pyrofail import zoo
 from pyrofail.analysis import metrics, plots
-from pyrofail.data import make_splits
+from pyrofail.data import load_splits, make_splits
 from pyrofail.errors import AllRestartsDiverged, UsageError
 from pyrofail.fit import fit
 from pyrofail.runs import RUN_FORMAT, atomic_torch_save, atomic_write_json, read_json
-from pyrofail.stages.folder import RunFolder, job_id
+from pyrofail.stages.folder import RunFolder, job_id, truth_of
 from pyrofail.stages.pool import run_tasks
 from pyrofail.training import build
 
 __all__ = ["AXES", "expand", "job_data", "load_job", "run", "run_job"]
 
-AXES = ("model", "latent_dim", "guide", "objective")
+AXES = ("model", "truth_noise", "latent_dim", "guide", "objective", "procedure")
 # Options of the later stages: they do not change a fit and stay out of a job's config.
 LATER_STAGE_OPTIONS = ("reference", "reference_points")
 
 
 def expand(options: dict) -> list[dict]:
-    """The cartesian product over the list-valued axes (model, latent_dim, guide, objective);
-    per-guide and per-objective option tables are resolved for each job."""
+    """The cartesian product over the list-valued axes (model, truth noise, latent_dim, guide,
+    objective); per-guide and per-objective option tables are resolved for each job. A truth
+    noise of ``None`` keeps each process's own."""
+    options = {"truth_noise": None, "procedure": ["joint"], **options}
+    if options.get("data") is not None:  # a user's data set takes the place of the processes
+        options["model"] = [None]
     axes = [options[a] if isinstance(options[a], (list, tuple)) else [options[a]] for a in AXES]
     jobs = []
-    for model, k, guide, objective in itertools.product(*axes):
+    for model, noise, k, guide, objective, procedure in itertools.product(*axes):
         cfg = {k: v for k, v in options.items() if k not in AXES and k not in LATER_STAGE_OPTIONS}
         cfg.update(model=model, latent_dim=int(k), guide=guide, objective=objective)
+        if procedure != "joint":
+            cfg["procedure"] = procedure
+            cfg["procedure_options"] = dict(options.get("procedure_options", {}).get(procedure, {}))
+        if noise is not None:
+            cfg["truth_options"] = {"noise_scale": float(noise)}
         cfg["guide_options"] = dict(options.get("guide_options", {}).get(guide, {}))
         cfg["objective_options"] = dict(options.get("objective_options", {}).get(objective, {}))
         cfg["lr"] = float(options.get("lr_by_guide", {}).get(guide, options["lr"]))
@@ -53,8 +62,11 @@ def expand(options: dict) -> list[dict]:
 
 
 def job_data(config: dict):
-    """``(truth, splits)``: the job's ground truth and its seeded train/validation/test data."""
-    truth = zoo.model(config["model"])
+    """``(truth, splits)``: the job's ground truth (``None`` for a user's data) and its seeded
+    train/validation/test data."""
+    if config.get("data") is not None:
+        return None, load_splits(config["data"], **config.get("data_options", {}), seed=config["seed"])
+    truth = truth_of(config)
     splits = make_splits(truth, config["n_train"], config["n_val"], config["n_test"], seed=config["seed"])
     return truth, splits
 
@@ -86,13 +98,31 @@ def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> 
     atomic_torch_save(model.state_dict(), folder / "model.pt")
     atomic_torch_save(guide.state_dict(), folder / "guide.pt")
     x_test = splits.test.x
-    summary = metrics.summarize(model, guide, x_test, truth=truth, is_samples=config.get("is_samples", 5000))
+    seed = config["seed"]
+    # a user's data: no grid (D may be large), importance sampling to a stated precision
+    log_px = {"method": "is", "target_stderr": 0.01} if truth is None else {}
+    summary, values = metrics.summarize(
+        model,
+        guide,
+        x_test,
+        truth=truth,
+        is_samples=config.get("is_samples", 5000),
+        seed=seed,
+        per_point=True,
+        **log_px,
+    )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        bound = result.objective.per_point(model, guide, x_test).mean()
-    summary["test_neg_bound"] = -float(bound[0])
-    summary["test_neg_bound_stderr"] = float(bound[1])
-    summary["noise_scale"] = model.noise_scale.tolist()
+        torch.manual_seed(seed)
+        bound = result.objective.per_point(model, guide, x_test)
+        trained = result.objective.training_bound(model, guide, x_test)
+    for key, estimate in (("test_neg_bound", bound), ("test_neg_training_bound", trained)):
+        mean, stderr = estimate.mean()
+        summary[key], summary[f"{key}_stderr"] = -float(mean), float(stderr)
+    summary["trained_on"] = result.objective.trained_on(guide)
+    if hasattr(model, "noise_scale"):
+        summary["noise_scale"] = model.noise_scale.tolist()
+    values["neg_bound"] = -bound.value
+    atomic_write_json(folder / "test_points.json", values)
     figures = plots.job_figures(
         truth, model, splits.test, folder / "figures", title=job_id(config), seed=config["seed"]
     )
@@ -107,6 +137,7 @@ def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> 
     }
     atomic_write_json(done, out)
     (folder / "fit.ckpt").unlink(missing_ok=True)
+    (folder / "fit.likelihood.pt").unlink(missing_ok=True)
     return out
 
 
@@ -128,8 +159,12 @@ def _fit(config, splits, truth, folder, progress):
         init=config["init"],
         learn_noise=config["learn_noise"],
         noise_scale=config.get("noise_scale"),
+        likelihood=config.get("likelihood", "gaussian"),
+        noise_per_feature=bool(config.get("noise_per_feature", False)),
         guide_options=config["guide_options"],
         objective_options=config["objective_options"],
+        procedure=config.get("procedure", "joint"),
+        procedure_options=config.get("procedure_options", {}),
         checkpoint=folder / "fit.ckpt",
         progress=progress,
     )
@@ -141,12 +176,20 @@ def load_job(folder: str | os.PathLike):
     loaded with ``weights_only=True``."""
     folder = Path(folder)
     config = read_json(folder / "config.json")
-    truth = zoo.model(config["model"])
-    k, d = int(config["latent_dim"]), truth.data_dim
+    truth, splits = job_data(config)
+    k, d = int(config["latent_dim"]), splits.test.x.shape[1]
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave no trace
-        noise = config.get("noise_scale") or float(truth.noise_scale)
+        noise = config.get("noise_scale") or (float(truth.noise_scale) if truth is not None else 1.0)
         options = {"hidden": tuple(config["hidden"]), "activation": config.get("activation", "leaky_relu")}
-        model = build.learned_model(k, d, noise, learn_noise=bool(config["learn_noise"]), **options)
+        model = build.learned_model(
+            k,
+            d,
+            noise,
+            learn_noise=bool(config["learn_noise"]),
+            likelihood=config.get("likelihood", "gaussian"),
+            noise_per_feature=bool(config.get("noise_per_feature", False)),
+            **options,
+        )
         guide = build.guide(config["guide"], k, d, options=config.get("guide_options", {}), **options)
     for module, name in ((model, "model.pt"), (guide, "guide.pt")):
         try:

@@ -15,18 +15,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pyrofail import zoo
 from pyrofail.analysis import reference_data
 from pyrofail.analysis.reference import reference_posterior
 from pyrofail.errors import UsageError
-from pyrofail.stages.folder import RunFolder
+from pyrofail.stages.folder import RunFolder, process_id, truth_of
 from pyrofail.stages.jobs import job_data, load_job
 from pyrofail.stages.pool import run_tasks
 
-__all__ = ["DEFAULT_POINTS", "DRAWS", "analysis_points", "load_reference", "run", "settings_of"]
+__all__ = [
+    "DEFAULT_POINTS",
+    "DRAWS",
+    "analysis_points",
+    "has_reference",
+    "load_reference",
+    "run",
+    "settings_of",
+]
 
 DRAWS = 500  # reference draws per point: enough for the mode finder and the figures
 DEFAULT_POINTS = 300  # a few hundred points keep the stage to seconds per job
+# On a user's data, references of learned models with more latent dimensions than this are
+# not computed (NUTS over K > 3 on a few hundred points is hours on two cores).
+MAX_K_WITHOUT_TRUTH = 3
 
 
 def settings_of(options: dict) -> dict | None:
@@ -51,8 +61,8 @@ def analysis_points(config: dict, points: int):
 
 
 def _key(config: dict, settings: dict) -> dict:
-    sizes = {k: config[k] for k in ("n_train", "n_val", "n_test")}
-    return {"model": config["model"], "settings": settings, **sizes}
+    sizes = {k: config[k] for k in ("n_train", "n_val", "n_test", "seed")}
+    return {"process": process_id(config), "settings": settings, **sizes}
 
 
 def load_reference(path: Path, key: dict):
@@ -78,9 +88,9 @@ def _compute(model, config: dict, settings: dict, path: Path) -> str:
     return str(path)
 
 
-def truth_reference(name: str, config: dict, settings: dict, path: Path) -> str:
+def truth_reference(config: dict, settings: dict, path: Path) -> str:
     """The ground truth's reference at the analysis points of ``config``'s data."""
-    return _compute(zoo.model(name), config, settings, path)
+    return _compute(truth_of(config), config, settings, path)
 
 
 def job_reference(folder: Path, settings: dict) -> str:
@@ -93,17 +103,23 @@ def run(folder: RunFolder) -> None:
     settings = settings_of(folder.options)
     if settings is None:
         return
-    groups = folder.by_model()
+    groups = folder.by_process()
     tasks = [
-        (truth_reference, (name, group[0]["config"], settings, folder.truth_dir(name) / "reference.nc"))
+        (truth_reference, (group[0]["config"], settings, folder.truth_dir(name) / "reference.nc"))
         for name, group in groups.items()
+        if truth_of(group[0]["config"]) is not None
     ]
-    jobs = [r["config"] for group in groups.values() for r in group]
+    jobs = [r["config"] for group in groups.values() for r in group if has_reference(r["config"])]
     # the NUTS references of the largest K take longest: start them first
     jobs.sort(key=lambda cfg: -cfg["latent_dim"])
     tasks += [(job_reference, (folder.job_dir(cfg), settings)) for cfg in jobs]
     folder.say(f"references: {len(tasks)} posteriors ({settings['method']}), {folder.workers} at a time")
     run_tasks(_dispatch, tasks, folder.workers)
+
+
+def has_reference(config: dict) -> bool:
+    """Whether the run computes a reference for this job's learned model."""
+    return config.get("data") is None or config["latent_dim"] <= MAX_K_WITHOUT_TRUTH
 
 
 def _dispatch(fn, args):

@@ -14,16 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from pyrofail.analysis.uncertainty import paired_difference, verdict
 from pyrofail.numbers import number, with_error
 from pyrofail.presets import PAPER_TABLE1
 from pyrofail.runs import atomic_write_json, atomic_write_text, read_json
-from pyrofail.stages.folder import RunFolder
+from pyrofail.stages.folder import RunFolder, process_id
 from pyrofail.stages.references import settings_of
 
 __all__ = ["SECTIONS", "console", "run"]
 
 NOISE_NATS = 0.05  # "within noise": about the restart-to-restart spread the paper reports
-TIE_NATS = 5e-4  # below the three decimals the report prints
 
 
 @dataclass
@@ -37,10 +39,22 @@ class Results:
     posterior: dict = field(default_factory=dict)  # job -> posterior.json
     diagnosis: dict | None = None
     figures: list = field(default_factory=list)  # run-level figures, relative to the run
+    points: dict = field(default_factory=dict)  # job -> test_points.json (per-point values)
+    failure_map: dict = field(default_factory=dict)  # model -> rows over the truth's noise
+    data: dict | None = None  # data.json of a run on a user's data
+    downstream: dict = field(default_factory=dict)  # downstream.json
 
     @classmethod
     def read(cls, folder: RunFolder) -> Results:
         out = cls(folder.options, folder.finished_jobs(), folder.failed_jobs(), settings_of(folder.options))
+        if (folder.root / "data.json").exists():
+            out.data = read_json(folder.root / "data.json")
+        if (folder.root / "downstream.json").exists():
+            out.downstream = read_json(folder.root / "downstream.json")
+        for r in out.jobs:
+            path = folder.job_dir(r["job"]) / "test_points.json"
+            if path.exists():
+                out.points[r["job"]] = read_json(path)
         if out.settings is not None and out.jobs:
             for r in out.jobs:
                 path = folder.job_dir(r["job"]) / "posterior.json"
@@ -48,7 +62,11 @@ class Results:
                     out.posterior[r["job"]] = read_json(path)
             path = folder.root / "diagnosis.json"
             out.diagnosis = read_json(path) if path.exists() else None
-            for name in folder.by_model():
+            path = folder.root / "failure_map.json"
+            out.failure_map = read_json(path) if path.exists() else {}
+            for model in out.failure_map:
+                out.figures.append(f"figures/failure-map-{model}.png")
+            for name in folder.by_process():
                 for stem in (f"posterior-{name}", f"pmo-gap-{name}"):
                     if (folder.figures / f"{stem}.png").exists():
                         out.figures.append(f"figures/{stem}.png")
@@ -83,7 +101,7 @@ def results_table(results: list[dict]) -> str:
 
 def _index(results):
     return {
-        (r["config"]["model"], r["config"]["latent_dim"], r["config"]["objective"]): r["metrics"]
+        (process_id(r["config"]), r["config"]["latent_dim"], r["config"]["objective"]): r["metrics"]
         for r in results
         if r["config"]["guide"] == "mean_field"
     }
@@ -125,94 +143,117 @@ def table1(results: list[dict], paper: dict) -> str | None:
     return head + "\n".join(rows) + "\n"
 
 
-def table1_checks(results: list[dict]) -> list[tuple[str, bool | None, str]]:
-    """The orderings Table 1 is about, each as (claim, holds, numbers)."""
-    idx = _index(results)
+def _per_point(points: dict, job: dict, key: str) -> torch.Tensor:
+    """A job's per-point values of ``key`` (``test_points.json``), the mutual information
+    averaged over latent dimensions."""
+    v = torch.as_tensor(points[job["job"]][key], dtype=torch.float64)
+    return v.mean(-1) if v.dim() == 2 else v
+
+
+def _ordering(claim: str, diffs: list[dict], margin: float = 0.0) -> tuple[str, str, str]:
+    """``(claim, outcome, numbers)``: the claim is that every paired difference in ``diffs``
+    is above ``-margin``; ``"yes"`` when each is, by more than two standard errors, ``"no"``
+    when one is below by as much, ``"tie"`` otherwise."""
+    outcomes = {verdict({**d, "mean": d["mean"] + margin}) for d in diffs}
+    outcome = "no" if "less" in outcomes else "tie" if "tie" in outcomes else "yes"
+    numbers = "; ".join(f"{d['label']} {with_error(d['mean'], d['stderr'])}" for d in diffs)
+    return claim, outcome, numbers
+
+
+def _diff(points, a, b, key, label, sign=1.0) -> dict:
+    """The paired difference ``sign * (a - b)`` of per-point ``key`` over the test points."""
+    d = paired_difference(sign * _per_point(points, a, key), sign * _per_point(points, b, key))
+    return {**d, "label": label}
+
+
+def table1_checks(results: list[dict], points: dict) -> list[tuple[str, str, str]]:
+    """The orderings Table 1 is about, each as ``(claim, outcome, numbers)``: each ordering
+    is a paired difference over the same test points with its standard error, and the outcome
+    is ``"yes"``, ``"no"`` or ``"tie"`` (inside two standard errors: the run cannot tell)."""
+    idx = {
+        (process_id(r["config"]), r["config"]["latent_dim"], r["config"]["objective"]): r
+        for r in results
+        if r["config"]["guide"] == "mean_field" and r["job"] in points
+    }
     checks = []
     for model in ("figure8", "clusters"):
         e = {k: idx.get((model, k, "elbo")) for k in (1, 2, 3)}
         w = {k: idx.get((model, k, "iwae")) for k in (1, 2, 3)}
         if all(e.values()):
-            v = {k: e[k]["test_neg_bound"] for k in e}
+            diffs = [_diff(points, e[1], e[k], "neg_elbo", f"K=1 − K={k}") for k in (2, 3)]
             checks.append(
-                (
-                    f"{model}: the MFG-VAE's test −ELBO is lower at K = 2 and 3 than at the true K = 1",
-                    v[2] < v[1] and v[3] < v[1],
-                    f"{v[1]:.3f} / {v[2]:.3f} / {v[3]:.3f} at K = 1 / 2 / 3",
+                _ordering(
+                    f"{model}: the MFG-VAE's test −ELBO is lower at K = 2 and 3 than at the true K = 1", diffs
                 )
             )
         if all(w.values()):
-            v = {k: w[k]["test_neg_bound"] for k in w}
+            diffs = [_diff(points, w[k], w[1], "neg_bound", f"K={k} − K=1") for k in (2, 3)]
             checks.append(
-                (
+                _ordering(
                     f"{model}: IWAE's test bound at K = 1 is within noise ({NOISE_NATS} nats) of, or "
                     "better than, its K = 2 and 3",
-                    v[1] <= min(v[2], v[3]) + NOISE_NATS,
-                    f"{v[1]:.3f} / {v[2]:.3f} / {v[3]:.3f} at K = 1 / 2 / 3",
+                    diffs,
+                    margin=NOISE_NATS,
                 )
             )
         for obj, label in (("elbo", "VAE"), ("iwae", "IWAE")):
             t = {k: idx.get((model, k, obj)) for k in (1, 2, 3)}
             if all(t.values()):
-                mi = {k: t[k]["avg_mutual_information"] for k in t}
-                checks.append(
-                    (
-                        f"{model} {label}: avg_i I(x; z_i) falls with K",
-                        mi[1] > mi[2] > mi[3],
-                        f"{mi[1]:.3f} / {mi[2]:.3f} / {mi[3]:.3f}",
-                    )
-                )
+                diffs = [
+                    _diff(points, t[1], t[2], "mutual_information", "K=1 − K=2"),
+                    _diff(points, t[2], t[3], "mutual_information", "K=2 − K=3"),
+                ]
+                checks.append(_ordering(f"{model} {label}: avg_i I(x; z_i) falls with K", diffs))
         if e[1] and w[1]:
-            a, b = -e[1]["test_neg_log_px"], -w[1]["test_neg_log_px"]
+            diff = _diff(points, w[1], e[1], "log_px", "IWAE − VAE")
             checks.append(
-                (
-                    f"{model}: the IWAE-trained K = 1 model has a higher test log p(x) than the "
-                    "VAE-trained one",
-                    b > a,
-                    f"IWAE {b:.3f} vs VAE {a:.3f}",
+                _ordering(
+                    f"{model}: the IWAE-trained K = 1 model has a higher test log p(x) than the VAE's",
+                    [diff],
                 )
             )
     return checks
 
 
 def checks_markdown(checks) -> str:
-    lines = []
-    for claim, holds, numbers in checks:
-        mark = "yes" if holds else "**no**"
-        lines.append(f"- {claim}: {mark} ({numbers})")
+    marks = {"yes": "yes", "no": "**no**", "tie": "tie (inside two standard errors)"}
+    lines = [f"- {claim}: {marks[outcome]} ({numbers})" for claim, outcome, numbers in checks]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def guides_compared(results: list[dict]) -> str | None:
+def guides_compared(results: list[dict], points: dict) -> str | None:
     """One plain sentence per model, K and objective run with more than one guide: which
     family gives the highest test log p(x), and by how much it beats each of the others.
 
-    A difference within twice the combined standard error of the two estimates (importance
-    sampling; the grid's is zero), or below ``TIE_NATS``, is called a tie. ``None`` if no
-    group has two guides.
+    Each difference is paired over the same test points, with its standard error (the Monte
+    Carlo errors of importance-sampled log p(x) added in quadrature); one within two standard
+    errors is a tie. ``None`` if no group has two guides.
     """
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         c = r["config"]
-        groups.setdefault((c["model"], c["latent_dim"], c["objective"]), []).append(r)
+        if r["job"] in points:
+            groups.setdefault((process_id(c), c["latent_dim"], c["objective"]), []).append(r)
     lines = []
     for (model, k, objective), rs in sorted(groups.items()):
         if len({r["config"]["guide"] for r in rs}) < 2:
             continue
         ranked = sorted(rs, key=lambda r: r["metrics"]["test_neg_log_px"])
-        best = ranked[0]["metrics"]
+        best = ranked[0]
         wins, ties = [], []
         for other in ranked[1:]:
-            m, name = other["metrics"], other["config"]["guide"]
-            gap = m["test_neg_log_px"] - best["test_neg_log_px"]
-            err = (best["test_neg_log_px_stderr"] ** 2 + m["test_neg_log_px_stderr"] ** 2) ** 0.5
-            if gap <= max(2 * err, TIE_NATS):
-                within = f", within twice its error {err:.3f}" if err > 0 else ""
-                ties.append(f"{name}'s (difference {gap:.3f} nats{within})")
+            mc = (
+                best["metrics"]["test_neg_log_px_stderr"] ** 2
+                + other["metrics"]["test_neg_log_px_stderr"] ** 2
+            ) ** 0.5
+            d = paired_difference(_per_point(points, best, "log_px"), _per_point(points, other, "log_px"), mc)
+            name = other["config"]["guide"]
+            if verdict(d) == "tie":
+                ties.append(f"{name}'s (difference {with_error(d['mean'], d['stderr'])} nats)")
             else:
-                wins.append(f"{name}'s by {gap:.3f} nats")
-        text = f"- {model} K={k} {objective}: {ranked[0]['config']['guide']}'s test log p(x) "
-        text += f"({-best['test_neg_log_px']:.3f})"
+                wins.append(f"{name}'s by {with_error(d['mean'], d['stderr'])} nats")
+        text = f"- {model} K={k} {objective}: {best['config']['guide']}'s test log p(x) "
+        text += f"({-best['metrics']['test_neg_log_px']:.3f})"
         if wins:
             text += " is higher than " + " and ".join(wins)
         if ties:
@@ -260,7 +301,7 @@ def truth_table(records: dict) -> str:
             f"| {job} | {number(t.get('pmo_gap'))} | {number(t.get('forward_kl'))} "
             f"| {number(t.get('mode_mass_error'))} | {number(t.get('energy_distance'))} "
             f"| {number(t.get('posterior_shift'))} "
-            f"| {with_error(rec['mleo']['mean'], rec['mleo']['stderr'])} |"
+            f"| {with_error(*(rec['mleo'][k] for k in ('mean', 'stderr'))) if rec['mleo'] else '—'} |"
         )
     return head + "\n".join(rows) + "\n"
 
@@ -285,7 +326,7 @@ def _posterior_summary(record: dict) -> dict:
         "n_points": record["n_points"],
         "model": record["model"]["mean"],
         "truth": None if record["truth"] is None else record["truth"]["mean"],
-        "mleo": {k: record["mleo"][k] for k in ("mean", "stderr")},
+        "mleo": None if record["mleo"] is None else {k: record["mleo"][k] for k in ("mean", "stderr")},
     }
     best = record.get("best_mean_field")
     out["best_mean_field"] = None if best is None else {k: best[k] for k in ("mean", "share_hard")}
@@ -294,11 +335,11 @@ def _posterior_summary(record: dict) -> dict:
 
 def metrics_summary(res: Results) -> dict:
     """The content of the run's ``metrics.json``."""
-    checks = table1_checks(res.jobs)
+    checks = table1_checks(res.jobs, res.points)
     out = {
         "jobs": {r["job"]: {k: r[k] for k in ("metrics", "restarts", "selected_restart")} for r in res.jobs},
         "failed": res.failed,
-        "table1_checks": [{"claim": c, "holds": h, "numbers": n} for c, h, n in checks],
+        "table1_checks": [{"claim": c, "outcome": o, "numbers": n} for c, o, n in checks],
     }
     if res.has_posterior:
         out["posterior"] = {
@@ -346,6 +387,111 @@ def section_results(res: Results) -> list[str]:
     return lines
 
 
+def section_training(res: Results) -> list[str]:
+    """What each fit trained on: mixture guides train on stratified estimators, which may cost
+    more model evaluations per point than the plain estimator the other families use."""
+
+    def bound(m, key):
+        return with_error(m[key], m[f"{key}_stderr"])
+
+    rows = [
+        f"| {r['job']} | {r['metrics']['trained_on']} | {bound(r['metrics'], 'test_neg_bound')} "
+        f"| {bound(r['metrics'], 'test_neg_training_bound')} |"
+        for r in res.jobs
+        if "trained_on" in r["metrics"]
+    ]
+    if not rows:
+        return []
+    return [
+        "## What each fit trained on",
+        "",
+        "test −bound: the objective's plain estimator on test data, the same for every family "
+        "(comparable across guides); test −training bound: the estimator the fit was trained "
+        "with (for mixture guides the stratified one, Morningstar et al. 2021); with "
+        "`--matched-budget` the stratified IWAE splits its draws over the components.",
+        "",
+        "| job | trained on | test −bound | test −training bound |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def choosing_k(results: list[dict], points: dict) -> list[str]:
+    """Rows of the table that shows which latent dimension each objective would choose: per
+    process, guide and objective run at several K, the test −ELBO and −log p(x) at each K, and
+    the K each picks; Ks within two paired standard errors of the pick tie with it."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        c = r["config"]
+        if r["job"] in points:
+            groups.setdefault((process_id(c), c["guide"], c["objective"]), []).append(r)
+    rows = []
+    for (process, guide, objective), rs in sorted(groups.items()):
+        if len(rs) < 2:
+            continue
+        rs = sorted(rs, key=lambda r: r["config"]["latent_dim"])
+        picks = []
+        for key, metric in (("neg_elbo", "test_neg_elbo"), ("log_px", "test_neg_log_px")):
+            best = min(rs, key=lambda r: r["metrics"][metric])
+            tied = []
+            for r in rs:
+                if r is best:
+                    continue
+                d = paired_difference(_per_point(points, r, key), _per_point(points, best, key))
+                if verdict(d) == "tie":
+                    tied.append(str(r["config"]["latent_dim"]))
+            tie = f" (ties: K = {', '.join(tied)})" if tied else ""
+            picks.append(f"{best['config']['latent_dim']}{tie}")
+        values = " / ".join(
+            f"{number(r['metrics']['test_neg_elbo'])}, {number(r['metrics']['test_neg_log_px'])}" for r in rs
+        )
+        ks = "/".join(str(r["config"]["latent_dim"]) for r in rs)
+        rows.append(f"| {process} | {guide} | {objective} | {ks} | {values} | {picks[0]} | {picks[1]} |")
+    return rows
+
+
+def section_choosing_k(res: Results) -> list[str]:
+    rows = choosing_k(res.jobs, res.points)
+    if not rows:
+        return []
+    return [
+        "## Which latent dimension each criterion chooses",
+        "",
+        "The test −ELBO and −log p(x) at each K (in the order of the K column), and the K with "
+        "the lowest of each; a K whose paired difference from it is within two standard errors "
+        "ties with it. The ELBO tends to prefer more latent dimensions than p(x) needs (Yacoby et "
+        "al. 2020, Table 1).",
+        "",
+        "| process | guide | objective | K | −ELBO, −log p(x) at each K | ELBO picks K | log p(x) picks K |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def section_data(res: Results) -> list[str]:
+    data = res.data
+    if data is None:
+        return []
+    std = data["standardizer"]
+    return [
+        "## Data",
+        "",
+        f"`{data['source']}`: {len(data['features'])} features; "
+        f"{data['sizes']['train']}/{data['sizes']['val']}/{data['sizes']['test']} "
+        "train/validation/test rows (a seeded split, `data.json` lists them); "
+        + (
+            "standardised with the training rows' mean and sd (in `data.json`). "
+            if std
+            else "in its own units. "
+        )
+        + "There is no ground truth: the best-fitting model at each K stands in for it in the "
+        "diagnosis, and log p(x) is estimated by importance sampling from each model's guide.",
+        "",
+    ]
+
+
 def section_table1(res: Results) -> list[str]:
     t1 = table1(res.jobs, PAPER_TABLE1)
     if not t1:
@@ -362,12 +508,12 @@ def section_table1(res: Results) -> list[str]:
 
 
 def section_orderings(res: Results) -> list[str]:
-    checks = table1_checks(res.jobs)
+    checks = table1_checks(res.jobs, res.points)
     return ["## Orderings", "", checks_markdown(checks)] if checks else []
 
 
 def section_guides(res: Results) -> list[str]:
-    compared = guides_compared(res.jobs)
+    compared = guides_compared(res.jobs, res.points)
     if not compared:
         return []
     return ["## Guides compared", "", "Highest test log p(x) per model, K and objective.", "", compared]
@@ -416,6 +562,128 @@ def section_diagnosis(res: Results) -> list[str]:
     ]
 
 
+def section_failure_map(res: Results) -> list[str]:
+    if not res.failure_map:
+        return []
+    lines = [
+        "## The failure map",
+        "",
+        "Each process at every noise scale σ of its ground truth: the MLEO of the MFG-VAE and of "
+        "the comparator (± standard error), their paired difference, the share of test points "
+        "whose true posterior is hard for a mean-field Gaussian against the share Cx1 asks for, "
+        "the MFG guide's PMO gap, and the verdict.",
+        "",
+    ]
+    for model, rows in res.failure_map.items():
+        lines += [
+            f"### {model}",
+            "",
+            "| σ | MLEO MFG-VAE | MLEO comparator | difference | hard (Cx1 asks) | PMO gap | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            d = r["px_cost"]
+            lines.append(
+                f"| {r['sigma']:g} | {with_error(r['mleo_mfg'], r['mleo_mfg_se'])} "
+                f"| {with_error(r['mleo_other'], r['mleo_other_se'])} "
+                f"| {with_error(d['mean'], d['stderr'])} "
+                f"| {100 * r['share_hard']:.0f}% ({100 * r['cx1_share']:.0f}%) | {number(r['pmo_gap'])} "
+                f"| {r['failure']} |"
+            )
+        lines += ["", f"![failure map of {model}](figures/failure-map-{model}.png)", ""]
+    return lines
+
+
+def _against_mfg(diff: dict, lower_is_better: bool) -> str:
+    """A paired difference (other − MFG-VAE) in words: better, worse, or a tie."""
+    side = verdict(diff)
+    if side == "tie":
+        word = "tie"
+    else:
+        word = "better" if (side == "less") == lower_is_better else "worse"
+    return f"{with_error(diff['mean'], diff['stderr'])} ({word})"
+
+
+def section_downstream(res: Results) -> list[str]:
+    if not res.downstream:
+        return []
+    lines = [
+        "## Downstream tasks",
+        "",
+        "What the fits cost in the tasks VAEs are used for (Yacoby et al. 2020, Section 6), on "
+        "the test points. Compression: the total I(x; z) of the encoder (± standard error over "
+        "points). Disentanglement: MIG and DCI of the encoder means about the true factors "
+        "(disentanglement_lib's definitions). Robustness: the worst ℓ∞ perturbation of radius ε "
+        "for the encoder, KL(q(z|x) ‖ q(z|x+δ)), and the truth's exact posterior shift under the "
+        "same δ (how sensitive an ideal encoder is); de-noising: the reconstruction error under "
+        "the attack on the decoded encoder mean. Outliers: AUROC of log p(x) between held-out "
+        "points and off-manifold points of the truth. Against the MFG-VAE: each fit minus the "
+        "MFG-VAE, paired over points where the task allows it; a difference within two standard "
+        "errors is a tie.",
+        "",
+    ]
+    for process, block in res.downstream.items():
+        jobs, truth = block["jobs"], block["truth"]
+        eps = [r["eps"] for r in next(iter(jobs.values()))["robustness"]]
+        lines += [f"### {process}", ""]
+        head = "| job | I(x; z) | " + " | ".join(f"KL at ε={e:g} (truth, same δ)" for e in eps)
+        head += " | de-noising error at the largest ε | outlier AUROC | MIG | DCI (D / C / I) |"
+        lines += [head, "|---" * (5 + len(eps)) + "|"]
+        for job, rec in sorted(jobs.items()):
+            cells = [
+                with_error(rec["total_mutual_information"]["mean"], rec["total_mutual_information"]["stderr"])
+            ]
+            for r in rec["robustness"]:
+                ideal = f" ({number(sum(r['truth_kl']) / len(r['truth_kl']))})" if "truth_kl" in r else ""
+                cells.append(f"{with_error(r['mean'], r['stderr'])}{ideal}")
+            d = rec["robustness"][-1]["denoise_error"]
+            cells.append(f"{with_error(d['mean'], d['stderr'])} (clean {number(d['clean_mean'])})")
+            cells.append(with_error(rec["auroc"]["auroc"], rec["auroc"]["stderr"]) if "auroc" in rec else "—")
+            cells.append(with_error(rec["mig"]["mig"], rec["mig"]["stderr"]) if "mig" in rec else "—")
+            dci = rec.get("dci")
+            cells.append(
+                "—"
+                if dci is None
+                else " / ".join(
+                    number(dci[k]) for k in ("disentanglement", "completeness", "informativeness")
+                )
+            )
+            lines.append(f"| {job} | " + " | ".join(cells) + " |")
+        truth_cells = ["—"] + ["—"] * len(eps) + ["—"]
+        truth_cells.append(
+            with_error(truth["auroc"]["auroc"], truth["auroc"]["stderr"]) if "auroc" in truth else "—"
+        )
+        truth_cells.append(with_error(truth["mig"]["mig"], truth["mig"]["stderr"]) if "mig" in truth else "—")
+        dci = truth.get("dci")
+        truth_cells.append(
+            "—"
+            if dci is None
+            else " / ".join(number(dci[k]) for k in ("disentanglement", "completeness", "informativeness"))
+        )
+        lines.append("| the truth's exact posterior | " + " | ".join(truth_cells) + " |")
+        lines.append("")
+        against = block.get("against_mfg")
+        if against:
+            lines.append(f"Against the MFG-VAE ({block['mfg']}), each fit minus it:")
+            lines.append("")
+            for job, row in sorted(against.items()):
+                parts = []
+                for key, diff in row.items():
+                    if key.startswith("robustness_eps"):
+                        parts.append(
+                            f"KL under attack at ε={key[len('robustness_eps') :]}: {_against_mfg(diff, True)}"
+                        )
+                    elif key == "auroc":
+                        parts.append(f"outlier AUROC: {_against_mfg(diff, False)}")
+                    elif key == "mig":
+                        parts.append(f"MIG: {_against_mfg(diff, False)}")
+                who = "the truth's exact posterior" if job == "truth" else job
+                lines.append(f"- {who}: " + "; ".join(parts) + ".")
+            lines.append("")
+        lines += [f"![robustness of {process}](figures/robustness-{process}.png)", ""]
+    return lines
+
+
 def section_figures(res: Results) -> list[str]:
     lines = ["## Figures", ""]
     lines += [f"![{Path(f).stem}]({f})" for f in res.figures]
@@ -427,12 +695,17 @@ def section_figures(res: Results) -> list[str]:
 
 SECTIONS = (
     section_header,
+    section_data,
     section_results,
+    section_training,
     section_table1,
     section_orderings,
     section_guides,
+    section_choosing_k,
     section_posterior_bias,
     section_diagnosis,
+    section_failure_map,
+    section_downstream,
     section_figures,
 )
 
@@ -454,7 +727,7 @@ def console(folder: RunFolder) -> str:
     t1 = table1(res.jobs, PAPER_TABLE1)
     if t1 and res.options.get("preset") == "table1":
         parts.append(t1)
-    checks = table1_checks(res.jobs)
+    checks = table1_checks(res.jobs, res.points)
     if checks:
         parts.append(checks_markdown(checks))
     if res.has_posterior:

@@ -10,27 +10,43 @@ from collections.abc import Sequence
 
 from pyrofail import zoo
 from pyrofail.errors import UsageError
+from pyrofail.models.latent_bernoulli import LatentBernoulli
 from pyrofail.models.latent_gaussian import LatentGaussian
 from pyrofail.nn import MLP, Batched
 
-__all__ = ["guide", "learned_model", "objective", "check_stackable"]
+__all__ = ["LIKELIHOODS", "guide", "learned_model", "objective", "check_stackable"]
+
+LIKELIHOODS = ("gaussian", "bernoulli")
 
 
 def learned_model(
     latent_dim: int,
     data_dim: int,
-    noise_scale: float,
+    noise_scale: float | None,
     *,
     hidden: Sequence[int] = (50, 50, 50),
     activation: str = "leaky_relu",
     learn_noise: bool = False,
+    likelihood: str = "gaussian",
+    noise_per_feature: bool = False,
     restarts: int | None = None,
-) -> LatentGaussian:
-    r"""A latent-Gaussian model :math:`z \sim \mathcal N(0, I_K)`, :math:`x \mid z \sim
-    \mathcal N(f_\theta(z), \sigma^2 I_D)` with an MLP decoder :math:`f_\theta`."""
+):
+    r"""A learned model with prior :math:`z \sim \mathcal N(0, I_K)` and an MLP decoder
+    :math:`f_\theta`: ``likelihood="gaussian"``, :math:`x \mid z \sim \mathcal N(f_\theta(z),
+    \operatorname{diag}\sigma^2)` with one :math:`\sigma` (or one per feature), fixed or
+    learned; ``"bernoulli"``, :math:`x_d \mid z \sim \mathrm{Bernoulli}(\operatorname{sigmoid}
+    f_\theta(z)_d)` for binary data."""
     decoder = MLP((latent_dim, *hidden, data_dim), activation, restarts=restarts)
+    if likelihood == "bernoulli":
+        return LatentBernoulli(decoder, latent_dim, data_dim, restarts=restarts)
     return LatentGaussian(
-        decoder, latent_dim, data_dim, noise_scale, learn_noise=learn_noise, restarts=restarts
+        decoder,
+        latent_dim,
+        data_dim,
+        noise_scale,
+        learn_noise=learn_noise,
+        noise_per_feature=noise_per_feature,
+        restarts=restarts,
     )
 
 

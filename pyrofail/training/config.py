@@ -42,7 +42,7 @@ class FitConfig:
     lr: float
     seed: int
     device: str
-    noise_scale: float
+    noise_scale: float | None
     learn_noise: bool
     learn_model: bool
     hidden: list
@@ -52,6 +52,9 @@ class FitConfig:
     warmup_steps: int
     eval_every: int
     procedure: str = "joint"
+    procedure_options: dict = dataclasses.field(default_factory=dict)
+    likelihood: str = "gaussian"
+    noise_per_feature: bool = False
     format: int = RUN_FORMAT
 
     def as_dict(self) -> dict:
@@ -60,7 +63,13 @@ class FitConfig:
     def key(self, *data: torch.Tensor) -> str:
         """A hash of the options (but the device) and the data, to refuse a checkpoint of
         another fit."""
-        options = {k: v for k, v in self.as_dict().items() if k not in ("device", "procedure")}
+        # options at their defaults leave the key as it was before they existed
+        defaults = {"likelihood": "gaussian", "noise_per_feature": False, "procedure_options": {}}
+        options = {
+            k: v
+            for k, v in self.as_dict().items()
+            if k not in ("device", "procedure") and defaults.get(k, object()) != v
+        }
         digest = hashlib.sha256(repr(sorted(options.items())).encode())
         for t in data:
             digest.update(t.detach().cpu().contiguous().numpy().tobytes())
@@ -128,6 +137,7 @@ def resolve(
     guide="mean_field",
     objective="elbo",
     procedure: str = "joint",
+    procedure_options: dict | None = None,
     restarts: int = 10,
     steps: int = 6000,
     batch_size: int = 100,
@@ -136,6 +146,8 @@ def resolve(
     device: str = "cpu",
     noise_scale: float | None = None,
     learn_noise: bool = False,
+    likelihood: str = "gaussian",
+    noise_per_feature: bool = False,
     hidden: Sequence[int] = (50, 50, 50),
     activation: str = "leaky_relu",
     init: str = "paper",
@@ -179,14 +191,21 @@ def resolve(
         raise UsageError(
             f"latent_dim={latent_dim} conflicts with the fixed model's latent_dim={model.latent_dim}"
         )
-    if noise_scale is None:
+    check_choice("likelihood", likelihood, ("gaussian", "bernoulli"))
+    if likelihood == "bernoulli":
+        if learn_noise or noise_per_feature or noise_scale is not None:
+            raise UsageError("a Bernoulli likelihood has no noise scale; drop noise_scale/learn_noise")
+        if not bool(((x == 0) | (x == 1)).all()):
+            raise UsageError("likelihood='bernoulli' needs binary data (every value 0 or 1)")
+    elif noise_scale is None:
         if process is not None and hasattr(process, "noise_scale"):
             noise_scale = float(process.noise_scale.reshape(-1)[0])
         elif learn_noise:
             noise_scale = 1.0
         else:
             raise UsageError("pass truth= or noise_scale=, or learn_noise=True")
-    noise_scale = check_positive_float("noise_scale", noise_scale)
+    if noise_scale is not None:
+        noise_scale = check_positive_float("noise_scale", noise_scale)
     if init != "random" and learn_model and model is None and truth is None:
         init = "random"  # no ground truth to start from
     if learn_model and model is not None and init != "random":
@@ -226,6 +245,9 @@ def resolve(
         warmup_steps=warmup_steps,
         eval_every=eval_every,
         procedure=str(procedure),
+        procedure_options=dict(procedure_options or {}),
+        likelihood=likelihood,
+        noise_per_feature=bool(noise_per_feature),
     )
     problem = Problem(
         x=x,

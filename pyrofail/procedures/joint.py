@@ -1,15 +1,4 @@
-"""Training procedures: how objectives are applied to fit a model and its guide, by name.
-
-A procedure is a function ``(config, problem) -> FitResult`` registered with
-``@register("procedure", NAME, ...)``; :func:`pyrofail.fit` resolves the options into a
-:class:`~pyrofail.training.config.FitConfig` and a :class:`~pyrofail.training.config.Problem`
-and calls the one it is asked for (``procedure="joint"`` by default).
-
-Example:
-    >>> from pyrofail import zoo
-    >>> "joint" in zoo.names("procedure")
-    True
-"""
+"""The ``joint`` procedure: decoder and encoder trained together by SVI on the objective."""
 
 from __future__ import annotations
 
@@ -25,10 +14,10 @@ from pyrofail.training.config import FitConfig, Problem
 from pyrofail.training.state import FitState
 from pyrofail.zoo import register
 
-__all__ = ["joint"]
+__all__ = ["batched_objects", "joint"]
 
 
-def _batched_objects(config: FitConfig, problem: Problem):
+def batched_objects(config: FitConfig, problem: Problem):
     """The batched model and guide of ``R`` restarts and the objective."""
     r = config.restarts
     model = problem.model
@@ -40,6 +29,8 @@ def _batched_objects(config: FitConfig, problem: Problem):
             hidden=config.hidden,
             activation=config.activation,
             learn_noise=config.learn_noise,
+            likelihood=config.likelihood,
+            noise_per_feature=config.noise_per_feature,
             restarts=r,
         )
     else:
@@ -98,7 +89,7 @@ def joint(config: FitConfig, problem: Problem) -> FitResult:
     ``init="paper"`` (:mod:`pyrofail.training.init`); select the best by validation."""
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    bmodel, bguide, loss = _batched_objects(config, problem)
+    bmodel, bguide, loss = batched_objects(config, problem)
     dev = torch.device(config.device)
     bmodel.to(dev)
     bguide.to(dev)

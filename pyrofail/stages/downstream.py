@@ -1,0 +1,198 @@
+"""Stage ``downstream``: what a failure costs in the tasks VAEs are used for (``--downstream``).
+
+Per job, on its test data (Yacoby, Pan & Doshi-Velez 2020, Section 6):
+
+* **compression**: the total :math:`I(x; z)` and its share per latent dimension (the K each
+  criterion would choose is in the report's "which latent dimension" table);
+* **signal and noise**: the learned σ against the truth's (with ``--learn-noise``);
+* **disentanglement** (processes with K ≥ 2 factors): MIG and DCI of the encoder means
+  :math:`\\mathbb E_q[z \\mid x]` about the true factors (:mod:`pyrofail.analysis.disentanglement`);
+* **adversarial robustness**: the worst :math:`\\ell_\\infty` perturbation of each test point
+  for the encoder, KL(q(z|x) ‖ q(z|x + δ)) over an ε sweep, the truth's exact posterior shift
+  under the same δ (how sensitive an ideal encoder is), and the de-noising attack
+  (:mod:`pyrofail.analysis.attacks`);
+* **outlier detection**: the AUROC of log p_θ(x) between held-out points and off-manifold
+  points of the truth (:mod:`pyrofail.analysis.outliers`), against the truth's own.
+
+Per process, the truth's ceilings (its posterior means' MIG/DCI, its AUROC) and every job
+against the MFG-VAE, with paired standard errors.
+
+Reads: ``jobs/<job>/{config.json, model.pt, guide.pt}``. Writes: ``jobs/<job>/downstream.json``,
+``truth/<process>/downstream.json``, ``downstream.json``, ``figures/robustness-<process>.png``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pyrofail.analysis import attacks, disentanglement, grid, metrics, outliers
+from pyrofail.analysis.plots import robustness_figure
+from pyrofail.analysis.uncertainty import paired_difference
+from pyrofail.runs import atomic_write_json, read_json
+from pyrofail.stages.folder import RunFolder, job_id, process_id, truth_of
+from pyrofail.stages.jobs import job_data, load_job
+from pyrofail.stages.pool import run_tasks
+
+__all__ = ["EPSILONS", "run"]
+
+EPSILONS = (0.05, 0.1, 0.2)  # attack radii, in the data's units (the zoo's data span about 2)
+ATTACK_POINTS = 200  # test points attacked per job and radius
+ATTACK_STEPS = 50
+OUTLIERS = 500  # off-manifold points per process
+
+
+def _codes(guide, x: torch.Tensor) -> torch.Tensor:
+    """The encoder means :math:`\\mathbb E_q[z \\mid x]` (exact, or from 256 draws)."""
+    q = guide.distribution(x)
+    try:
+        return q.mean.detach()
+    except NotImplementedError:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return q.sample((256,)).mean(0)
+
+
+def _current(path: Path, key: dict):
+    if path.exists():
+        record = read_json(path)
+        if record.get("key") == key:
+            return record
+    return None
+
+
+def truth_tasks(config: dict, folder: Path, seed: int) -> dict:
+    """The truth's own answers: its exact posterior means' MIG/DCI (K ≤ 2), its AUROC, and the
+    off-manifold points every job is scored on."""
+    key = {"process": process_id(config), "seed": seed, "n_test": config["n_test"]}
+    done = folder / "downstream.json"
+    record = _current(done, key)
+    if record is not None:
+        return record
+    truth, splits = job_data(config)
+    test = splits.test
+    out = {"key": key}
+    if truth.latent_dim <= grid.MAX_K:
+        means = grid.grid_posterior(truth, test.x.double()).mean
+        if truth.latent_dim >= 2:
+            out["mig"] = _strip(disentanglement.mig(means, test.z, seed=seed))
+            out["dci"] = _strip(disentanglement.dci(means, test.z, bootstrap=5, seed=seed))
+        away = outliers.off_manifold(truth, OUTLIERS, seed=seed, reference=splits.val.x)
+        out["outliers_x"] = away["x"].tolist()
+        inside = outliers.outlier_scores(truth, test.x)["per_point"]
+        outside = outliers.outlier_scores(truth, away["x"])["per_point"]
+        out["auroc"] = outliers.auroc(inside, outside)
+    atomic_write_json(done, out)
+    return out
+
+
+def _strip(result: dict) -> dict:
+    """A metric's result as JSON: tensors and arrays become lists."""
+    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}
+
+
+def job_tasks(folder: Path, truth_folder: Path, seed: int) -> dict:
+    """Every downstream task for one job (``downstream.json``)."""
+    folder = Path(folder)
+    key = {"job": job_id(read_json(folder / "config.json")), "seed": seed, "epsilons": list(EPSILONS)}
+    done = folder / "downstream.json"
+    record = _current(done, key)
+    if record is not None:
+        return record
+    config, truth, model, guide = load_job(folder)
+    _, splits = job_data(config)
+    test = splits.test
+    x = test.x
+    out = {"key": key, "job": job_id(config)}
+    out["total_mutual_information"] = metrics.total_mutual_information(guide, x, seed=seed)
+    if hasattr(model, "noise_scale"):
+        out["noise_scale"] = model.noise_scale.tolist()
+        out["truth_noise_scale"] = truth.noise_scale.tolist()
+    if truth.latent_dim >= 2 and test.z is not None:
+        codes = _codes(guide, x)
+        out["mig"] = _strip(disentanglement.mig(codes, test.z, seed=seed))
+        out["dci"] = _strip(disentanglement.dci(codes, test.z, bootstrap=5, seed=seed))
+    xa = x[:ATTACK_POINTS]
+    out["robustness"] = []
+    for eps in EPSILONS:
+        attack = attacks.attack_encoder(guide, xa, eps, norm="linf", steps=ATTACK_STEPS, seed=seed)
+        row = {
+            "eps": eps,
+            "kl": attack["divergence"].tolist(),
+            "mean": attack["mean"],
+            "stderr": attack["stderr"],
+        }
+        if truth.latent_dim <= grid.MAX_K:
+            ideal = attacks.posterior_shift(truth, xa, attack["x_adv"])
+            row["truth_kl"] = ideal["per_point"].tolist()
+        denoise = attacks.attack_denoiser(model, guide, xa, eps, norm="linf", steps=ATTACK_STEPS, seed=seed)
+        row["denoise_error"] = {k: denoise[k] for k in ("mean", "stderr", "clean_mean", "clean_stderr")}
+        out["robustness"].append(row)
+    truth_record = read_json(truth_folder / "downstream.json")
+    if "outliers_x" in truth_record:
+        away = torch.tensor(truth_record["outliers_x"], dtype=x.dtype)
+        inside = outliers.outlier_scores(model, x, guide=guide)["per_point"]
+        outside = outliers.outlier_scores(model, away, guide=guide)["per_point"]
+        out["auroc"] = outliers.auroc(inside, outside)
+    atomic_write_json(done, out)
+    return out
+
+
+def compare_jobs(records: dict, mfg: str, truth_record: dict) -> dict:
+    """Every job against the MFG-VAE ``mfg`` on each task, with paired standard errors: the
+    robustness KL per attacked point (the same points), AUROC and disentanglement by their
+    own standard errors, and the truth's values beside them."""
+    base = records[mfg]
+    out = {}
+    for job, rec in records.items():
+        if job == mfg:
+            continue
+        row = {}
+        for a, b in zip(rec["robustness"], base["robustness"]):
+            row[f"robustness_eps{a['eps']:g}"] = paired_difference(a["kl"], b["kl"])
+        for task in ("auroc", "mig"):  # each result holds its score under the task's name
+            if task in rec and task in base:
+                se = (rec[task]["stderr"] or 0.0) ** 2 + (base[task]["stderr"] or 0.0) ** 2
+                row[task] = {"mean": rec[task][task] - base[task][task], "stderr": se**0.5}
+        out[job] = row
+    for a in base["robustness"]:
+        if "truth_kl" in a:
+            out.setdefault("truth", {})[f"robustness_eps{a['eps']:g}"] = paired_difference(
+                a["truth_kl"], a["kl"]
+            )
+    return out
+
+
+def run(folder: RunFolder) -> None:
+    if not folder.options.get("downstream"):
+        return
+    seed = int(folder.options["seed"])
+    summary = {}
+    for name, group in folder.by_process().items():
+        config = group[0]["config"]
+        if truth_of(config) is None:
+            continue
+        truth_record = truth_tasks(config, folder.truth_dir(name), seed)
+        tasks = [(folder.job_dir(r["job"]), folder.truth_dir(name), seed) for r in group]
+        folder.say(f"downstream: {name}: {len(tasks)} jobs")
+        records = {rec["job"]: rec for rec in run_tasks(job_tasks, tasks, folder.workers)}
+        k_true = truth_of(config).latent_dim
+        mfg = next(
+            (
+                r["job"]
+                for r in group
+                if (r["config"]["guide"], r["config"]["objective"], r["config"]["latent_dim"])
+                == ("mean_field", "elbo", k_true)
+            ),
+            None,
+        )
+        summary[name] = {
+            "mfg": mfg,
+            "truth": {k: v for k, v in truth_record.items() if k not in ("key", "outliers_x")},
+            "jobs": {job: {k: v for k, v in rec.items() if k != "key"} for job, rec in records.items()},
+            "against_mfg": None if mfg is None else compare_jobs(records, mfg, truth_record),
+        }
+        robustness_figure(folder.figures / f"robustness-{name}.png", name, summary[name]["jobs"])
+    if summary:
+        atomic_write_json(folder.root / "downstream.json", summary)
