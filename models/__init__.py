@@ -9,6 +9,18 @@ from pyrofail.models.clusters import Clusters
 from pyrofail.models.figure8 import Figure8
 from pyrofail.models.latent_gaussian import Dataset, LatentGaussian
 from pyrofail.models.linear_gaussian import LinearGaussian
+from pyrofail.models.m2 import LabelledLatentGaussian, m2_model
 from pyrofail.models.quadratic import Quadratic
+from pyrofail.models.semicircle import Semicircle
 
-__all__ = ["Clusters", "Dataset", "Figure8", "LatentGaussian", "LinearGaussian", "Quadratic"]
+__all__ = [
+    "Clusters",
+    "Dataset",
+    "Figure8",
+    "LabelledLatentGaussian",
+    "LatentGaussian",
+    "LinearGaussian",
+    "Quadratic",
+    "Semicircle",
+    "m2_model",
+]
