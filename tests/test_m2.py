@@ -294,6 +294,43 @@ def test_iwae_on_semicircle_against_quadrature():
     assert gaps[1] > gaps[100] and abs(gaps[3000]) < 0.02, gaps
 
 
+@pytest.mark.parametrize(
+    "family, labels",
+    [
+        ("mean_field", "mixed"),
+        ("mean_field", "none"),
+        ("full_rank", "mixed"),
+        ("flow", "mixed"),
+        ("mixture", "mixed"),
+    ],
+)
+@pytest.mark.parametrize(
+    "objective", [M2ELBO(num_particles=2), M2IWAE(num_particles=3)], ids=["elbo", "iwae"]
+)
+def test_every_family_trains_batched_with_both_objectives(family, objective, labels):
+    """q(z | x, y) from any registered family, batched restarts, labels or none: a finite
+    loss, gradients for the decoder and the classifier, and per-point values (R, N). (U_S does
+    not involve q(y | x): without labels the IWAE objective gives the classifier no gradient.)"""
+    torch.manual_seed(3)
+    model = m2_model(1, 2, hidden=(8,), noise_scale=0.1, restarts=2)
+    guide = M2Guide(1, 2, family=family, hidden=(8,), restarts=2)
+    x = torch.randn(5, 2)
+    y = torch.tensor([0, -1, 1, -1, -1]) if labels == "mixed" else None
+    loss = objective.differentiable_loss(model.model, guide, x, y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters()] + [p.grad for p in guide.posterior.parameters()]
+    if isinstance(objective, M2ELBO) or y is not None:
+        grads += [p.grad for p in guide.classifier.parameters()]
+    else:
+        assert all(p.grad is None for p in guide.classifier.parameters())
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    batched = objective.per_point(model, guide, x, 4, y=y)
+    one = objective.per_point(take_restart(model, 1), take_restart(guide, 1), x, 4, y=y)
+    assert batched.value.shape == (2, 5) and one.value.shape == (5,)
+    assert torch.isfinite(batched.value).all() and torch.isfinite(batched.stderr).all()
+
+
 # ---- masks and training ------------------------------------------------------------------------
 
 
