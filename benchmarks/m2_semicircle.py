@@ -53,7 +53,7 @@ def pretrain_decoder(model, truth, mask, steps=1000, lr=3e-3):
         opt.step()
 
 
-def train(config, data, y_train, *, restarts, steps, warmup, batch_size, lr, seed, particles):
+def train(config, data, y_train, *, restarts, gt_restarts, steps, warmup, batch_size, lr, seed, particles):
     family, objective, options = CONFIGS[config]
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -62,8 +62,9 @@ def train(config, data, y_train, *, restarts, steps, warmup, batch_size, lr, see
     guide = M2Guide(1, 2, family=family, restarts=restarts, **options)
     loss = M2ELBO() if objective == "elbo" else M2IWAE(num_particles=particles)
     gt = torch.zeros(restarts, dtype=torch.bool)
-    gt[: restarts // 2] = True
-    pretrain_decoder(model, truth, gt)
+    gt[:gt_restarts] = True
+    if gt_restarts:
+        pretrain_decoder(model, truth, gt)
     x = data["train"].x
     n = x.shape[0]
     gen = torch.Generator().manual_seed(seed + 1)
@@ -95,6 +96,9 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--labelled", type=float, default=0.1)
     p.add_argument("--restarts", type=int, default=4)
+    p.add_argument(
+        "--gt-restarts", type=int, default=None, help="restarts started at the truth (default: half)"
+    )
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=100)
@@ -112,6 +116,7 @@ def main(argv=None):
         "test": full[args.n_train + args.n_val :],
     }
     y_train = hide_labels(data["train"].y, args.labelled, seed=args.seed)
+    gt_restarts = args.restarts // 2 if args.gt_restarts is None else args.gt_restarts
     results = {}
     for config in args.configs.split(","):
         start = time.perf_counter()
@@ -120,6 +125,7 @@ def main(argv=None):
             data,
             y_train,
             restarts=args.restarts,
+            gt_restarts=gt_restarts,
             steps=args.steps,
             warmup=args.warmup,
             batch_size=args.batch_size,
@@ -128,21 +134,30 @@ def main(argv=None):
             particles=args.particles,
         )
         seconds = time.perf_counter() - start
+        test = data["test"]
         per_restart = []
         for r in range(args.restarts):
             m = take_restart(model, r)
-            per_restart.append(semisupervised.collapse(m, truth)["ratio"])
+            cf = semisupervised.counterfactual_error(m, None, test.x, test.y, truth, seed=args.seed)
+            kl = semisupervised.mleo(m, truth, test.x)
+            per_restart.append(
+                {
+                    "init": "ground_truth" if r < gt_restarts else "random",
+                    "validation": float(val[r]),
+                    "separation_ratio": semisupervised.collapse(m, truth)["ratio"],
+                    "counterfactual_error": cf["mean"],
+                    "counterfactual_error_stderr": cf["stderr"],
+                    "mleo": kl["mean"],
+                    "mleo_stderr": kl["stderr"],
+                }
+            )
         m, g = take_restart(model, best), take_restart(guide, best)
-        test = data["test"]
         out = semisupervised.summarize(m, g, test.x, test.y, truth, seed=args.seed)
-        out.update(
-            best=best,
-            validation=val.tolist(),
-            separation_ratio_per_restart=per_restart,
-            train_seconds=seconds,
-        )
+        random = [r for r in range(args.restarts) if per_restart[r]["init"] == "random"]
+        best_random = max(random, key=lambda r: per_restart[r]["validation"]) if random else None
+        out.update(best=best, best_random=best_random, per_restart=per_restart, train_seconds=seconds)
         results[config] = out
-        print(config, json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}))
+        print(config, json.dumps(out, default=lambda v: round(v, 4)), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=1)
