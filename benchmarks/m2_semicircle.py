@@ -35,6 +35,9 @@ CONFIGS = {
     "mean_field+iwae": ("mean_field", "iwae", {}),
     "flow+elbo": ("flow", "elbo", {"base": "gaussian"}),
     "mixture+elbo": ("mixture", "elbo", {}),
+    # q(z | x, y) = q(z | x): an encoder that does not read the label
+    "mean_field_x+elbo": ("mean_field", "elbo", {"label_in_encoder": False}),
+    "mean_field_x+iwae": ("mean_field", "iwae", {"label_in_encoder": False}),
 }
 
 

@@ -19,7 +19,10 @@ mixture over the classes,
 
 so a mean-field :math:`q(z \mid x, y)` already gives a :math:`C`-component mixture for
 :math:`q(z \mid x)`: it can hold one posterior mode per class (the bimodal :math:`p(z \mid x)`
-of ``semicircle``), but within a class it is as restricted as the family.
+of ``semicircle``), but within a class it is as restricted as the family. With
+``label_in_encoder=False`` the encoder reads :math:`x` alone, :math:`q(z \mid x, y) = q(z \mid
+x)` (a variant some M2 implementations use): then the implied :math:`q(z \mid x)` is the
+family itself, unimodal for a mean-field Gaussian, whatever the classifier says.
 
 **Labelled points.** The Pyro guide samples the model's ``"y_unobserved"`` site (marked for
 parallel enumeration, so ``TraceEnum_ELBO`` sums it out exactly) for every point; for a
@@ -66,6 +69,8 @@ class M2Guide(Batched, PyroModule):
         ``data_dim = D + C``, or such a guide object (un-batched or with matching restarts).
     :param hidden: hidden widths of the classifier and of the family's encoder.
     :param classifier_hidden: hidden widths of the classifier (default ``hidden``).
+    :param label_in_encoder: whether the family's encoder reads ``onehot(y)`` beside ``x``
+        (Kingma et al.'s :math:`q(z \mid x, y)`, the default) or ``x`` alone.
     :param restarts: ``None``, or ``R`` independent copies in one batched module.
     :param family_options: passed to the family (``min_scale``, ``components``, ``base``, ...).
 
@@ -88,6 +93,7 @@ class M2Guide(Batched, PyroModule):
         hidden: Sequence[int] = (50, 50, 50),
         activation: str = "leaky_relu",
         classifier_hidden: Sequence[int] | None = None,
+        label_in_encoder: bool = True,
         restarts: int | None = None,
         **family_options,
     ):
@@ -96,6 +102,8 @@ class M2Guide(Batched, PyroModule):
         self.data_dim = check_positive_int("data_dim", data_dim)
         self.num_classes = check_positive_int("num_classes", num_classes, minimum=2)
         self.restarts = restarts
+        self.label_in_encoder = bool(label_in_encoder)
+        encoder_dim = self.data_dim + (self.num_classes if self.label_in_encoder else 0)
         widths = tuple(hidden if classifier_hidden is None else classifier_hidden)
         self.classifier = MLP((self.data_dim, *widths, self.num_classes), activation, restarts)
         if isinstance(family, str):
@@ -103,7 +111,7 @@ class M2Guide(Batched, PyroModule):
             self.posterior = zoo.guide(
                 family,
                 latent_dim=self.latent_dim,
-                data_dim=self.data_dim + self.num_classes,
+                data_dim=encoder_dim,
                 hidden=tuple(hidden),
                 activation=activation,
                 restarts=restarts,
@@ -114,10 +122,10 @@ class M2Guide(Batched, PyroModule):
                 raise UsageError("family_options apply only when family is a registered name")
             if getattr(family, "restarts", None) != restarts:
                 raise UsageError(f"the family object has restarts={family.restarts}, expected {restarts}")
-            if (family.latent_dim, family.data_dim) != (self.latent_dim, self.data_dim + self.num_classes):
+            if (family.latent_dim, family.data_dim) != (self.latent_dim, encoder_dim):
                 raise UsageError(
                     f"the family object has latent_dim={family.latent_dim}, data_dim={family.data_dim}; "
-                    f"expected {self.latent_dim} and D + C = {self.data_dim + self.num_classes}"
+                    f"expected {self.latent_dim} and {encoder_dim} (D + C, or D without the label)"
                 )
             self.family = type(family).__name__
             self.posterior = family
@@ -142,7 +150,10 @@ class M2Guide(Batched, PyroModule):
     # -- q(z | x, y) ------------------------------------------------------------------------
     def encoder_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``x`` and ``onehot(y)`` concatenated, broadcast to a common batch shape (with the
-        restart dimension made explicit when batched, as the batched MLPs expect it)."""
+        restart dimension made explicit when batched, as the batched MLPs expect it); ``x``
+        alone when ``label_in_encoder`` is off."""
+        if not self.label_in_encoder:
+            return x
         lead = torch.broadcast_shapes(x.shape[:-1], y.shape)
         if self.restarts is not None:
             lead = torch.broadcast_shapes(lead, (self.restarts, x.shape[-2]))
@@ -181,5 +192,5 @@ class M2Guide(Batched, PyroModule):
     def extra_repr(self) -> str:
         return (
             f"latent_dim={self.latent_dim}, data_dim={self.data_dim}, num_classes={self.num_classes}, "
-            f"family={self.family!r}, restarts={self.restarts}"
+            f"family={self.family!r}, label_in_encoder={self.label_in_encoder}, restarts={self.restarts}"
         )

@@ -44,11 +44,13 @@ B = torch.tensor([[0.2, 0.1], [-0.3, 0.4]])
 SIGMA, PI = 0.5, (0.3, 0.7)
 
 
-@pytest.fixture
-def linear():
+@pytest.fixture(params=[True, False], ids=["q(z|x,y)", "q(z|x)"])
+def linear(request):
+    """The linear model, points with two labels and four unknown, and a guide whose encoder
+    reads the label or not (both are valid M2 guides; the bounds must hold for both)."""
     torch.manual_seed(0)
     model = LabelledLatentGaussian(LinearCurves(A, B), 1, 2, 2, SIGMA, class_probs=PI)
-    guide = M2Guide(1, 2, hidden=(6,))
+    guide = M2Guide(1, 2, hidden=(6,), label_in_encoder=request.param)
     x = torch.randn(6, 2)
     y = torch.tensor([0, 1, -1, -1, -1, -1])
     return model, guide, x, y
@@ -313,9 +315,9 @@ def test_every_family_trains_batched_with_both_objectives(family, objective, lab
     not involve q(y | x): without labels the IWAE objective gives the classifier no gradient.)"""
     torch.manual_seed(3)
     model = m2_model(1, 2, hidden=(8,), noise_scale=0.1, restarts=2)
-    guide = M2Guide(1, 2, family=family, hidden=(8,), restarts=2)
+    guide = M2Guide(1, 2, family=family, hidden=(8,), restarts=2, label_in_encoder=labels != "x only")
     x = torch.randn(5, 2)
-    y = torch.tensor([0, -1, 1, -1, -1]) if labels == "mixed" else None
+    y = None if labels == "none" else torch.tensor([0, -1, 1, -1, -1])
     loss = objective.differentiable_loss(model.model, guide, x, y)
     loss.backward()
     assert torch.isfinite(loss)
