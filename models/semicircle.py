@@ -35,8 +35,8 @@ class SemicircleCurve(nn.Module):
     "model",
     "semicircle",
     summary="two labelled classes on one semicircle, different densities; bimodal p(z|x) when y is unknown",
-    failure="semi-supervised: the M2 MFG-VAE collapses the two class curves (functional collapse); "
-    "p(x|y), p(x), the latent space and the counterfactuals come out wrong",
+    failure="semi-supervised (Yacoby et al.): the M2 MFG-VAE is expected to collapse the two class "
+    "curves (functional collapse), so p(x|y), p(x), the latent space and the counterfactuals are wrong",
     keywords=("semi-supervised", "labels", "counterfactual", "functional-collapse", "multimodal-posterior"),
     latent_dim=1,
     data_dim=2,
