@@ -86,9 +86,12 @@ def train(config, data, y_train, *, restarts, gt_restarts, steps, warmup, batch_
     with torch.no_grad():
         torch.manual_seed(seed + 7)
         val = loss.per_point(model, guide, data["val"].x, 16).value.mean(-1)  # (R,): bound of p(x)
+        torch.manual_seed(seed + 7)
+        # the same points with their labels: a bound of p(x, y), which sees the classes
+        val_labelled = loss.per_point(model, guide, data["val"].x, 16, y=data["val"].y).value.mean(-1)
     ok = torch.isfinite(val)
     best = int(torch.where(ok, val, torch.tensor(-math.inf)).argmax())
-    return model, guide, val, best
+    return model, guide, val, val_labelled, best
 
 
 def main(argv=None):
@@ -123,7 +126,7 @@ def main(argv=None):
     results = {}
     for config in args.configs.split(","):
         start = time.perf_counter()
-        model, guide, val, best = train(
+        model, guide, val, val_labelled, best = train(
             config,
             data,
             y_train,
@@ -147,6 +150,7 @@ def main(argv=None):
                 {
                     "init": "ground_truth" if r < gt_restarts else "random",
                     "validation": float(val[r]),
+                    "validation_labelled": float(val_labelled[r]),
                     "separation_ratio": semisupervised.collapse(m, truth)["ratio"],
                     "counterfactual_error": cf["mean"],
                     "counterfactual_error_stderr": cf["stderr"],
@@ -158,7 +162,14 @@ def main(argv=None):
         out = semisupervised.summarize(m, g, test.x, test.y, truth, seed=args.seed)
         random = [r for r in range(args.restarts) if per_restart[r]["init"] == "random"]
         best_random = max(random, key=lambda r: per_restart[r]["validation"]) if random else None
-        out.update(best=best, best_random=best_random, per_restart=per_restart, train_seconds=seconds)
+        best_labelled = int(val_labelled.argmax())
+        out.update(
+            best=best,
+            best_labelled=best_labelled,
+            best_random=best_random,
+            per_restart=per_restart,
+            train_seconds=seconds,
+        )
         results[config] = out
         print(config, json.dumps(out, default=lambda v: round(v, 4)), flush=True)
     if args.out:
