@@ -35,10 +35,27 @@ __all__ = [
     "collapse",
     "counterfactual_error",
     "curve_separation",
-    "log_marginal",
+    "log_px",
     "mleo",
+    "quadrature_log_px",
     "summarize",
 ]
+
+
+def quadrature_log_px(model, x: torch.Tensor, **options) -> torch.Tensor:
+    r""":math:`\log p(x)` per point by :func:`pyrofail.analysis.grid.grid_posterior` (float64):
+    for a :class:`~pyrofail.models.m2.LabelView`, :math:`\log p(x \mid y)`; for a labelled model
+    itself, the label summed out (uniform mesh on its ``log_joint``).
+
+    Example:
+        >>> from pyrofail import zoo
+        >>> truth = zoo.model("semicircle")
+        >>> quadrature_log_px(truth.given_label(0), truth.sample(2, seed=0).x).dtype
+        torch.float64
+    """
+    post = grid.grid_posterior(model, x, **options)
+    # the grid's field is log_px in later versions of pyrofail.analysis.grid, log_marginal before
+    return post.log_px if hasattr(post, "log_px") else post.log_marginal
 
 
 def _check_model(model, name: str = "model") -> None:
@@ -76,7 +93,7 @@ def class_log_likelihoods(model, x: torch.Tensor) -> torch.Tensor:
         torch.Size([2, 3])
     """
     _check_model(model)
-    return torch.stack([grid.log_marginal(model.given_label(c), x) for c in range(model.num_classes)])
+    return torch.stack([quadrature_log_px(model.given_label(c), x) for c in range(model.num_classes)])
 
 
 def _log_class_probs(model) -> torch.Tensor:
@@ -84,14 +101,14 @@ def _log_class_probs(model) -> torch.Tensor:
 
 
 @torch.no_grad()
-def log_marginal(model, x: torch.Tensor, per_class: torch.Tensor | None = None) -> torch.Tensor:
+def log_px(model, x: torch.Tensor, per_class: torch.Tensor | None = None) -> torch.Tensor:
     r""":math:`\log p(x) = \log \sum_y p(y)\, p(x \mid y)` per point (float64), the label summed
     out exactly over the per-class quadratures (``per_class``, if already computed).
 
     Example:
         >>> from pyrofail import zoo
         >>> truth = zoo.model("semicircle")
-        >>> log_marginal(truth, truth.sample(3, seed=0).x).shape
+        >>> log_px(truth, truth.sample(3, seed=0).x).shape
         torch.Size([3])
     """
     lc = class_log_likelihoods(model, x) if per_class is None else per_class
@@ -125,7 +142,7 @@ def class_mleo(model, truth, x: torch.Tensor, y, *, truth_per_class=None, model_
 def mleo(model, truth, x: torch.Tensor, *, truth_per_class=None, model_per_class=None) -> dict:
     r""":math:`\mathrm{KL}(p_{GT}(x) \,\|\, p_\theta(x))`, the mean of :math:`\log p_{GT}(x) -
     \log p_\theta(x)` over test points drawn from the truth, with the label summed out of both
-    (:func:`log_marginal`): ``{"mean", "stderr", "n"}``.
+    (:func:`log_px`): ``{"mean", "stderr", "n"}``.
 
     Example:
         >>> from pyrofail import zoo
@@ -133,8 +150,8 @@ def mleo(model, truth, x: torch.Tensor, *, truth_per_class=None, model_per_class
         >>> round(mleo(truth, truth, truth.sample(10, seed=0).x)["mean"], 6)
         0.0
     """
-    lt = log_marginal(truth, x, truth_per_class)
-    lm = log_marginal(model, x, model_per_class)
+    lt = log_px(truth, x, truth_per_class)
+    lm = log_px(model, x, model_per_class)
     return _mean_se(lt - lm)
 
 

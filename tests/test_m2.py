@@ -13,7 +13,7 @@ from torch import nn
 
 from pyrofail import zoo
 from pyrofail.analysis import grid
-from pyrofail.analysis.semisupervised import class_log_likelihoods, log_marginal
+from pyrofail.analysis.semisupervised import class_log_likelihoods, log_px
 from pyrofail.errors import UsageError
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.guides.m2 import DELTA_LOGIT, M2Guide
@@ -280,7 +280,7 @@ def test_iwae_on_semicircle_against_quadrature():
     guide = M2Guide(1, 2, family=PosteriorMoments(truth), hidden=(4,))
     per_class = class_log_likelihoods(truth, data.x)
     labelled = per_class.gather(0, y.clamp(min=0)[None])[0] + math.log(0.5)
-    exact = torch.where(y >= 0, labelled, log_marginal(truth, data.x, per_class))
+    exact = torch.where(y >= 0, labelled, log_px(truth, data.x, per_class))
     gaps = {}
     for s, seeds in ((1, 6), (100, 6), (3000, 1)):
         runs, se = [], None

@@ -111,10 +111,10 @@ def test_divergences_are_zero_for_the_truth_and_positive_for_a_collapsed_model(t
     assert kl["mean"] > 4 * kl["stderr"]
 
 
-def test_log_marginal_sums_the_label_out(truth, data):
+def test_log_px_sums_the_label_out(truth, data):
     per_class = semisupervised.class_log_likelihoods(truth, data.x[:10])
-    direct = grid.log_marginal(truth, data.x[:10])  # quadrature of log_joint(z, x), y summed out
-    assert torch.allclose(semisupervised.log_marginal(truth, data.x[:10], per_class), direct, atol=1e-3)
+    direct = semisupervised.quadrature_log_px(truth, data.x[:10])  # log_joint(z, x), y summed out
+    assert torch.allclose(semisupervised.log_px(truth, data.x[:10], per_class), direct, atol=1e-3)
 
 
 def test_accuracies(truth, data):

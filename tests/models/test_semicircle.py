@@ -10,7 +10,7 @@ import torch
 from pyro import poutine
 
 from pyrofail import zoo
-from pyrofail.analysis import grid
+from pyrofail.analysis.semisupervised import quadrature_log_px
 
 
 @pytest.fixture(scope="module")
@@ -92,16 +92,16 @@ def test_class_densities_match_an_integral_over_the_angle(truth):
     data = truth.sample(12, seed=5)
     for label in (0, 1):
         by_angle = np.log(_class_density_by_angle(data.x.double().numpy(), label, 0.05))
-        fine = grid.log_marginal(truth.given_label(label), data.x, tol=0.1).numpy()
-        default = grid.log_marginal(truth.given_label(label), data.x).numpy()
+        fine = quadrature_log_px(truth.given_label(label), data.x, tol=0.1).numpy()
+        default = quadrature_log_px(truth.given_label(label), data.x).numpy()
         assert np.abs(fine - by_angle).max() < 1e-5
         assert np.abs(default - by_angle).max() < 5e-4
 
 
 def test_summed_label_quadrature_is_the_mixture_of_the_classes(truth):
     data = truth.sample(20, seed=6)
-    direct = grid.log_marginal(truth, data.x)  # uniform mesh on log_joint(z, x), y summed out
-    per_class = torch.stack([grid.log_marginal(truth.given_label(c), data.x) for c in (0, 1)])
+    direct = quadrature_log_px(truth, data.x)  # uniform mesh on log_joint(z, x), y summed out
+    per_class = torch.stack([quadrature_log_px(truth.given_label(c), data.x) for c in (0, 1)])
     mixture = torch.logsumexp(per_class + math.log(0.5), 0)
     assert torch.allclose(direct, mixture, atol=1e-3)
 
