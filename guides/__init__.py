@@ -7,6 +7,7 @@ A guide is an amortized :class:`AmortizedGuide` whose only family-specific part 
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.guides.flow import FlowGuide
 from pyrofail.guides.full_rank import FullRankGuide
+from pyrofail.guides.m2 import M2Guide
 from pyrofail.guides.mean_field import MeanFieldGuide
 from pyrofail.guides.mixture import MixtureGuide, MixtureOfDiagNormals
 
@@ -14,6 +15,7 @@ __all__ = [
     "AmortizedGuide",
     "FlowGuide",
     "FullRankGuide",
+    "M2Guide",
     "MeanFieldGuide",
     "MixtureGuide",
     "MixtureOfDiagNormals",

@@ -10,17 +10,22 @@ from pyrofail.models.figure8 import Figure8
 from pyrofail.models.latent_bernoulli import LatentBernoulli
 from pyrofail.models.latent_gaussian import Dataset, LatentGaussian
 from pyrofail.models.linear_gaussian import LinearGaussian
+from pyrofail.models.m2 import LabelledLatentGaussian, m2_model
 from pyrofail.models.quadratic import Quadratic
+from pyrofail.models.semicircle import Semicircle
 from pyrofail.models.two_factor import TwoFactorSmooth, TwoFactorSteps
 
 __all__ = [
     "Clusters",
     "Dataset",
     "Figure8",
+    "LabelledLatentGaussian",
     "LatentBernoulli",
     "LatentGaussian",
     "LinearGaussian",
     "Quadratic",
+    "Semicircle",
     "TwoFactorSmooth",
     "TwoFactorSteps",
+    "m2_model",
 ]

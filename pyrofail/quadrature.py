@@ -23,7 +23,7 @@ Example:
     >>> x = truth.sample(5, seed=1).x
     >>> z, log_w = nodes(1, spacing=0.01)
     >>> exact = truth.marginal().log_prob(x)
-    >>> bool(torch.allclose(log_marginal(truth, x, z, log_w), exact, atol=1e-4))
+    >>> bool(torch.allclose(log_px(truth, x, z, log_w), exact, atol=1e-4))
     True
 """
 
@@ -33,7 +33,7 @@ import math
 
 import torch
 
-__all__ = ["aggregate_kl", "log_joint_on_nodes", "log_marginal", "nodes"]
+__all__ = ["aggregate_kl", "log_joint_on_nodes", "log_px", "nodes"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -76,7 +76,7 @@ def log_joint_on_nodes(model, x: torch.Tensor, z: torch.Tensor, log_w: torch.Ten
     return lj.movedim(0, -1) + prior
 
 
-def log_marginal(model, x: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+def log_px(model, x: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
     r""":math:`\log p_\theta(x_n)` per point by the rule: ``(N,)`` or ``(R, N)``."""
     return torch.logsumexp(log_joint_on_nodes(model, x, z, log_w), -1)
 

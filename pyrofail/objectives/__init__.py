@@ -8,5 +8,6 @@ this package registers them.
 
 from pyrofail.objectives.elbo import ELBO, elbo
 from pyrofail.objectives.iwae import IWAE, iwae
+from pyrofail.objectives.m2 import M2ELBO, M2IWAE
 
-__all__ = ["ELBO", "IWAE", "elbo", "iwae"]
+__all__ = ["ELBO", "IWAE", "M2ELBO", "M2IWAE", "elbo", "iwae"]

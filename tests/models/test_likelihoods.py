@@ -165,7 +165,7 @@ def test_grid_log_px_with_per_feature_sigma_is_the_closed_form(k):
     cov = w @ w.T + torch.diag(SIGMA.double() ** 2)
     exact = torch.distributions.MultivariateNormal(b, covariance_matrix=cov)
     x = model.sample(40, seed=5).x.double()
-    got = grid.log_marginal(model, x)
+    got = grid.grid_posterior(model, x).log_px
     assert torch.allclose(got, exact.log_prob(x), atol=1e-5, rtol=0), (got - exact.log_prob(x)).abs().max()
 
 
@@ -184,7 +184,7 @@ def test_grid_refines_in_units_of_each_features_sigma():
     ).double()
     a, s = grid.grid_posterior(base, x), grid.grid_posterior(scaled, x * c)
     assert a.mesh_info["nodes"] == s.mesh_info["nodes"]
-    assert torch.allclose(s.log_marginal, a.log_marginal - c.log().sum(), atol=1e-9)
+    assert torch.allclose(s.log_px, a.log_px - c.log().sum(), atol=1e-9)
     assert a.mesh_info["max_change_sigma"] <= 0.5
 
 
@@ -192,7 +192,7 @@ def test_grid_integrates_a_bernoulli_model_by_its_log_joint():
     model = LatentBernoulli(Logits(), 1, 4).double()
     assert not grid._is_latent_gaussian(model)  # no noise scale: the generic path
     x = model.sample(6, seed=4).x.double()
-    got = grid.log_marginal(model, x)
+    got = grid.grid_posterior(model, x).log_px
     for n in range(x.shape[0]):
 
         def density(t, row=x[n]):
