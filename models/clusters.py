@@ -12,13 +12,14 @@ __all__ = ["ClusterSteps", "Clusters"]
 
 
 class ClusterSteps(nn.Module):
-    """The clusters decoder :math:`f(z)` for ``z`` of shape ``(..., 1)``."""
+    """The clusters decoder :math:`f(z)` for ``z`` of shape ``(..., 1)``: centres on the circle
+    of radius ``scale``."""
 
-    def __init__(self, beta: float = 20.0):
+    def __init__(self, beta: float = 20.0, scale: float = 1.0):
         super().__init__()
         self.beta = float(beta)
         angles = torch.tensor([math.pi / 2 + 2 * math.pi * k / 3 for k in range(3)])
-        self.register_buffer("centres", torch.stack((angles.cos(), angles.sin()), -1))
+        self.register_buffer("centres", float(scale) * torch.stack((angles.cos(), angles.sin()), -1))
         self.register_buffer("edges", torch.special.ndtri(torch.tensor([1 / 3, 2 / 3])))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -42,12 +43,12 @@ class Clusters(LatentGaussian):
 
     .. math::
 
-        f(z) = c_1 + \sum_{k=1}^{2} (c_{k+1} - c_k)\,
-               \operatorname{sigmoid}\big(\beta\,(z - \Phi^{-1}(k/3))\big),
+        f(z) = s\,\Big(c_1 + \sum_{k=1}^{2} (c_{k+1} - c_k)\,
+               \operatorname{sigmoid}\big(\beta\,(z - \Phi^{-1}(k/3))\big)\Big),
 
     with centres :math:`c_k` on the unit circle at angles :math:`\pi/2 + 2\pi (k-1)/3`,
-    :math:`\beta = 20`, :math:`z \sim \mathcal N(0, 1)`, :math:`\sigma = 0.1`, :math:`K = 1`,
-    :math:`D = 2` (Yacoby et al., arXiv:2007.07124, Clusters example).
+    scale :math:`s = 1`, :math:`\beta = 20`, :math:`z \sim \mathcal N(0, 1)`, :math:`\sigma = 0.1`,
+    :math:`K = 1`, :math:`D = 2` (Yacoby et al., arXiv:2007.07124, Clusters example).
 
     Failure mode: each cluster is the image of a whole interval of ``z``, so the posterior of a
     point in a cluster is flat over that interval and not Gaussian (Cx1); a decoder that walks
@@ -55,5 +56,5 @@ class Clusters(LatentGaussian):
     :math:`p(x)` (Cx2), and that is what the mean-field VAE learns.
     """
 
-    def __init__(self, noise_scale: float = 0.1, beta: float = 20.0):
-        super().__init__(ClusterSteps(beta), latent_dim=1, data_dim=2, noise_scale=noise_scale)
+    def __init__(self, noise_scale: float = 0.1, beta: float = 20.0, scale: float = 1.0):
+        super().__init__(ClusterSteps(beta, scale), latent_dim=1, data_dim=2, noise_scale=noise_scale)

@@ -12,13 +12,18 @@ __all__ = ["Figure8", "Figure8Curve"]
 
 
 class Figure8Curve(nn.Module):
-    """The figure-8 decoder :math:`f(z)` for ``z`` of shape ``(..., 1)``."""
+    """The figure-8 decoder :math:`f(z)` for ``z`` of shape ``(..., 1)``, multiplied by ``scale``."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = float(scale)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         u = math.pi * (0.6 + 1.8 * torch.special.ndtr(z[..., 0]))
         cos, sin = torch.cos(u), torch.sin(u)
         denom = sin * sin + 1.0
-        return torch.stack((math.sqrt(2) / 2 * cos / denom, math.sqrt(2) * cos * sin / denom), -1)
+        a = self.scale * math.sqrt(2)
+        return torch.stack((a / 2 * cos / denom, a * cos * sin / denom), -1)
 
 
 @register(
@@ -37,10 +42,11 @@ class Figure8(LatentGaussian):
     .. math::
 
         u = \pi\,(0.6 + 1.8\,\Phi(z)), \qquad
-        f(z) = \Big(\frac{\tfrac{\sqrt2}{2}\cos u}{\sin^2 u + 1},\;
-                    \frac{\sqrt2 \cos u \sin u}{\sin^2 u + 1}\Big),
+        f(z) = s\,\Big(\frac{\tfrac{\sqrt2}{2}\cos u}{\sin^2 u + 1},\;
+                       \frac{\sqrt2 \cos u \sin u}{\sin^2 u + 1}\Big),
 
-    with :math:`z \sim \mathcal N(0, 1)`, :math:`\sigma = \sqrt{0.02}`, :math:`K = 1`, :math:`D = 2`
+    with :math:`z \sim \mathcal N(0, 1)`, :math:`\sigma = \sqrt{0.02}`, scale :math:`s = 1`,
+    :math:`K = 1`, :math:`D = 2`
     (Yacoby, Pan & Doshi-Velez, "Failure Modes of Variational Autoencoders and Their Effects on
     Downstream Tasks", arXiv:2007.07124, Figure-8 example).
 
@@ -50,5 +56,5 @@ class Figure8(LatentGaussian):
     wrong :math:`p(x)`.
     """
 
-    def __init__(self, noise_scale: float = math.sqrt(0.02)):
-        super().__init__(Figure8Curve(), latent_dim=1, data_dim=2, noise_scale=noise_scale)
+    def __init__(self, noise_scale: float = math.sqrt(0.02), scale: float = 1.0):
+        super().__init__(Figure8Curve(scale), latent_dim=1, data_dim=2, noise_scale=noise_scale)

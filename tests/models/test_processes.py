@@ -69,3 +69,16 @@ def test_linear_gaussian_closed_forms_match_samples():
     resid = data.z - post.mean
     assert torch.allclose(torch.cov(resid.T), post.covariance_matrix[0], atol=0.01)
     assert truth.mean_field_gap() > 0.05  # the default posterior is correlated
+
+
+@pytest.mark.parametrize("name", ["figure8", "clusters"])
+def test_scale_multiplies_the_decoder_and_shifts_log_px_by_d_log_scale(name):
+    from pyrofail.analysis import grid
+
+    base, scaled = zoo.model(name, noise_scale=0.1), zoo.model(name, noise_scale=0.3, scale=3.0)
+    z = torch.linspace(-3, 3, 13)[:, None]
+    assert torch.allclose(scaled.mean(z), 3.0 * base.mean(z), atol=1e-6)
+    # x -> 3x maps one process onto the other: log p(3x) = log p(x) - D log 3, exactly
+    x = base.sample(50, seed=0).x
+    lp, lp_scaled = grid.grid_posterior(base, x).log_px, grid.grid_posterior(scaled, 3.0 * x).log_px
+    assert torch.allclose(lp_scaled, lp - 2 * math.log(3.0), atol=1e-4)
