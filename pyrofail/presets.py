@@ -25,6 +25,7 @@ BASE = {
     "n_test": 2000,
     "hidden": [50, 50, 50],
     "init": "paper",
+    "pretrain_steps": 2000,  # regression of the decoder onto the true f for the paper's restarts
     "learn_noise": False,
     "noise_scale": None,
     "is_samples": 5000,
@@ -89,6 +90,7 @@ PRESETS = {
         "n_val": 100,
         "n_test": 100,
         "hidden": [16, 16],
+        "pretrain_steps": 100,
         "objective_options": {"iwae": {"num_particles": 4}},
         "is_samples": 200,
     },

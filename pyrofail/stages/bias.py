@@ -162,6 +162,7 @@ def run(folder: RunFolder) -> None:
     if settings is None:
         return
     groups = folder.by_process()
+    groups = {name: group for name, group in groups.items() if has_reference(group[0]["config"])}
     for name, group in groups.items():
         if truth_of(group[0]["config"]) is not None:
             truth_hardness(group[0]["config"], settings, folder.truth_dir(name))

@@ -124,6 +124,8 @@ def run(folder: RunFolder) -> None:
             if path.exists():
                 records[r["job"]] = read_json(path)
         truth = truth_of(group[0]["config"])
+        if not records:
+            continue  # no references (the semi-supervised model): nothing to diagnose here
         if truth is None:
             for k in sorted({r["config"]["latent_dim"] for r in group}):
                 out[f"{name} K={k}"] = diagnose_without_truth(k, group, records, learn_noise)

@@ -107,7 +107,7 @@ def run(folder: RunFolder) -> None:
     tasks = [
         (truth_reference, (group[0]["config"], settings, folder.truth_dir(name) / "reference.nc"))
         for name, group in groups.items()
-        if truth_of(group[0]["config"]) is not None
+        if truth_of(group[0]["config"]) is not None and has_reference(group[0]["config"])
     ]
     jobs = [r["config"] for group in groups.values() for r in group if has_reference(r["config"])]
     # the NUTS references of the largest K take longest: start them first
@@ -119,7 +119,9 @@ def run(folder: RunFolder) -> None:
 
 def has_reference(config: dict) -> bool:
     """Whether the run computes a reference for this job's learned model."""
-    return config.get("data") is None or config["latent_dim"] <= MAX_K_WITHOUT_TRUTH
+    if config.get("data") is not None:
+        return config["latent_dim"] <= MAX_K_WITHOUT_TRUTH
+    return getattr(truth_of(config), "num_classes", None) is None  # not for the semi-supervised model
 
 
 def _dispatch(fn, args):

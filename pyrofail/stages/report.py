@@ -684,6 +684,58 @@ def section_downstream(res: Results) -> list[str]:
     return lines
 
 
+def section_semi_supervised(res: Results) -> list[str]:
+    jobs = [r for r in res.jobs if "counterfactual_error_model" in r["metrics"]]
+    if not jobs:
+        return []
+    lines = [
+        "## Semi-supervised (M2)",
+        "",
+        "The M2 model of Kingma et al. (2014) with q(y|x) q(z|x,y), trained on the labelled share "
+        "of the points (`--labelled-fraction`). Separation: the mean distance between the two "
+        "learned class curves f(z, 0) and f(z, 1) over z ~ p(z), as a share of the truth's (near 0: "
+        "the curves collapsed onto each other). Counterfactual error: the distance between the "
+        "learned and the true counterfactual of each test point (its point had it been of the "
+        "other class), z inferred by the learned model's exact posterior (and by its guide). MLEO "
+        "of p(x) and of each class's p(x|y), exact by quadrature; accuracy of q(y|x) against the "
+        "truth's own (Bayes) accuracy.",
+        "",
+        "| job | separation / truth | counterfactual error (model) | (guide) | MLEO p(x) "
+        "| MLEO p(x|y=0) / p(x|y=1) | accuracy (Bayes) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in jobs:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['job']} | {number(m['separation_ratio'], 2)} "
+            f"| {with_error(m['counterfactual_error_model'], m['counterfactual_error_model_stderr'])} "
+            f"| {with_error(m['counterfactual_error_guide'], m['counterfactual_error_guide_stderr'])} "
+            f"| {with_error(m['mleo'], m['mleo_stderr'])} "
+            f"| {number(m['mleo_class0'])} / {number(m['mleo_class1'])} "
+            f"| {with_error(m['accuracy'], m['accuracy_stderr'])} ({number(m['bayes_accuracy'])}) |"
+        )
+    lines.append("")
+    mfg = next(
+        (r for r in jobs if (r["config"]["guide"], r["config"]["objective"]) == ("mean_field", "elbo")), None
+    )
+    if mfg is not None and mfg["job"] in res.points:
+        lines += [f"Counterfactual error against the MFG M2 ({mfg['job']}), paired over the test points:", ""]
+        for r in jobs:
+            if r is mfg or r["job"] not in res.points:
+                continue
+            d = paired_difference(
+                _per_point(res.points, mfg, "counterfactual_error"),
+                _per_point(res.points, r, "counterfactual_error"),
+            )
+            side = verdict(d)
+            words = {"greater": "the MFG M2's is larger", "less": "the MFG M2's is smaller", "tie": "a tie"}[
+                side
+            ]
+            lines.append(f"- {r['job']}: MFG M2 minus it {with_error(d['mean'], d['stderr'])} ({words}).")
+        lines.append("")
+    return lines
+
+
 def section_figures(res: Results) -> list[str]:
     lines = ["## Figures", ""]
     lines += [f"![{Path(f).stem}]({f})" for f in res.figures]
@@ -705,6 +757,7 @@ SECTIONS = (
     section_posterior_bias,
     section_diagnosis,
     section_failure_map,
+    section_semi_supervised,
     section_downstream,
     section_figures,
 )
