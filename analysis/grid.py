@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +51,7 @@ class Mesh:
     half_width: torch.Tensor
     radius: float
     info: dict = field(default_factory=dict)
+    unresolved: torch.Tensor | None = None  # (G,): nodes of cells left coarser than tol
 
 
 @dataclass
@@ -59,7 +61,8 @@ class GridPosterior:
     ``log_px`` ``(N,)`` is :math:`\\log p(x)`; ``mean`` ``(N, K)`` and ``cov``
     ``(N, K, K)`` are posterior moments; ``draws`` ``(N, S, K)`` are posterior samples (when
     asked for); ``region_mass`` ``(N, M)`` is the posterior mass of each requested region;
-    ``boundary_mass`` ``(N,)`` the mass in the outermost ring of cells.
+    ``boundary_mass`` ``(N,)`` the mass in the outermost ring of cells; ``unresolved_mass``
+    ``(N,)`` the mass in cells that refinement left coarser than ``tol`` (too many nodes).
     """
 
     log_px: torch.Tensor
@@ -69,6 +72,7 @@ class GridPosterior:
     region_mass: torch.Tensor | None
     boundary_mass: torch.Tensor
     mesh_info: dict
+    unresolved_mass: torch.Tensor | None = None
 
 
 def _signs(k: int, dtype, device) -> torch.Tensor:
@@ -136,11 +140,11 @@ def build_mesh(
                     unresolved = n_split
                 keep_ratio = change[near] if near.any() else change
                 max_ratio = max(max_ratio, float(keep_ratio.max()) if keep_ratio.numel() else 0.0)
-                leaves.append((centres, width))
+                leaves.append((centres, width, split))
                 break
             done = ~split
             if done.any():
-                leaves.append((centres[done], width))
+                leaves.append((centres[done], width, None))
                 n_leaf_nodes += int(done.sum()) * 2**k
                 kept = change[done & near]
                 if kept.numel():
@@ -149,9 +153,11 @@ def build_mesh(
             width = width / 2
             levels += 1
     else:
-        leaves.append((centres, width))
-    nodes, log_w, half = [], [], []
-    for c, w in leaves:
+        leaves.append((centres, width, None))
+    nodes, log_w, half, coarse = [], [], [], []
+    for c, w, left in leaves:
+        left = torch.zeros(c.shape[0], dtype=torch.bool, device=c.device) if left is None else left
+        coarse.append(left.repeat_interleave(2**k))
         nodes.append((c[:, None, :] + w * GL2 * signs).reshape(-1, k))
         log_w.append(torch.full((c.shape[0] * 2**k,), k * math.log(w / 2), dtype=dtype, device=c.device))
         half.append(torch.full((c.shape[0] * 2**k,), w / 4, dtype=dtype, device=c.device))
@@ -164,7 +170,7 @@ def build_mesh(
         "radius": radius,
         "base_width": base_width,
     }
-    return Mesh(torch.cat(nodes), torch.cat(log_w), torch.cat(half), radius, info)
+    return Mesh(torch.cat(nodes), torch.cat(log_w), torch.cat(half), radius, info, torch.cat(coarse))
 
 
 def _mean_chunked(model, z: torch.Tensor, chunk: int = 2**18) -> torch.Tensor:
@@ -245,6 +251,14 @@ def grid_posterior(
         )
         out = _integrate(work, mesh, x, num_draws, regions, seed, budget)
         if float(out.boundary_mass.max()) <= boundary_tol or radius >= 12:
+            if mesh.info["unresolved_cells"]:
+                warnings.warn(
+                    f"the grid left {mesh.info['unresolved_cells']} cells unresolved (max_nodes={max_nodes}, "
+                    f"max_levels reached or node budget spent); up to {float(out.unresolved_mass.max()):.3g} "
+                    "of a posterior's mass lies in them (GridPosterior.unresolved_mass)",
+                    UserWarning,
+                    stacklevel=2,
+                )
             return out
         radius += 3.0  # mass at the edge of the box: widen it and integrate again
 
@@ -261,7 +275,8 @@ def _integrate(model, mesh: Mesh, x, num_draws, regions, seed, budget) -> GridPo
         masks = torch.stack([torch.as_tensor(r(z), dtype=z.dtype, device=z.device) for r in regions], -1)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     chunk = max(1, budget // g)
-    logm, mean, cov, draws, rmass, bmass = [], [], [], [], [], []
+    coarse = torch.zeros(g, dtype=z.dtype, device=z.device) if mesh.unresolved is None else mesh.unresolved.to(z)
+    logm, mean, cov, draws, rmass, bmass, umass = [], [], [], [], [], [], []
     for start in range(0, x.shape[0], chunk):
         lj = integrand(x[start : start + chunk])  # (n, G)
         lse = torch.logsumexp(lj, -1)
@@ -272,6 +287,7 @@ def _integrate(model, mesh: Mesh, x, num_draws, regions, seed, budget) -> GridPo
         mean.append(m)
         cov.append(second - m[:, :, None] * m[:, None, :])
         bmass.append(p @ edge.to(p.dtype))
+        umass.append(p @ coarse)
         if masks is not None:
             rmass.append(p @ masks)
         if num_draws:
@@ -287,4 +303,5 @@ def _integrate(model, mesh: Mesh, x, num_draws, regions, seed, budget) -> GridPo
         region_mass=torch.cat(rmass) if masks is not None else None,
         boundary_mass=torch.cat(bmass),
         mesh_info=mesh.info,
+        unresolved_mass=torch.cat(umass),
     )
