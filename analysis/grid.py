@@ -275,7 +275,7 @@ def _integrate(model, mesh: Mesh, x, num_draws, regions, seed, budget) -> GridPo
         masks = torch.stack([torch.as_tensor(r(z), dtype=z.dtype, device=z.device) for r in regions], -1)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     chunk = max(1, budget // g)
-    coarse = torch.zeros(g, dtype=z.dtype, device=z.device) if mesh.unresolved is None else mesh.unresolved.to(z)
+    coarse = torch.zeros_like(z[:, 0]) if mesh.unresolved is None else mesh.unresolved.to(z)
     logm, mean, cov, draws, rmass, bmass, umass = [], [], [], [], [], [], []
     for start in range(0, x.shape[0], chunk):
         lj = integrand(x[start : start + chunk])  # (n, G)

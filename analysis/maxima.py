@@ -3,9 +3,10 @@ r"""The local maxima of :math:`\log p(x, z)` for every point, with their Laplace
 **Search.** For every data point, ``candidates`` over-dispersed starts, quasi-random draws of
 :math:`\mathcal N(0, 4 I)` (a scrambled Sobol sequence: Owen 1998), and any extra starting
 candidates (a trained guide's draws, say) climb :math:`\log p(x, z)`: Adam first (a global,
-step-size-free start), then damped saddle-free Newton steps (Dauphin et al. 2014: the step :math:`|H|^{-1} \nabla \log p(x, z)`, with :math:`|H|` the Hessian of
-:math:`-\log p` with its eigenvalues replaced by their absolute values) in a trust region that
-never crosses a valley, which reach a narrow maximum to within a small fraction of its width.
+step-size-free start), then damped saddle-free Newton steps (Dauphin et al. 2014: the step
+:math:`|H|^{-1} \nabla \log p(x, z)`, with :math:`|H|` the Hessian of :math:`-\log p` with its
+eigenvalues replaced by their absolute values) in a trust region that never crosses a valley,
+which reach a narrow maximum to within a small fraction of its width.
 
 **Distinct maxima.** End points are taken best first; one is the same maximum as one already kept
 when :math:`\log p` along the segment between them never falls below ``dip`` times the lower of

@@ -111,7 +111,9 @@ class Quality:
                 if bool(bad[i]):
                     value = float(self.values[name][i])
                     sign = ">" if self.above.get(name, True) else "<"
-                    shown = "not recorded" if math.isnan(value) else f"{value:.4g} {sign} {self.limits[name]:g}"
+                    shown = (
+                        "not recorded" if math.isnan(value) else f"{value:.4g} {sign} {self.limits[name]:g}"
+                    )
                     parts.append(f"{name} {shown}")
             out.append("; ".join(parts))
         return out
@@ -194,5 +196,7 @@ def table(qualities: dict[str, Quality]) -> str:
     for label, q in qualities.items():
         s = q.summary()
         cells = [f"{100 * s[name]:.1f}%" if name in s else "—" for name in names]
-        lines.append(f"| {label} | {q.method} | {q.ok.shape[0]} | {100 * s['any']:.1f}% | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {label} | {q.method} | {q.ok.shape[0]} | {100 * s['any']:.1f}% | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)
