@@ -6,10 +6,14 @@ reads the per-point diagnostics the reference stored and fails a point when any 
 
 NUTS (:mod:`pyrofail.analysis.nuts`, :mod:`pyrofail.analysis.reweight`)
 
-* ``rhat_within_modes`` :math:`> 1.01`: chains that sit in one mode disagree about it. The
-  rank-normalised split :math:`\hat R` of Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021,
-  §4: use the draws only when :math:`\hat R < 1.01`), computed within each mode over the chains'
-  draws in it. The gate does *not* use ``rhat`` (over all chains): chains started in different
+* ``rhat_within_modes`` :math:`> 1.05`: chains that sit in one mode disagree about it. The
+  rank-normalised split :math:`\hat R` of Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021),
+  computed within each mode over the chains' draws in it. That paper asks for
+  :math:`\hat R < 1.01` of a summary at full length (§4); the gate's statistic is a maximum over
+  modes, latents and its bulk and tail versions, whose own noise with a few hundred draws per
+  chain reaches 0.01 for exact independent draws, so 1.01 would fail correct references by
+  chance. 1.05 still fails a chain stuck a posterior standard deviation away from the
+  others (``tests/analysis/test_quality.py``); short of that, the ESS check below applies. The gate does *not* use ``rhat`` (over all chains): chains started in different
   modes differ by design, and the importance re-weighting, not the chains, sets the modes'
   masses; ``rhat`` is stored for the record (it is large wherever chains sit in different modes).
 * ``ess`` :math:`< 400`: too few effective draws (Vehtari et al. 2021, §4: a bulk ESS above 400,
@@ -74,7 +78,7 @@ __all__ = [
     "table",
 ]
 
-RHAT_MAX = 1.01  # Vehtari et al. 2021, section 4
+RHAT_MAX = 1.05  # Vehtari et al. 2021's statistic; above their 1.01 for its noise (docstring)
 ESS_MIN = 400.0  # Vehtari et al. 2021, section 4: 100 per chain for 4 chains
 PARETO_K_MAX = 0.7  # Vehtari et al. 2024, section 3; lower for few draws (_k_threshold)
 MISSING_MAX = 0.01  # a fifth of the 0.05 tolerance on a mode's mass

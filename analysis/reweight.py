@@ -9,40 +9,51 @@ mode's mass :math:`P_m` is estimated by importance sampling (defensive mixtures:
 
 .. math::
 
-    q(z) = \sum_m \pi_m \Big[\beta\, t_4\big(z; \bar z_m, \hat\Sigma_m\big)
-        + (1 - \beta - \alpha) \frac1J \sum_{j=1}^{J} \mathcal N\big(z; z_{m,j}, h^2 \hat\Sigma_m\big)\Big]
-        + \alpha\, \mathcal N(0, I),
+    q(z) = (1 - \alpha) \sum_m \pi_m q_m(z) + \alpha\, \mathcal N(0, I), \qquad
+    q_m(z) = \beta\, t_4\big(z; \bar z_m, \hat\Sigma_m\big)
+        + (1 - \beta - \lambda_m) \frac1J \sum_{j=1}^{J} \mathcal N\big(z; z_{m,j}, h^2 \hat\Sigma_m\big)
+        + \frac{\lambda_m}{|A_m|} \sum_{a \in A_m} t_4\big(z; z^*_a, H_a^{-1}\big),
 
-a Student-t and a kernel mixture on ``J`` of the mode's draws (Silverman's :math:`h`) for every
-mode, with mode weights :math:`\pi_m` from the Laplace approximation of the modes' masses
-(mixed with equal weights), and the prior as a defensive component (``defensive`` =
-:math:`\alpha`). With ``num_importance`` draws :math:`z_s \sim q` and weights
-:math:`w_s = p(x, z_s) / q(z_s)`:
+for every mode ``m`` of the draws a Student-t, a kernel mixture on ``J`` of the mode's draws
+(Silverman's :math:`h`) and a Student-t on the Laplace approximation of every local maximum
+:math:`z^*_a` of :math:`\log p(x, z)` that the mode holds (``maxima``:
+:mod:`pyrofail.analysis.maxima`; :math:`\lambda_m = 0.1` when it holds any). A maximum that no
+mode of the draws holds (:func:`cover`: no draw on its side of every valley, as when no chain
+visited it, or its chain wandered off) is a mode of its own, :math:`q_m = t_4(z; z^*_a,
+H_a^{-1})`: its mass is estimated all the same. Mode weights :math:`\pi_m` come from the
+Laplace approximation of the modes' masses (mixed with equal weights), and the prior is a
+defensive component (``defensive`` = :math:`\alpha`). With ``num_importance`` draws
+:math:`z_s \sim q` and weights :math:`w_s = p(x, z_s) / q(z_s)`:
 
 * :math:`\log p(x) = \log \frac1S \sum_s w_s`, with the delta-method standard error
   :math:`\sqrt{(\overline{w^2}/\bar w^2 - 1)/S}`;
-* :math:`P_m = \sum_s \tilde w_s\, r_m(z_s)`, with :math:`\tilde w` the Pareto-smoothed
-  normalised weights (``arviz.psislw``) and :math:`r_m` the share of mode ``m``'s components
-  in the proposal density at :math:`z_s`;
+* ``missing_mass`` :math:`= \sum_s \tilde w_s [\text{the prior component dominates } q(z_s)]`,
+  with :math:`\tilde w` the Pareto-smoothed normalised weights (``arviz.psislw``): posterior
+  mass outside every mode found;
+* :math:`P_m = \sum_s \tilde w_s\, [\text{not so}]\, r_m(z_s)`, :math:`r_m` the share of mode
+  ``m``'s components in the proposal density at :math:`z_s`; so
+  :math:`\sum_m P_m = 1 - \text{missing\_mass}`: mass no mode explains is never renormalised
+  away, and ``unrepresented_mass`` is the :math:`P_m` of the modes without draws;
 * every NUTS draw in mode ``m`` weighs :math:`P_m / S_m`, :math:`S_m` the number of pooled
   draws in it (``sample_stats.log_weight``): within a mode the draws of every chain sample
   the posterior restricted to that mode, whichever chain they come from, so the weighted
   draws follow the posterior with the right mode masses even when a chain crosses now and then.
+  Normalised over the draws, these weights necessarily leave out ``missing_mass`` and
+  ``unrepresented_mass``: the draws are off by about that much, which the quality gate
+  (:mod:`pyrofail.analysis.quality`) reads.
 
-``missing_mass`` is the weighted mass of importance draws where the prior component dominates
-the proposal: posterior mass that no chain found. A Pareto :math:`\hat k` (``pareto_k``) above
-0.7 says the weights, and so :math:`\log p(x)` and the mode masses, are unreliable there.
-
-**Diagnostics** per point (``diagnostics`` group): ``rhat``, the rank-normalised split
-:math:`\hat R` (Vehtari et al. 2021), the larger of bulk and tail, largest over latents: over
-all chains, or, where that is larger, within each mode over the chains' draws in it (chains in
-different modes differ by design), largest over modes; ``ess``,
-:math:`1 / \sum_m P_m^2 / \mathrm{ESS}_m`, with :math:`\mathrm{ESS}_m` the sum over chains of
-their bulk ESS (of the draws less their mode's mean) times the fraction of their draws in mode
-``m``; ``divergences``, divergent transitions of the point's chains after warm-up (a divergent
-joint trajectory is charged to the sub-problems whose own energy error explains it);
-``pareto_k``; ``missing_mass``; ``num_modes``; ``mode_mass`` :math:`P_m`. :mod:`pyrofail.analysis.stats`
-computes them.
+**Diagnostics** per point (``diagnostics`` group), computed by :mod:`pyrofail.analysis.stats`:
+``rhat``, the rank-normalised split :math:`\hat R` (Vehtari et al. 2021), the larger of bulk and
+tail, largest over latents, over all chains (large wherever chains sit in different modes: by
+design, as chains start at every mode); ``rhat_within_modes``, the same within each mode over
+the chains' draws in it, largest over modes (NaN when no mode has enough draws), the one to
+gate on; ``ess``, :math:`1 / \sum_m \bar P_m^2 / \mathrm{ESS}_m` (:math:`\bar P_m` the draws'
+normalised mode weights), with :math:`\mathrm{ESS}_m` the sum over chains of their bulk ESS
+(of the draws less their mode's mean) times the fraction of their draws in mode ``m``;
+``divergences``, divergent transitions of the point's chains after warm-up (a divergent joint
+trajectory is charged to the sub-problems whose own energy error explains it); ``pareto_k``;
+``missing_mass``; ``unrepresented_mass``; ``num_modes`` (the draws' modes and the unrepresented
+ones of at least ``modes.MIN_MASS``); ``mode_mass`` :math:`P_m`, the draws' modes first.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ point, the reference is *right* when its draws' mode masses are within 0.05 of t
 nats; *flagged* when :func:`pyrofail.analysis.quality.gate` fails it. Target: at least 95% of
 points right and every wrong point flagged.
 
-    python -m benchmarks --only reference             # the full size (N = 100 points per case)
+    python -m benchmarks --only reference             # the full size (N = 50 points per case)
     python benchmarks/reference_validation.py --points 20 --quick
 """
 
@@ -35,7 +35,7 @@ import torch
 TOL_MASS = 0.05
 TOL_LOG_PX = 0.05
 TARGET_RIGHT = 0.95
-FULL = {"points": 100, "num_draws": 2000, "num_warmup": 500, "num_importance": 4000}
+FULL = {"points": 50, "num_draws": 1000, "num_warmup": 300, "num_importance": 4000}
 QUICK = {"points": 4, "num_draws": 200, "num_warmup": 100, "num_importance": 1000}
 
 

@@ -76,7 +76,7 @@ def test_mass_outside_every_component_fails_on_missing_mass():
 def test_rhat_within_modes_is_gated_and_rhat_over_all_chains_is_not(quadratic):
     truth, x = quadratic
     z = _chains(truth, x, [lambda z: z > 0, lambda z: z < 0] * 2, 4)
-    z[0] = z[0] + 0.5 * z[0].std(0)  # one chain off the others within its mode, by half a sd
+    z[0] = z[0] + z[0].std(0)  # one chain a posterior standard deviation off the other in its mode
     ref = reweight.from_draws(truth, x, z)
     q = quality.gate(ref)
     assert bool(q.failed["rhat_within_modes"].all())
@@ -103,7 +103,7 @@ def _fake_nuts(**diagnostics):
 @pytest.mark.parametrize(
     "name, values, failing",
     [
-        ("rhat_within_modes", [1.0, 1.02, math.nan], [False, True, True]),
+        ("rhat_within_modes", [1.0, 1.06, math.nan], [False, True, True]),
         ("ess", [401.0, 399.0, math.nan], [False, True, True]),
         ("pareto_k", [0.69, 0.71, math.inf], [False, True, True]),
         ("missing_mass", [0.0, 0.011, 0.009], [False, True, False]),
@@ -137,7 +137,7 @@ class Far(nn.Module):  # only z near 14 explains x = 0: beyond the widest box
 
 def test_grid_boundary_mass_fails():
     model = LatentGaussian(Far(), 1, 1, 0.3)
-    x = torch.tensor([[0.0], [14.0]], dtype=torch.float64)
+    x = torch.tensor([[0.0], [-14.0]], dtype=torch.float64)  # z near 12.8 (past the box), z near 0
     q = quality.gate(reference_posterior(model, x, "grid", num_draws=10))
     assert q.failed["boundary_mass"].tolist() == [True, False]
 
