@@ -13,7 +13,8 @@ NUTS (:mod:`pyrofail.analysis.nuts`, :mod:`pyrofail.analysis.reweight`)
   modes, latents and its bulk and tail versions, whose own noise with a few hundred draws per
   chain reaches 0.01 for exact independent draws, so 1.01 would fail correct references by
   chance. 1.05 still fails a chain stuck a posterior standard deviation away from the
-  others (``tests/analysis/test_quality.py``); short of that, the ESS check below applies. The gate does *not* use ``rhat`` (over all chains): chains started in different
+  others (``tests/analysis/test_quality.py``); short of that, the ESS check below applies.
+  The gate does *not* use ``rhat`` (over all chains): chains started in different
   modes differ by design, and the importance re-weighting, not the chains, sets the modes'
   masses; ``rhat`` is stored for the record (it is large wherever chains sit in different modes).
 * ``ess`` :math:`< 400`: too few effective draws (Vehtari et al. 2021, §4: a bulk ESS above 400,
