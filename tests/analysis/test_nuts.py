@@ -298,6 +298,7 @@ def test_a_narrow_mode_far_from_the_origin_keeps_its_log_marginal():
     assert bool((stderr < 0.015).all()) and bool(((value - exact).abs() < 4 * stderr + 1e-3).all())
 
 
+@pytest.mark.slow
 def test_a_mode_no_chain_visits_keeps_its_mass():
     """Every chain in one of two narrow modes: the optimisation's maxima give the other one its
     component, its mass is estimated, and it is reported as mass no draw represents."""

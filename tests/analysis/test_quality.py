@@ -37,6 +37,7 @@ def quadratic():
     return truth, x[x[:, 0] > 0.05][:5]  # two separated modes of mass 1/2 each
 
 
+@pytest.mark.slow
 def test_draws_in_every_mode_pass(quadratic):
     truth, x = quadratic
     z = _chains(truth, x, [lambda z: z > 0, lambda z: z < 0] * 2, 4)
@@ -45,6 +46,7 @@ def test_draws_in_every_mode_pass(quadratic):
     assert q.summary()["any"] == 0.0 and all(r == "" for r in q.reasons())
 
 
+@pytest.mark.slow
 def test_a_mode_no_chain_visits_fails_on_unrepresented_mass(quadratic):
     truth, x = quadratic
     z = _chains(truth, x, [lambda z: z > 0] * 4, 4)
@@ -73,6 +75,7 @@ def test_mass_outside_every_component_fails_on_missing_mass():
     assert bool(q.failed["missing_mass"].all())
 
 
+@pytest.mark.slow
 def test_rhat_within_modes_is_gated_and_rhat_over_all_chains_is_not(quadratic):
     truth, x = quadratic
     z = _chains(truth, x, [lambda z: z > 0, lambda z: z < 0] * 2, 4)
