@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pyrofail.analysis import posterior_plots as pp
-from pyrofail.analysis import reference_data
+from pyrofail.analysis import quality, reference_data
 from pyrofail.analysis.compare import compare
 from pyrofail.analysis.hardness import best_mean_field
 from pyrofail.analysis.modes import reference_modes
@@ -33,6 +33,12 @@ __all__ = ["run", "job_bias", "truth_hardness"]
 
 def _lists(d: dict) -> dict:
     return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
+
+
+def _quality(ref) -> dict:
+    """The reference's quality gate as a record: per point ``ok``, the share failing each check."""
+    q = quality.gate(ref)
+    return {"method": q.method, "ok": q.ok.tolist(), "summary": q.summary(), "limits": q.limits}
 
 
 def _current(path: Path, key: dict) -> dict | None:
@@ -58,6 +64,7 @@ def truth_hardness(config: dict, settings: dict, folder: Path) -> dict:
     record = {
         "key": key,
         "method": reference_data.method(ref),
+        "quality": _quality(ref),
         "best_mean_field": {
             "mean": best["mean"],
             "share_hard": best["share_hard"],
@@ -103,6 +110,10 @@ def job_bias(folder: Path, truth_folder: Path, settings: dict) -> dict:
         "job": job_id(config),
         "reference_method": result["reference_method"],
         "n_points": result["n_points"],
+        "usable": result["usable"].tolist(),
+        "excluded": result["excluded"],
+        "reasons": result["reasons"],
+        "quality": _quality(ref),
         "model": {"mean": result["model"]["mean"], "per_point": _lists(result["model"]["per_point"])},
         "truth": None
         if result["truth"] is None

@@ -43,6 +43,7 @@ class Results:
     failure_map: dict = field(default_factory=dict)  # model -> rows over the truth's noise
     data: dict | None = None  # data.json of a run on a user's data
     downstream: dict = field(default_factory=dict)  # downstream.json
+    hardness: dict = field(default_factory=dict)  # process -> truth/<process>/hardness.json
 
     @classmethod
     def read(cls, folder: RunFolder) -> Results:
@@ -67,6 +68,9 @@ class Results:
             for model in out.failure_map:
                 out.figures.append(f"figures/failure-map-{model}.png")
             for name in folder.by_process():
+                path = folder.truth_dir(name) / "hardness.json"
+                if path.exists():
+                    out.hardness[name] = read_json(path)
                 for stem in (f"posterior-{name}", f"pmo-gap-{name}"):
                     if (folder.figures / f"{stem}.png").exists():
                         out.figures.append(f"figures/{stem}.png")
@@ -265,23 +269,22 @@ def guides_compared(results: list[dict], points: dict) -> str | None:
 def posterior_table(records: dict) -> str:
     """Posterior bias of every job's guide against its own model's reference posterior."""
     head = (
-        "| job | reference | points | ELBO | log p(x) | PMO gap = KL(q‖p) | KL(p‖q) | best MFG KL* "
-        "| mode-mass error | energy distance | PSIS k̂ median (share > thr) |\n"
+        "| job | reference | points used (left out) | ELBO | log p(x) | PMO gap = KL(q‖p) | KL(p‖q) "
+        "| best MFG KL* | mode-mass error | energy distance | PSIS k̂ median (share > thr) |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for job, rec in records.items():
-        if "skipped" in rec:
-            rows.append(f"| {job} | skipped: {rec['skipped']} |" + " |" * 9)
-            continue
         m = rec["model"]["mean"]
         best = rec.get("best_mean_field")
+        excluded = rec.get("excluded", 0)
+        points = f"{rec['n_points'] - excluded} ({excluded})"
         rows.append(
-            f"| {job} | {rec['reference_method']} | {rec['n_points']} | {number(m['elbo'])} "
-            f"| {number(m['log_px'])} | {number(m['pmo_gap'])} | {number(m['forward_kl'])} "
-            f"| {number(best['mean'] if best else None)} | {number(m['mode_mass_error'])} "
-            f"| {number(m['energy_distance'])} | {number(m['pareto_k_median'], 2)} "
-            f"({number(m['pareto_k_bad_share'], 2)} > {number(m['pareto_k_threshold'], 2)}) |"
+            f"| {job} | {rec['reference_method']} | {points} | {number(m.get('elbo'))} "
+            f"| {number(m.get('log_px'))} | {number(m.get('pmo_gap'))} | {number(m.get('forward_kl'))} "
+            f"| {number(best['mean'] if best else None)} | {number(m.get('mode_mass_error'))} "
+            f"| {number(m.get('energy_distance'))} | {number(m.get('pareto_k_median'), 2)} "
+            f"({number(m.get('pareto_k_bad_share'), 2)} > {number(m.get('pareto_k_threshold'), 2)}) |"
         )
     return head + "\n".join(rows) + "\n"
 
@@ -519,6 +522,48 @@ def section_guides(res: Results) -> list[str]:
     return ["## Guides compared", "", "Highest test log p(x) per model, K and objective.", "", compared]
 
 
+def reference_quality_table(res: Results) -> str:
+    """One row per reference posterior: its method, points, the share failing the quality
+    gate, and the share failing each check."""
+    rows = [(f"truth/{name}", rec["quality"]) for name, rec in res.hardness.items() if "quality" in rec]
+    rows += [(job, rec["quality"]) for job, rec in res.posterior.items() if "quality" in rec]
+    checks = list(dict.fromkeys(k for _, q in rows for k in q["summary"] if k != "any"))
+    head = "| reference | method | points | failing the gate | " + " | ".join(checks) + " |\n"
+    head += "|" + "---|" * (4 + len(checks)) + "\n"
+    lines = []
+    for name, q in rows:
+        cells = [f"{100 * q['summary'][c]:.0f}%" if c in q["summary"] else "—" for c in checks]
+        lines.append(
+            f"| {name} | {q['method']} | {len(q['ok'])} | {100 * q['summary']['any']:.0f}% | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def section_reference_quality(res: Results) -> list[str]:
+    if not res.has_posterior or not (res.hardness or res.posterior):
+        return []
+    limits = {}
+    for rec in [*res.hardness.values(), *res.posterior.values()]:
+        limits.update((rec.get("quality") or {}).get("limits", {}))
+    return [
+        "## Reference quality",
+        "",
+        "Every reference posterior is checked point by point before anything is measured against "
+        "it (`pyrofail.analysis.quality`): for NUTS, the within-mode R-hat, the effective sample "
+        "size, the Pareto k̂ of the importance weights behind log p(x) and the mode masses, the "
+        "posterior mass outside every mode found (missing) or in modes no chain's draws cover "
+        "(unrepresented), divergent transitions and the standard error of log p(x); for the grid, "
+        "the mass at the box's edge and in cells left coarse. Limits: "
+        + ", ".join(f"{k} {v:g}" for k, v in limits.items())
+        + ". A point whose reference fails is left out of the posterior-bias means and of the "
+        "diagnosis, and counted there.",
+        "",
+        reference_quality_table(res),
+    ]
+
+
 def section_posterior_bias(res: Results) -> list[str]:
     if not res.has_posterior:
         return []
@@ -754,6 +799,7 @@ SECTIONS = (
     section_orderings,
     section_guides,
     section_choosing_k,
+    section_reference_quality,
     section_posterior_bias,
     section_diagnosis,
     section_failure_map,
