@@ -195,13 +195,14 @@ def compare(
     modes=None,
     truth_modes=None,
     gated: bool = True,
+    gate_options: dict | None = None,
 ) -> dict:
     r"""Posterior bias of ``guide`` (and ``model``) at every row of ``x`` (module docstring).
 
     Points where a reference fails its quality gate (:func:`pyrofail.analysis.quality.gate`:
     this model's reference, and the truth's where the truth is compared) are left out of every
     mean and counted (``"usable"``, ``"excluded"``, ``"reasons"``); their per-point values are
-    kept. ``gated=False`` uses every point.
+    kept. ``gated=False`` uses every point; ``gate_options`` go to the gate.
 
     :param reference: the reference posterior of ``model`` at ``x``
         (:func:`pyrofail.analysis.reference.reference_posterior`); computed with ``method``
@@ -233,7 +234,7 @@ def compare(
     if gated:
         refs = [("model", reference)] + ([("truth", truth_reference)] if truth is not None else [])
         for name, ref in refs:
-            q_ref = quality.gate(ref)
+            q_ref = quality.gate(ref, **(gate_options or {}))
             usable &= q_ref.ok
             reasons = [f"{a}; {name}: {b}".strip("; ") if b else a for a, b in zip(reasons, q_ref.reasons())]
     out = {

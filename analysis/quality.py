@@ -145,9 +145,13 @@ def _k_threshold(ref) -> float:
     return min(1.0 - 1.0 / math.log10(max(s, 11)), PARETO_K_MAX)
 
 
-def gate(ref) -> Quality:
+def gate(ref, ess_min: float = ESS_MIN) -> Quality:
     """The quality gate of a reference posterior (module docstring): per point, each check's
     outcome; ``Quality.ok`` is true where all pass.
+
+    :param ess_min: the smallest effective sample size that passes (default :data:`ESS_MIN`;
+        a reference kept deliberately short, say a quarter of the default draws, may ask for
+        proportionally less and must say so).
 
     :raises UsageError: for a reference made by a method the gate does not know.
     """
@@ -156,7 +160,7 @@ def gate(ref) -> Quality:
     if kind == "nuts":
         checks = {
             "rhat_within_modes": (RHAT_MAX, True),
-            "ess": (ESS_MIN, False),
+            "ess": (float(ess_min), False),
             "pareto_k": (_k_threshold(ref), True),
             "missing_mass": (MISSING_MAX, True),
             "unrepresented_mass": (UNREPRESENTED_MAX, True),

@@ -26,7 +26,7 @@ from pyrofail.runs import atomic_write_json, read_json
 from pyrofail.stages.folder import RunFolder, job_id, process_id, truth_of
 from pyrofail.stages.jobs import load_job
 from pyrofail.stages.pool import run_tasks
-from pyrofail.stages.references import analysis_points, has_reference, settings_of
+from pyrofail.stages.references import DRAWS, analysis_points, has_reference, settings_of
 
 __all__ = ["run", "job_bias", "truth_hardness"]
 
@@ -35,9 +35,14 @@ def _lists(d: dict) -> dict:
     return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
 
 
+# The stage keeps 500 draws per point (a quarter of a reference's default): it asks for a
+# quarter of the gate's usual effective sample size, 100, i.e. 25 per chain.
+GATE = {"ess_min": quality.ESS_MIN * DRAWS / 2000}
+
+
 def _quality(ref) -> dict:
     """The reference's quality gate as a record: per point ``ok``, the share failing each check."""
-    q = quality.gate(ref)
+    q = quality.gate(ref, **GATE)
     return {"method": q.method, "ok": q.ok.tolist(), "summary": q.summary(), "limits": q.limits}
 
 
@@ -94,7 +99,7 @@ def job_bias(folder: Path, truth_folder: Path, settings: dict) -> dict:
     if truth is not None:
         truth_ref = reference_data.load(truth_folder / "reference.nc")
         against = {"truth_reference": truth_ref, "truth_modes": reference_modes(truth_ref, seed=seed)}
-    result = compare(model, guide, x_ref, ref, truth, modes=modes, seed=seed, **against)
+    result = compare(model, guide, x_ref, ref, truth, modes=modes, seed=seed, gate_options=GATE, **against)
     best = None
     # KL* of the learned model: against the truth's at the true K (K <= 2, where it is
     # computed on a grid); on a user's data, of every model, the best one standing in for a truth

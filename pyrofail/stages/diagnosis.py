@@ -184,7 +184,7 @@ def failure_maps(folder: RunFolder, verdicts: dict) -> dict:
             "mleo_mfg_se": mf["mleo_stderr"],
             "mleo_other": None if other is None else other["mleo"],
             "mleo_other_se": None if other is None else other["mleo_stderr"],
-            "other": None if other is None else other["label"],
+            "other": None if other is None else other["label"].removeprefix(f"{name}-"),
             "px_cost": ev["px_cost"],
             "share_hard": ev["truth"]["share_hard"],
             "cx1_share": ev["cx1_share"],
