@@ -90,14 +90,17 @@ def results_table(results: list[dict]) -> str:
     rows = []
     for r in results:
         m = r["metrics"]
+
+        def cell(key, m=m):  # a metric with its standard error, "—" where the job has none
+            return with_error(m.get(key), m.get(f"{key}_stderr"))
+
         sel = r["restarts"][r["selected_restart"]]
         diverged = sum(rec["diverged_at"] is not None for rec in r["restarts"])
+        method = f" ({m['log_px_method']})" if "log_px_method" in m else ""
         rows.append(
-            f"| {r['job']} | {with_error(m['test_neg_elbo'], m['test_neg_elbo_stderr'])} "
-            f"| {with_error(m['test_neg_bound'], m['test_neg_bound_stderr'])} "
-            f"| {with_error(m['test_neg_log_px'], m['test_neg_log_px_stderr'])} ({m['log_px_method']}) "
-            f"| {with_error(m['pmo_gap'])} | {with_error(m.get('mleo'))} "
-            f"| {with_error(m['avg_mutual_information'])} "
+            f"| {r['job']} | {cell('test_neg_elbo')} | {cell('test_neg_bound')} "
+            f"| {cell('test_neg_log_px')}{method} | {cell('pmo_gap')} | {cell('mleo')} "
+            f"| {cell('avg_mutual_information')} "
             f"| {r['selected_restart']} ({sel['init']}) | {diverged}/{len(r['restarts'])} |"
         )
     return head + "\n".join(rows) + "\n"
@@ -236,7 +239,7 @@ def guides_compared(results: list[dict], points: dict) -> str | None:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         c = r["config"]
-        if r["job"] in points:
+        if "log_px" in points.get(r["job"], {}):
             groups.setdefault((process_id(c), c["latent_dim"], c["objective"]), []).append(r)
     lines = []
     for (model, k, objective), rs in sorted(groups.items()):
@@ -427,7 +430,7 @@ def choosing_k(results: list[dict], points: dict) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         c = r["config"]
-        if r["job"] in points:
+        if "log_px" in points.get(r["job"], {}):
             groups.setdefault((process_id(c), c["guide"], c["objective"]), []).append(r)
     rows = []
     for (process, guide, objective), rs in sorted(groups.items()):
