@@ -133,10 +133,13 @@ def diagnose_without_truth(k: int, jobs: list[dict], records: dict, learn_noise:
 
     proxies = {j["job"]: proxied(j) for j in at_k}
     hardness = {"best_mean_field": records[best["job"]]["best_mean_field"]}
-    verdict = diagnose_process(
-        k, hardness, at_k, proxies, learn_noise, reference=f"the best-fitting model ({best['job']})"
-    )
+    verdict = diagnose_process(k, hardness, at_k, proxies, learn_noise, reference="the best-fitting model")
     verdict["reference_job"] = best["job"]
+    verdict["sentences"].insert(
+        0,
+        f"There is no ground truth: the best-fitting model at K = {k}, {best['job']} (the highest "
+        "test log p(x)), stands in for it; MLEO here is its log p(x) minus the fit's, per point.",
+    )
     return verdict
 
 

@@ -300,7 +300,7 @@ def truth_table(records: dict) -> str:
     )
     rows = []
     for job, rec in records.items():
-        if "skipped" in rec:
+        if rec.get("mleo") is None:  # a user's data: there is no truth
             continue
         t = (rec.get("truth") or {}).get("mean") or {}
         rows.append(
@@ -362,14 +362,21 @@ def metrics_summary(res: Results) -> dict:
 
 def section_header(res: Results) -> list[str]:
     o = res.options
+    if o.get("data") is not None:
+        what = f"data `{o['data']}`"
+        sizes = "the split of the Data section"
+    else:
+        noise = f" at σ = {', '.join(map(str, o['truth_noise']))}" if o.get("truth_noise") else ""
+        what = f"models {', '.join(o['model'])}{noise}"
+        sizes = f"{o['n_train']}/{o['n_val']}/{o['n_test']} train/validation/test points"
+    procedures = o.get("procedure") or ["joint"]
     return [
         "# pyrofail run report",
         "",
-        f"Preset `{o['preset']}`; models {', '.join(o['model'])}; K "
-        f"{', '.join(map(str, o['latent_dim']))}; guides {', '.join(o['guide'])}; "
-        f"objectives {', '.join(o['objective'])}; {o['restarts']} restarts, "
-        f"{o['steps']} steps, seed {o['seed']}; "
-        f"{o['n_train']}/{o['n_val']}/{o['n_test']} train/validation/test points.",
+        f"Preset `{o['preset']}`; {what}; K {', '.join(map(str, o['latent_dim']))}; guides "
+        f"{', '.join(o['guide'])}; objectives {', '.join(o['objective'])}; procedures "
+        f"{', '.join(procedures)}; {o['restarts']} restarts, {o['steps']} steps, seed {o['seed']}; "
+        f"{sizes}.",
         "",
     ]
 
