@@ -595,13 +595,18 @@ def section_posterior_bias(res: Results) -> list[str]:
         "threshold where importance sampling from the guide fails.",
         "",
         posterior_table(res.posterior),
-        "Against the ground truth's posterior p_GT(z|x) at the same points (jobs at the true "
-        "K): the same quantities for the guide; posterior shift: the energy distance between "
-        "the learned model's posterior p_θ(z|x) and the truth's (how far the latent space "
-        "moved); MLEO: mean of log p_GT(x) − log p_θ(x) (± its standard error).",
-        "",
-        truth_table(res.posterior),
-    ]
+    ] + (
+        [
+            "Against the ground truth's posterior p_GT(z|x) at the same points (jobs at the true "
+            "K): the same quantities for the guide; posterior shift: the energy distance between "
+            "the learned model's posterior p_θ(z|x) and the truth's (how far the latent space "
+            "moved); MLEO: mean of log p_GT(x) − log p_θ(x) (± its standard error).",
+            "",
+            truth_table(res.posterior),
+        ]
+        if any(rec.get("mleo") is not None for rec in res.posterior.values())
+        else []
+    )
 
 
 def section_diagnosis(res: Results) -> list[str]:
