@@ -10,5 +10,6 @@ from pyrofail.models.figure8 import Figure8
 from pyrofail.models.latent_gaussian import Dataset, LatentGaussian
 from pyrofail.models.linear_gaussian import LinearGaussian
 from pyrofail.models.quadratic import Quadratic
+from pyrofail.models.regression import Bimodal, Diabetes, Heteroscedastic  # noqa: F401 (kind "regression")
 
 __all__ = ["Clusters", "Dataset", "Figure8", "LatentGaussian", "LinearGaussian", "Quadratic"]
