@@ -9,7 +9,7 @@ bundled diabetes data (442 patients, 10 inputs; no download), with no ground tru
 
 Every entry has ``splits(n_train, n_test, seed) -> RegressionData``; the synthetic ones also
 have ``sample(n, seed) -> (x, y)`` with ``x`` of shape ``(N, 1)`` and ``y`` of shape ``(N,)``,
-and ``log_density(x, y)``.
+``log_density(x, y)``, ``mean(x)`` and ``cdf(x, y)`` of the true conditional law.
 """
 
 from __future__ import annotations
@@ -112,6 +112,15 @@ class Heteroscedastic(_Synthetic):
         x = x[:, 0]
         return _normal_log_prob(y, 7.0 * torch.sin(x), 3.0 * torch.cos(x / 2).abs())
 
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\mathbb E[y \mid x] = 7 \sin x`, ``(N,)``."""
+        return 7.0 * torch.sin(x[:, 0])
+
+    def cdf(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        r""":math:`P(Y \le y \mid x) = \Phi\big((y - 7 \sin x) / 3\lvert\cos(x/2)\rvert\big)`, ``(N,)``."""
+        x = x[:, 0]
+        return torch.special.ndtr((y - 7.0 * torch.sin(x)) / (3.0 * torch.cos(x / 2).abs()))
+
 
 @register(
     "regression",
@@ -173,6 +182,18 @@ class Bimodal(_Synthetic):
         )
         return torch.logsumexp(both, 0) - math.log(2.0)
 
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\mathbb E[y \mid x] = 5 (\cos x + \sin x)`, ``(N,)``."""
+        return 5.0 * (torch.cos(x[:, 0]) + torch.sin(x[:, 0]))
+
+    def cdf(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        r""":math:`P(Y \le y \mid x) = \tfrac12 \Phi(y - 10 \cos x) + \tfrac12 \Phi(y - 10 \sin x)`,
+        ``(N,)``."""
+        x = x[:, 0]
+        return 0.5 * torch.special.ndtr(y - 10.0 * torch.cos(x)) + 0.5 * torch.special.ndtr(
+            y - 10.0 * torch.sin(x)
+        )
+
 
 def load_diabetes(seed: int = 0, test_fraction: float = 0.2) -> RegressionData:
     r"""scikit-learn's bundled diabetes data (Efron et al. 2004; 442 patients, 10 inputs), split
@@ -214,7 +235,7 @@ def load_diabetes(seed: int = 0, test_fraction: float = 0.2) -> RegressionData:
 )
 class Diabetes:
     """scikit-learn's bundled diabetes data (:func:`load_diabetes`): a data set, not a process,
-    so it has ``splits`` but no ``sample`` and no ``log_density``.
+    so it has ``splits`` but no ``sample``, and ``log_density``, ``mean`` and ``cdf`` are ``None``.
 
     Example:
         >>> Diabetes().splits(seed=1).x_train.shape
@@ -223,7 +244,7 @@ class Diabetes:
         torch.Size([50, 10])
     """
 
-    log_density = None
+    log_density = mean = cdf = None
 
     def splits(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> RegressionData:
         """The seeded 80/20 split of :func:`load_diabetes` (354 train, 88 test points); ``n_train``

@@ -6,7 +6,8 @@ hyperparameters, and :func:`~pyrofail.bnn.metrics.evaluate` each on the same tes
 Beside each method's test log-likelihood stands its paired difference from the first method
 (per test point, mean and standard error), so that the "a difference inside two paired standard
 errors is a tie" rule can be read off; where the process has a ground truth, a ``truth`` row gives
-the ideal test log-likelihood :math:`\frac1M\sum_m \log p(y_m \mid x_m)`.
+the ideal test log-likelihood :math:`\frac1M\sum_m \log p(y_m \mid x_m)`, the coverage of the
+true central 90% interval and the RMSE of the true conditional mean.
 """
 
 from __future__ import annotations
@@ -85,10 +86,21 @@ def experiment(
     sizes = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
     data = entry.factory().splits(seed=seed, **sizes)
     rows, results, evaluations = [], {}, {}
-    truth = entry.factory().log_density
-    if truth is not None:
-        ll = truth(data.x_test, data.y_test)
-        rows.append({"method": "truth", "seconds": None, "lam": None, "test_ll": mean_estimate(ll)})
+    truth = entry.factory()
+    if truth.log_density is not None:
+        ll = truth.log_density(data.x_test, data.y_test)
+        pit = truth.cdf(data.x_test, data.y_test)
+        sq_err = mean_estimate((truth.mean(data.x_test) - data.y_test) ** 2)
+        rows.append(
+            {
+                "method": "truth",
+                "seconds": None,
+                "lam": None,
+                "test_ll": mean_estimate(ll),
+                "coverage90": mean_estimate(((pit >= 0.05) & (pit <= 0.95)).double()),
+                "rmse": Estimate(sq_err.value**0.5, sq_err.stderr / (2 * sq_err.value**0.5)),
+            }
+        )
     for method in methods:
         start = time.perf_counter()
         post = fit(

@@ -53,6 +53,11 @@ def test_outputs_follow_the_stated_conditional_law(name):
     x, y = process.sample(5000, seed=1)
     u = _cdf(name, x, y).numpy()
     assert stats.kstest(u, "uniform").pvalue > 1e-3
+    assert torch.allclose(process.cdf(x, y).double(), _cdf(name, x, y), atol=1e-6)
+    # the stated conditional mean: residuals average zero in each third of the inputs
+    resid = (y - process.mean(x)).double()
+    for part in x[:, 0].argsort().chunk(3):
+        assert abs(float(resid[part].mean())) < 4 * float(resid[part].std()) / part.numel() ** 0.5
 
 
 @pytest.mark.parametrize("name", SYNTHETIC)
