@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, default=None, help="default: 1000 (synthetic), 88 (diabetes)")
     p.add_argument("--hidden", default="50", help="comma-separated widths")
     p.add_argument("--steps", type=int, default=3000, help="VI steps")
-    p.add_argument("--lams", default="1,10,100", help="noise_constrained's grid")
+    p.add_argument("--lams", default="10,100,1000", help="noise_constrained's grid")
     p.add_argument("--lam", type=float, default=None, help="fix noise_constrained's lambda (no grid)")
     p.add_argument("--warmup", type=int, default=500, help="NUTS warm-up")
     p.add_argument("--draws", type=int, default=500, help="NUTS draws")

@@ -30,7 +30,7 @@ the mean of kernels at fractions of it, :data:`pyrofail.bnn.hsic.INPUT_SCALES`)
 (:func:`pyrofail.bnn.variational.fit_variational`). The choice of HSIC, of its kernels, of
 one reparameterised draw per step, and of the :math:`N` scaling are ours.
 
-**Choosing** :math:`\lambda`: from the grid ``lams`` (default ``(1, 10, 100)``) on held-out
+**Choosing** :math:`\lambda`: from the grid ``lams`` (default ``(10, 100, 1000)``) on held-out
 data: ``val_fraction`` of the training points (seeded) are set aside, one fit per
 :math:`\lambda` on the rest is scored by the mean validation log predictive density with
 latents from their prior (:func:`pyrofail.bnn.predictive.predictive_summary`), and the best
@@ -52,7 +52,7 @@ from pyrofail.errors import UsageError
 
 __all__ = ["DEFAULT_LAMS", "fit_noise_constrained"]
 
-DEFAULT_LAMS = (1.0, 10.0, 100.0)
+DEFAULT_LAMS = (10.0, 100.0, 1000.0)
 
 
 def fit_noise_constrained(
