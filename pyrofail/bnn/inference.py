@@ -1,17 +1,13 @@
 r"""``fit``: one entry point for the three ways of inferring a BNN+LV's weights and latents.
 
-=====================  ===================================================================
-``inference``          what it does
-=====================  ===================================================================
-``"nuts"``             Pyro's NUTS over all weights and latents: the reference
-                       (:func:`pyrofail.bnn.nuts.sample_nuts`)
-``"mean_field"``       mean-field Gaussian VI over weights and per-point latents
-                       (:func:`pyrofail.bnn.variational.fit_variational`, no penalty)
-``"noise_constrained"``  the same VI plus :math:`\lambda` times the HSIC between the inputs and
-                       the inferred latents, :math:`\lambda` chosen on validation data
-                       (:func:`pyrofail.bnn.noise_constrained.fit_noise_constrained`; this
-                       project's reading of Yacoby, Pan & Doshi-Velez, JMLR 2022)
-=====================  ===================================================================
+* ``"nuts"``: Pyro's NUTS over all weights and latents, the reference
+  (:func:`pyrofail.bnn.nuts.sample_nuts`);
+* ``"mean_field"``: mean-field Gaussian VI over the weights and the per-point latents
+  (:func:`pyrofail.bnn.variational.fit_variational` without a penalty);
+* ``"noise_constrained"``: the same VI plus :math:`\lambda N` times the HSIC between the inputs
+  and draws of the inferred latents, :math:`\lambda` chosen on validation data
+  (:func:`pyrofail.bnn.noise_constrained.fit_noise_constrained`; this project's reading of
+  Yacoby, Pan & Doshi-Velez, JMLR 2022, whose procedure we know only from its abstract).
 
 The inputs and outputs are standardised with the training statistics before inference
 (``standardize=True``), so that the priors and :math:`\sigma` are on the scale of the data

@@ -10,9 +10,12 @@ r"""How well a fitted BNN+LV predicts, and how much its inferred input noise dep
   :math:`[0.05, 0.95]`);
 * ``train_ll``: the training points' reconstruction density with their *inferred* latents;
   ``train_ll_prior_z``: the training points' density with latents from the prior, as at test;
-* ``gap``: ``train_ll - test_ll`` (independent sets: errors add in quadrature). A method whose
-  latents carry what the weights should (Yacoby et al. 2022) shows a large gap and a
-  ``train_ll_prior_z`` far below ``train_ll``;
+* ``gap``: ``train_ll - test_ll`` (independent sets: errors add in quadrature): how much better
+  the training data are reconstructed with their inferred latents than new data are
+  predicted (Yacoby et al. 2022). Since a reconstruction has only the output noise
+  :math:`\sigma` left, the gap is large for any fit whose latents carry the noise at all; it is
+  the comparison across methods, and ``train_ll_prior_z`` against ``test_ll`` (the ordinary
+  overfitting gap), that say more;
 * ``hsic``: the unbiased HSIC (:mod:`pyrofail.bnn.hsic`) between the standardised training
   inputs (kernel: the mean of Gaussians at ``INPUT_SCALES`` of the median distance) and draws
   of their latents (Gaussian, median heuristic), the Gram matrix of the latents averaged over
