@@ -25,13 +25,15 @@ def predictive_bands(
     num_points: int = 200,
     num_z: int = 10,
     num_draws: int = 200,
+    samples: int = 5,
 ) -> Path:
     r"""One panel per fitted model (``results``: name -> :class:`~pyrofail.bnn.BNNPosterior`) with
     the data ``x`` ``(N, 1)``, ``y`` ``(N,)`` as dots, and over a grid of ``num_points`` inputs
     spanning the data the posterior predictive's mean and its 5–95% band, from
     ``num_draws`` weight draws :math:`\times` ``num_z`` prior latents each, output noise included
-    (:meth:`~pyrofail.bnn.BNNPosterior.predictive`). Saved as PNG at ``path``; one input
-    dimension only.
+    (:meth:`~pyrofail.bnn.BNNPosterior.predictive`), and ``samples`` of those draws per grid
+    input as dots (a band cannot show a bimodal predictive; the dots can). Saved as PNG at
+    ``path``; one input dimension only.
 
     Example:
         >>> import tempfile, pyrofail.bnn as bnn
@@ -56,7 +58,10 @@ def predictive_bands(
         draws = post.thin(num_draws).predictive(grid, num_z=num_z, seed=seed)
         q05, q95 = torch.quantile(draws, torch.tensor([0.05, 0.95], dtype=draws.dtype), dim=0)
         ax.scatter(x[:, 0], y, s=3, color="0.4", alpha=0.5, label="data")
-        ax.fill_between(grid[:, 0], q05, q95, alpha=0.3, color="C0", label="5–95%")
+        ax.fill_between(grid[:, 0], q05, q95, alpha=0.25, color="C0", label="5–95%")
+        # a few predictive draws per input show what a band hides: two branches, or one
+        few = draws[:: max(1, draws.shape[0] // samples)][:samples]
+        ax.scatter(grid[:, 0].expand_as(few), few, s=1, color="C1", alpha=0.35, label="predictive draws")
         ax.plot(grid[:, 0], draws.mean(0), color="C0", lw=1.5, label="mean")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("x")
