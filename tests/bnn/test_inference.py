@@ -79,7 +79,7 @@ def tiny():
 
 
 TINY = {
-    "nuts": {"warmup": 20, "num_draws": 20, "max_tree_depth": 4},
+    "nuts": {"warmup": 10, "num_draws": 20, "max_tree_depth": 3},
     "mean_field": {"steps": 40, "num_draws": 20},
     "noise_constrained": {"steps": 30, "num_draws": 20, "lams": (1.0, 10.0)},
 }
