@@ -23,6 +23,7 @@ import torch
 from pyrofail import loaders, stages, zoo
 from pyrofail.analysis import grid
 from pyrofail.analysis.reference import METHODS
+from pyrofail.bnn.inference import METHODS as BNN_METHODS
 from pyrofail.data import check_binary, load_splits
 from pyrofail.errors import (
     AllRestartsDiverged,
@@ -248,6 +249,19 @@ def build_parser() -> argparse.ArgumentParser:
         "or all test points if fewer); the PMO-gap map uses every test point",
     )
     p.add_argument(
+        "--regression",
+        type=_list(str),
+        metavar="NAMES",
+        help="regression processes for Bayesian neural networks with latent input noise: "
+        "heteroscedastic, bimodal, diabetes (the bnn preset runs all three)",
+    )
+    p.add_argument(
+        "--bnn-methods",
+        type=_list(str),
+        metavar="NAMES",
+        help="inference for the regression processes: mean_field, noise_constrained, nuts",
+    )
+    p.add_argument(
         "--downstream",
         action="store_true",
         help="also measure the downstream tasks: compression, disentanglement, adversarial "
@@ -297,6 +311,8 @@ _RUN_OPTIONS = {
     "likelihood": "likelihood",
     "noise_per_feature": "noise_per_feature",
     "downstream": "downstream",
+    "regression": "regression",
+    "bnn_methods": "bnn_methods",
     "labelled_fraction": "labelled_fraction",
 }
 # the flags that describe a user's data set (options["data_options"])
@@ -408,6 +424,10 @@ def validate(options: dict) -> None:
     for kind, key in kinds:
         for name in options[key]:
             check_choice(kind, name, zoo.names(kind))
+    for name in options.get("regression") or []:
+        check_choice("regression process", name, zoo.names("regression"))
+    for name in options.get("bnn_methods") or []:
+        check_choice("--bnn-methods", name, BNN_METHODS)
     for k in options["latent_dim"]:
         check_positive_int("--latent-dim", k)
     for key in ("restarts", "steps", "batch_size", "n_train", "n_val", "n_test"):

@@ -38,6 +38,13 @@ BASE = {
     # Gaussian families are fine at 1e-3.
     "lr_by_guide": {"mean_field": 1e-3, "full_rank": 1e-3, "flow": 3e-4, "mixture": 1e-3},
     "downstream": False,
+    # Bayesian neural networks with latent input noise (the regression stage)
+    "regression": [],
+    "bnn_methods": ["mean_field", "noise_constrained", "nuts"],
+    "bnn_hidden": [50],
+    "bnn_options": {},
+    # n_train / n_test for the regression processes ({}: each process's own)
+    "bnn_sizes": {},
 }
 
 PRESETS = {
@@ -81,6 +88,13 @@ PRESETS = {
         "is_samples": 2000,
         "downstream": True,
     },
+    # BNN with latent input noise (Yacoby, Pan & Doshi-Velez 2022) on Depeweg et al.'s two toy
+    # problems and scikit-learn's diabetes: NUTS, mean-field VI and noise-constrained VI.
+    "bnn": {
+        **BASE,
+        "model": [],
+        "regression": ["heteroscedastic", "bimodal", "diabetes"],
+    },
     # A smoke run for tests and first contact: seconds, not minutes.
     "tiny": {
         **BASE,
@@ -93,6 +107,13 @@ PRESETS = {
         "pretrain_steps": 100,
         "objective_options": {"iwae": {"num_particles": 4}},
         "is_samples": 200,
+        "bnn_hidden": [8],
+        "bnn_sizes": {"n_train": 60, "n_test": 40},
+        "bnn_options": {
+            "mean_field": {"steps": 100, "num_draws": 20},
+            "noise_constrained": {"steps": 100, "num_draws": 20, "lams": [10.0]},
+            "nuts": {"num_draws": 20, "warmup": 20},
+        },
     },
 }
 
