@@ -52,4 +52,3 @@ def test_a_bad_regression_name_or_method_exits_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
-
