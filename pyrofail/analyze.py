@@ -1,6 +1,6 @@
 """``python -m pyrofail.analyze``: fit, measure and report, end to end.
 
-Without arguments it runs the built-in default (Figure-8, MFG-VAE against IWAE at the true
+Without arguments it runs the built-in default (Clusters, MFG-VAE against IWAE at the true
 K = 1, about two minutes on two CPU cores) and writes a run folder. Every option takes a
 comma-separated list where a sweep makes sense; the sweep is the product of the lists, one job
 per process x K x guide x objective, each job running its restarts vectorised.
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         default="default",
-        help="option set to start from: 'default' (Figure-8, ELBO vs IWAE, K=1, "
+        help="option set to start from: 'default' (Clusters, ELBO vs IWAE, K=1, "
         "~2 min), 'table1' (Table 1 of Yacoby et al.: figure8 and clusters, "
         "K=1,2,3, ELBO vs IWAE, 10 restarts), 'failure-map' (figure8 and clusters over the "
         "truth's noise scale), 'tiny' (seconds; a smoke test)",
@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIGMAS",
         help="noise scales of the ground truth, e.g. 0.03,0.05,0.1 (default: each process's own); "
         "one job per value, and the learned models' noise follows it unless --noise-scale is given",
+    )
+    p.add_argument(
+        "--truth-option",
+        action="append",
+        metavar="[MODEL.]KEY=VALUE",
+        help="an option of the ground-truth process, e.g. figure8.scale=1 or clusters.beta=5 (for "
+        "every process in --model without MODEL.); repeatable; VALUE is read as JSON or else as text; "
+        "the noise scale is --truth-noise",
     )
     p.add_argument(
         "--latent-dim",
@@ -350,6 +358,12 @@ def resolve(args: argparse.Namespace) -> dict:
     for text in given.get("objective_option", []):
         for objective, key, value in _option(text, "objective", options["objective"], _objective_keys):
             options["objective_options"].setdefault(objective, {})[key] = value
+    options["truth_options"] = {k: dict(v) for k, v in options.get("truth_options", {}).items()}
+    for text in given.get("truth_option", []):
+        if options.get("data") is not None:
+            raise UsageError("--truth-option describes a ground-truth process; --data has none")
+        for model, key, value in _option(text, "model", options["model"], _model_keys, flag="--truth-option"):
+            options["truth_options"].setdefault(model, {})[key] = value
     validate(options)
     options["preset"] = args.preset
     return options
@@ -380,6 +394,11 @@ def _guide_keys(name: str) -> list[str]:
     return [p for p in inspect.signature(zoo.entry("guide", name).factory).parameters if p not in built]
 
 
+def _model_keys(name: str) -> list[str]:
+    params = inspect.signature(zoo.entry("model", name).factory).parameters
+    return [p for p in params if p not in ("self", "noise_scale")]  # the noise is --truth-noise
+
+
 def _objective_keys(name: str) -> list[str]:
     keys = list(inspect.signature(zoo.entry("objective", name).factory).parameters)
     if name in build.LABELLED_OBJECTIVES:  # the semi-supervised version's weights too
@@ -387,10 +406,11 @@ def _objective_keys(name: str) -> list[str]:
     return keys
 
 
-def _option(text: str, kind: str, chosen: list[str], keys):
-    """``(name, key, value)`` for every guide or objective a ``[NAME.]KEY=VALUE`` option
-    applies to (``kind``: ``"guide"`` or ``"objective"``; ``chosen``: the run's names)."""
-    flag = f"--{kind}-option"
+def _option(text: str, kind: str, chosen: list[str], keys, flag: str | None = None):
+    """``(name, key, value)`` for every guide, objective or model a ``[NAME.]KEY=VALUE``
+    option applies to (``kind``: ``"guide"``, ``"objective"`` or ``"model"``; ``chosen``: the
+    run's names; ``flag``: the option's name, ``--<kind>-option`` unless given)."""
+    flag = flag or f"--{kind}-option"
     if "=" not in text:
         raise UsageError(f"{flag} {text!r} is not KEY=VALUE or {kind.upper()}.KEY=VALUE")
     name, raw = text.split("=", 1)

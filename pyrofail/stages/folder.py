@@ -27,13 +27,20 @@ def data_name(source) -> str:
     return Path(str(source)).stem
 
 
+def _short(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
 def process_id(config: dict) -> str:
-    """The name of a job's data: the model, and its noise scale when the run set it
-    (``figure8``, ``figure8-s0.05``), or the user's data set (``breast_cancer``)."""
+    """The name of a job's data: the model, its other options and its noise scale when the run
+    set them (``figure8``, ``figure8-s0.05``, ``figure8-scale1-s0.1414``), or the user's data set
+    (``breast_cancer``)."""
     if config.get("data") is not None:
         return data_name(config["data"])
-    noise = (config.get("truth_options") or {}).get("noise_scale")
-    return config["model"] if noise is None else f"{config['model']}-s{noise:g}"
+    options = dict(config.get("truth_options") or {})
+    noise = options.pop("noise_scale", None)
+    name = config["model"] + "".join(f"-{key}{_short(value)}" for key, value in sorted(options.items()))
+    return name if noise is None else f"{name}-s{noise:g}"
 
 
 def job_id(config: dict) -> str:

@@ -38,8 +38,8 @@ LATER_STAGE_OPTIONS = ("reference", "reference_points")
 
 def expand(options: dict) -> list[dict]:
     """The cartesian product over the list-valued axes (model, truth noise, latent_dim, guide,
-    objective); per-guide and per-objective option tables are resolved for each job. A truth
-    noise of ``None`` keeps each process's own."""
+    objective); per-guide, per-objective and per-model (``truth_options``) option tables are
+    resolved for each job. A truth noise of ``None`` keeps each process's own."""
     options = {"truth_noise": None, "procedure": ["joint"], **options}
     if options.get("data") is not None:  # a user's data set takes the place of the processes
         options["model"] = [None]
@@ -51,8 +51,12 @@ def expand(options: dict) -> list[dict]:
         if procedure != "joint":
             cfg["procedure"] = procedure
             cfg["procedure_options"] = dict(options.get("procedure_options", {}).get(procedure, {}))
+        truth_options = dict(options.get("truth_options", {}).get(model, {}))
+        cfg.pop("truth_options", None)
         if noise is not None:
-            cfg["truth_options"] = {"noise_scale": float(noise)}
+            truth_options["noise_scale"] = float(noise)
+        if truth_options:
+            cfg["truth_options"] = truth_options
         cfg["guide_options"] = dict(options.get("guide_options", {}).get(guide, {}))
         cfg["objective_options"] = dict(options.get("objective_options", {}).get(objective, {}))
         cfg["lr"] = float(options.get("lr_by_guide", {}).get(guide, options["lr"]))

@@ -44,11 +44,12 @@ def test_figure8_crosses_itself_at_the_origin():
 
 
 def test_clusters_plateaus_are_the_three_centres():
-    f = zoo.model("clusters").mean
+    f = zoo.model("clusters", scale=1.0).mean
     z = torch.tensor([[-3.0], [0.0], [3.0]])  # middle of each third of the prior
     angles = torch.tensor([math.pi / 2 + 2 * math.pi * k / 3 for k in range(3)])
     centres = torch.stack((angles.cos(), angles.sin()), -1)
     assert torch.allclose(f(z), centres, atol=1e-3)
+    assert torch.allclose(zoo.model("clusters").mean(z), 5.0 * centres, atol=5e-3)  # the default scale
 
 
 def test_quadratic_is_symmetric_with_range_quarter():
@@ -75,10 +76,27 @@ def test_linear_gaussian_closed_forms_match_samples():
 def test_scale_multiplies_the_decoder_and_shifts_log_px_by_d_log_scale(name):
     from pyrofail.analysis import grid
 
-    base, scaled = zoo.model(name, noise_scale=0.1), zoo.model(name, noise_scale=0.3, scale=3.0)
+    base = zoo.model(name, noise_scale=0.1, scale=1.0)
+    scaled = zoo.model(name, noise_scale=0.3, scale=3.0)
     z = torch.linspace(-3, 3, 13)[:, None]
     assert torch.allclose(scaled.mean(z), 3.0 * base.mean(z), atol=1e-6)
     # x -> 3x maps one process onto the other: log p(3x) = log p(x) - D log 3, exactly
     x = base.sample(50, seed=0).x
     lp, lp_scaled = grid.grid_posterior(base, x).log_px, grid.grid_posterior(scaled, 3.0 * x).log_px
     assert torch.allclose(lp_scaled, lp - 2 * math.log(3.0), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("name", "noise", "scale", "entropy"),
+    [("figure8", 0.06, 0.6, -0.405), ("clusters", 1.05, 5.0, 4.258)],
+)
+def test_defaults_are_the_calibrated_constants(name, noise, scale, entropy):
+    """The defaults calibrated against Table 1 of Yacoby et al. (docs/results-calibration.md):
+    the truth's entropy H = -E log p(x) by quadrature, which a well-fit IWAE's test bound reaches."""
+    from pyrofail.analysis import grid
+
+    truth = zoo.model(name)
+    assert float(truth.noise_scale) == pytest.approx(noise)
+    assert zoo.entry("model", name).meta["scale"] == scale
+    lp = grid.grid_posterior(truth, truth.sample(2000, seed=3).x).log_px
+    assert -float(lp.mean()) == pytest.approx(entropy, abs=0.01)
