@@ -669,6 +669,16 @@ def _against_mfg(diff: dict, lower_is_better: bool) -> str:
     return f"{with_error(diff['mean'], diff['stderr'])} ({word})"
 
 
+def _dci_cell(dci: dict | None) -> str:
+    """DCI's disentanglement / completeness / informativeness (test R² or accuracy), each ± its
+    bootstrap standard error."""
+    if dci is None:
+        return "—"
+    keys = (("disentanglement", "disentanglement"), ("completeness", "completeness"))
+    keys += (("informativeness_test", "informativeness_test"),)
+    return " / ".join(with_error(dci[k], dci.get(f"{e}_stderr")) for k, e in keys)
+
+
 def section_downstream(res: Results) -> list[str]:
     if not res.downstream:
         return []
@@ -692,8 +702,9 @@ def section_downstream(res: Results) -> list[str]:
         eps = [r["eps"] for r in next(iter(jobs.values()))["robustness"]]
         lines += [f"### {process}", ""]
         head = "| job | I(x; z) | " + " | ".join(f"KL at ε={e:g} (truth, same δ)" for e in eps)
-        head += " | de-noising error at the largest ε | outlier AUROC | MIG | DCI (D / C / I) |"
-        lines += [head, "|---" * (5 + len(eps)) + "|"]
+        head += " | de-noising error at the largest ε | outlier AUROC | MIG "
+        head += "| DCI: D / C / I (test R² or accuracy) |"
+        lines += [head, "|---" * (6 + len(eps)) + "|"]
         for job, rec in sorted(jobs.items()):
             cells = [
                 with_error(rec["total_mutual_information"]["mean"], rec["total_mutual_information"]["stderr"])
@@ -705,26 +716,14 @@ def section_downstream(res: Results) -> list[str]:
             cells.append(f"{with_error(d['mean'], d['stderr'])} (clean {number(d['clean_mean'])})")
             cells.append(with_error(rec["auroc"]["auroc"], rec["auroc"]["stderr"]) if "auroc" in rec else "—")
             cells.append(with_error(rec["mig"]["mig"], rec["mig"]["stderr"]) if "mig" in rec else "—")
-            dci = rec.get("dci")
-            cells.append(
-                "—"
-                if dci is None
-                else " / ".join(
-                    number(dci[k]) for k in ("disentanglement", "completeness", "informativeness")
-                )
-            )
+            cells.append(_dci_cell(rec.get("dci")))
             lines.append(f"| {job} | " + " | ".join(cells) + " |")
         truth_cells = ["—"] + ["—"] * len(eps) + ["—"]
         truth_cells.append(
             with_error(truth["auroc"]["auroc"], truth["auroc"]["stderr"]) if "auroc" in truth else "—"
         )
         truth_cells.append(with_error(truth["mig"]["mig"], truth["mig"]["stderr"]) if "mig" in truth else "—")
-        dci = truth.get("dci")
-        truth_cells.append(
-            "—"
-            if dci is None
-            else " / ".join(number(dci[k]) for k in ("disentanglement", "completeness", "informativeness"))
-        )
+        truth_cells.append(_dci_cell(truth.get("dci")))
         lines.append("| the truth's exact posterior | " + " | ".join(truth_cells) + " |")
         lines.append("")
         against = block.get("against_mfg")
