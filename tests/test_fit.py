@@ -29,7 +29,7 @@ def test_fit_returns_unbatched_objects_and_records(figure8_data):
     final = fit.history["validation"][-1]
     assert fit.best == max(range(3), key=lambda r: final[r])
     assert fit.restarts[fit.best]["selected"]
-    assert float(fit.model.noise_scale) == pytest.approx(0.02**0.5, rel=1e-6)
+    assert float(fit.model.noise_scale) == pytest.approx(0.06, rel=1e-6)
     m, g = fit.restart(fit.best)
     assert torch.equal(m.decoder.weights[0], fit.model.decoder.weights[0])
 

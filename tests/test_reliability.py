@@ -57,6 +57,9 @@ CLI_CASES = [
     (["--num-particles", "0"], "--num-particles=0 is not allowed"),
     (["--device", "tpu"], "--device 'tpu' is not allowed; use cpu or cuda"),
     (["--workers", "0"], "--workers=0 is not allowed"),
+    (["--truth-option", "figure8.width=2"], "figure8 has no option 'width'; choose one of: scale"),
+    (["--truth-option", "clusters.scale=2"], "model 'clusters' is not in --model (figure8)"),
+    (["--truth-option", "scale"], "--truth-option 'scale' is not KEY=VALUE"),
     (["--latent-dim", "1,two"], "'1,two' is not a comma-separated list of ints"),
     (["--objective", "elbo,elbo"], "--objective lists a value twice"),
     (["--init", "best"], "invalid choice: 'best'"),
@@ -170,3 +173,19 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert _run(["--resume", str(run), "--quiet"]).wait() == 0
     assert (run / "metrics.json").read_bytes() == (whole / "metrics.json").read_bytes()
     assert not list(run.rglob(".*.tmp"))
+
+
+def test_truth_options_reach_each_job_and_name_its_folder():
+    from pyrofail.analyze import build_parser, resolve
+    from pyrofail.stages.folder import job_id, truth_of
+    from pyrofail.stages.jobs import expand
+
+    args = ["--preset", "tiny", "--model", "figure8,clusters", "--truth-noise", "0.1414"]
+    jobs = expand(resolve(build_parser().parse_args([*args, "--truth-option", "figure8.scale=1"])))
+    by_model = {j["model"]: j for j in jobs if j["objective"] == "elbo"}
+    assert by_model["figure8"]["truth_options"] == {"scale": 1, "noise_scale": 0.1414}
+    assert by_model["clusters"]["truth_options"] == {"noise_scale": 0.1414}
+    assert job_id(by_model["figure8"]) == "figure8-scale1-s0.1414-K1-mean_field-elbo"
+    assert truth_of(by_model["figure8"]).decoder.scale == 1.0
+    plain = expand(resolve(build_parser().parse_args(["--preset", "tiny"])))
+    assert "truth_options" not in plain[0] and job_id(plain[0]) == "figure8-K1-mean_field-elbo"

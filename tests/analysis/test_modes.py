@@ -83,7 +83,9 @@ def _exact_modes_1d(model, x, dip=modes.DIP, min_mass=modes.MIN_MASS):
 
 
 def test_figure8_modes_match_the_exact_density():
-    truth = zoo.model("figure8")
+    # the pre-calibration constants (sigma/s = 0.14): more points near the crossing, so more
+    # multimodal posteriors than at the default sigma/s = 0.1
+    truth = zoo.model("figure8", noise_scale=0.02**0.5, scale=1.0)
     x = truth.sample(100, seed=1).x
     exact = _exact_modes_1d(truth, x)
     assert sum(len(e) > 1 for e in exact) > 20  # the test needs multimodal posteriors
