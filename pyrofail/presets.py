@@ -70,10 +70,14 @@ PRESETS = {
     },
     # The failure map: figure8 and clusters at four noise scales of the ground truth, the
     # MFG-VAE against IWAE at the true K, sized to finish in under 30 minutes on two CPU cores.
+    # The noise scales are for the processes at unit scale (their defaults before the
+    # calibration; only sigma / scale changes the problem): the calibrated figure8 is sigma 0.1
+    # here, the calibrated clusters sigma 0.21.
     "failure-map": {
         **BASE,
         "model": ["figure8", "clusters"],
         "truth_noise": [0.03, 0.05, 0.1, 0.14],
+        "truth_options": {"figure8": {"scale": 1.0}, "clusters": {"scale": 1.0}},
         "restarts": 4,
         "steps": 3000,
         "objective_options": {"iwae": {"num_particles": 10}},
