@@ -297,6 +297,15 @@ def conclude(ev: dict, *, learn_noise: bool = False) -> dict:
     }
 
 
+def _dtype(*modules, default: torch.dtype) -> torch.dtype:
+    """The floating dtype of the first parameter or buffer of ``modules``, else ``default``."""
+    for m in modules:
+        for t in (*m.parameters(), *m.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+    return default
+
+
 def diagnose(
     truth,
     x: torch.Tensor,
@@ -336,7 +345,9 @@ def diagnose(
             model, guide, x, ref, truth, truth_reference=ref_gt, modes=modes, truth_modes=modes_gt, seed=seed
         )
         best = best_mean_field(model, x, ref, modes=modes, seed=seed)
-        elbo_stderr = metrics.negative_elbo(model, guide, x, num_samples=1000, seed=seed)["stderr"]
+        # the ELBO in the fit's own precision: a float32 network takes no float64 input
+        x_fit = x.to(_dtype(guide, model, default=x.dtype))
+        elbo_stderr = metrics.negative_elbo(model, guide, x_fit, num_samples=1000, seed=seed)["stderr"]
         sides.append(side_summary(label, cmp, best, elbo_stderr))
     out = conclude(evidence(truth_best["kl"], sides[0], sides[1]), learn_noise=learn_noise)
     out["truth_best"] = truth_best

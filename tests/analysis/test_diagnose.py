@@ -247,3 +247,13 @@ def test_diagnose_names_the_failure_of_an_analytic_decoder(decoder, inverse, fai
         assert ev["mean_field"]["posterior_shift"] > 0.2  # but not the same latent space
     else:
         assert ev["mean_field"]["mleo"] > 0.5
+
+
+def test_diagnose_takes_a_float32_fit():
+    """float64 test points reach a float32 network only in its own precision."""
+    truth = zoo.model("quadratic")
+    x = truth.sample(12, seed=3).x
+    guide = zoo.guide("mean_field", latent_dim=1, data_dim=1)
+    assert next(guide.parameters()).dtype == torch.float32
+    out = diagnose(truth, x, (truth, guide), None, num_draws=100)
+    assert out["evidence"]["elbo_stderr"] > 0
