@@ -91,6 +91,7 @@ class Problem:
     checkpoint: Path | None = None
     progress: bool = False
     callbacks: Sequence[Callable] = field(default_factory=tuple)
+    compile: bool | None = None
 
 
 def as_data(name: str, x, data_dim: int | None) -> torch.Tensor | None:
@@ -161,6 +162,7 @@ def resolve(
     checkpoint: str | Path | None = None,
     progress: bool = False,
     callbacks: Sequence[Callable] = (),
+    compile: bool | None = None,
 ) -> tuple[FitConfig, Problem]:
     """Validate the options of :func:`pyrofail.fit` and fill in their defaults."""
     if model is not None and truth is None and not learn_model:
@@ -259,5 +261,6 @@ def resolve(
         checkpoint=None if checkpoint is None else Path(checkpoint),
         progress=progress,
         callbacks=tuple(callbacks),
+        compile=None if compile is None else bool(compile),
     )
     return config, problem

@@ -18,8 +18,9 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI
 
-from pyrofail.errors import AllRestartsDiverged
+from pyrofail.errors import AllRestartsDiverged, UsageError
 from pyrofail.nn import restart_finite, restart_tensors
+from pyrofail.training import compiled
 from pyrofail.training.state import FitState
 
 __all__ = ["Batches", "lr_factor", "run", "select"]
@@ -109,9 +110,14 @@ def run(
     progress: bool = False,
     callbacks=(),
     label: str = "",
+    compile: bool | None = None,
 ) -> FitState:
     """Run SVI from ``state.step`` to ``steps``: one step per minibatch, validation and a
-    checkpoint every ``eval_every`` steps; returns the final state (``state``, updated)."""
+    checkpoint every ``eval_every`` steps; returns the final state (``state``, updated).
+
+    ``compile``: take the steps through :class:`pyrofail.training.compiled.DirectStep` (the
+    same loss and gradients without Pyro's per-step tracing); ``None`` does so wherever
+    :func:`~pyrofail.training.compiled.supports` the model, guide and objective."""
     restarts = state.active.shape[0]
     active = state.active
     # The active mask zeroes the loss of frozen restarts; tensors captured by poutine.mask
@@ -121,6 +127,7 @@ def run(
         model_fn = poutine.block(model_fn, hide_types=["param"])
     guide_fn = poutine.mask(bguide, mask=active.unsqueeze(-1))
     svi = SVI(model_fn, guide_fn, optim, loss)
+    step_fn = _step_function(svi, bmodel, bguide, loss, optim, active, learn_model, compile)
     if state.torch_rng is not None:
         torch.set_rng_state(state.torch_rng)
     tensors_of = [bmodel, bguide]
@@ -133,7 +140,7 @@ def run(
         for step in range(state.step, steps):
             idx = batches(step).to(x.device)
             optim.set_lr(lr * lr_factor(step, steps))
-            value = svi.step(x[idx])
+            value = step_fn(x[idx])
             if not math.isfinite(value):
                 dead = _find_diverged(bmodel, bguide, loss, x[idx], restarts) & active
                 state.freeze(dead, step)
@@ -183,6 +190,19 @@ def select(state: FitState, loss, bmodel, bguide, x_val, seed: int, steps: int) 
         raise AllRestartsDiverged(f"every restart diverged (steps {state.diverged_at})")
     best = int(torch.where(ok, final, torch.tensor(-math.inf)).argmax())
     return best, final
+
+
+def _step_function(svi, bmodel, bguide, loss, optim, active, learn_model, compile):
+    """``svi.step``, or the direct step where it computes the same and is asked for."""
+    ok = compiled.supports(bmodel, bguide, loss) and hasattr(optim, "optimizer")
+    if compile and not ok:
+        raise UsageError(
+            f"compile=True needs a mean_field guide with the elbo or iwae objective; got "
+            f"{type(bguide).__name__} with {type(loss).__name__}; use compile=False"
+        )
+    if compile is False or not ok:
+        return svi.step
+    return compiled.DirectStep(svi, bmodel, bguide, loss, optim, active, learn_model)
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str):
