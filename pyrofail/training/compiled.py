@@ -25,9 +25,9 @@ global generator in the shape and order Pyro draws it, so a fit with the same se
 :math:`\varepsilon` either way and the two agree to floating-point rounding.
 
 Restarts that were frozen (``active`` false) contribute zero, as under ``poutine.mask``. The
-first step of a run goes through SVI, which registers the parameters with Pyro's parameter
-store and the optimiser exactly as an eager run does; the following steps call the same
-optimiser on the same tensors.
+parameters reach Pyro's parameter store and the optimiser as they do in SVI's first step (a
+parameter-only trace of the model and guide), so the optimiser's state and a checkpoint are laid
+out under the same names, and a fit resumed from a checkpoint equals an uninterrupted one.
 
 ``torch.compile`` of this loss was measured and not adopted (on two shared CPU cores, torch
 2.13: 36 to 75 s of compilation for a slower step), nor ``torch.jit.trace`` (deprecated in
@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro import poutine
 
 from pyrofail.guides.mean_field import MeanFieldGuide
 from pyrofail.models.latent_bernoulli import LatentBernoulli
@@ -119,8 +120,7 @@ def direct_loss(bmodel, bguide, x: torch.Tensor, eps: torch.Tensor, active: torc
 
 class DirectStep:
     """``step(x_batch) -> loss`` with the semantics of ``svi.step`` (a float; gradients
-    applied by ``optim``; gradients cleared), through :func:`direct_loss` after the first
-    step, which goes through ``svi`` itself.
+    applied by ``optim``; gradients cleared), through :func:`direct_loss`.
 
     :param svi: the run's :class:`pyro.infer.SVI` (its model and guide wrapped in the masks).
     :param active: the ``(R,)`` mask of restarts still training, read at every step.
@@ -137,9 +137,7 @@ class DirectStep:
 
     def __call__(self, x: torch.Tensor) -> float:
         if self.params is None:
-            value = self.svi.step(x)
-            self.params = self._trained()
-            return value
+            self.params = self._register(x)
         q_shape = (*self.bguide.batch_shape, x.shape[-2], self.bguide.latent_dim)
         shape = q_shape if self.particles == 1 else (self.particles, *q_shape)
         dtype = self.params[0].dtype if self.params else x.dtype
@@ -154,15 +152,33 @@ class DirectStep:
             p.grad = None
         return loss.item()
 
-    def _trained(self) -> list[torch.Tensor]:
-        """The tensors that SVI's first step handed to the optimiser: those it trains."""
+    def _register(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Hand the trained tensors to the optimiser as SVI's first step does: found by
+        running the (masked, blocked) model and guide under a parameter-only trace, with the
+        random state put back afterwards, so that the optimiser lays out its state under the
+        same parameter names (a checkpoint moves between the two steps) and the draws of the
+        first step are those of an eager run."""
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            with torch.no_grad(), poutine.trace(param_only=True) as capture:
+                self.svi.guide(x)
+                self.svi.model(x)
+        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        # the optimiser takes the tensors and steps none of them; gradients left on them (the
+        # decoder's pre-training leaves its last one) are kept for the first step, which adds
+        # to them as SVI's first step does
+        grads = {p: p.grad for p in params}
+        for p in params:
+            p.grad = None
+        self.optim(params)
+        for p, g in grads.items():
+            p.grad = g
         opt = getattr(self.optim, "optimizer", None)
         if opt is None:
             raise TypeError("DirectStep needs a pyrofail.optim.FusedAdam")
-        params = [p for group in opt.param_groups for p in group["params"]]
+        trained = [p for group in opt.param_groups for p in group["params"]]
         mine = {id(p) for p in self.bguide.parameters()}
         if self.learn_model:
             mine |= {id(p) for p in self.bmodel.parameters()}
-        if any(id(p) not in mine for p in params):
+        if any(id(p) not in mine for p in trained):
             raise TypeError("the optimiser trains tensors outside the model and guide")
-        return params
+        return trained
