@@ -12,13 +12,17 @@ from pyrofail.models.latent_gaussian import Dataset, LatentGaussian
 from pyrofail.models.linear_gaussian import LinearGaussian
 from pyrofail.models.m2 import LabelledLatentGaussian, m2_model
 from pyrofail.models.quadratic import Quadratic
+from pyrofail.models.regression import Bimodal, Diabetes, Heteroscedastic
 from pyrofail.models.semicircle import Semicircle
 from pyrofail.models.two_factor import TwoFactorSmooth, TwoFactorSteps
 
 __all__ = [
+    "Bimodal",
     "Clusters",
     "Dataset",
+    "Diabetes",
     "Figure8",
+    "Heteroscedastic",
     "LabelledLatentGaussian",
     "LatentBernoulli",
     "LatentGaussian",

@@ -115,3 +115,16 @@ def test_compile_true_where_the_direct_step_does_not_apply_is_a_usage_error():
     r = build.guide("mixture", 1, 2, hidden=(8,), restarts=2)
     m = build.learned_model(1, 2, 0.1, hidden=(8,), restarts=2)
     assert not compiled.supports(m, r, build.objective("elbo"))
+
+
+def test_a_semi_supervised_fit_steps_through_svi():
+    # labels select the M2 model, which the direct step does not cover: compile=None takes SVI's
+    # step, compile=True says why it cannot
+    truth = pf.zoo.model("semicircle")
+    data = truth.sample(60, seed=0)
+    kw = dict(
+        y=data.y, x_val=data.x[:20], truth=truth, restarts=2, steps=4, pretrain_steps=0, hidden=(8,), seed=0
+    )
+    assert pf.fit(data.x, compile=None, **kw).best in (0, 1)
+    with pytest.raises(UsageError, match="unlabelled"):
+        pf.fit(data.x, compile=True, **kw)

@@ -12,7 +12,7 @@ Example:
     True
 """
 
-from pyrofail.procedures.joint import joint
-from pyrofail.procedures.libi import libi
+# the modules register their procedures; zoo.procedure(name) returns the function
+from pyrofail.procedures import joint, libi
 
 __all__ = ["joint", "libi"]

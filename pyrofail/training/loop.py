@@ -69,24 +69,33 @@ def _restore(modules, snap, dead: torch.Tensor) -> None:
             t[dead] = s[dead]
 
 
-def _find_diverged(bmodel, bguide, loss, xb, restarts: int) -> torch.Tensor:
-    """Restarts with non-finite parameters, or else with a non-finite loss on ``xb``."""
+def _per_point(loss, bmodel, bguide, data: tuple, num_samples=None):
+    """The objective's per-point value on ``data`` = ``(x,)`` or ``(x, y)`` (labels)."""
+    labels = {"y": data[1]} if len(data) > 1 else {}
+    return loss.per_point(bmodel, bguide, data[0], num_samples, **labels)
+
+
+def _find_diverged(bmodel, bguide, loss, batch: tuple, restarts: int) -> torch.Tensor:
+    """Restarts with non-finite parameters, or else with a non-finite loss on ``batch``."""
     dead = ~restart_finite(bmodel, restarts) | ~restart_finite(bguide, restarts)
-    dead = dead.to(xb.device)
+    dead = dead.to(batch[0].device)
     if not dead.any():
         with torch.no_grad():
-            per = loss.per_point(bmodel, bguide, xb).value.sum(-1)
+            per = _per_point(loss, bmodel, bguide, batch).value.sum(-1)
         dead = ~torch.isfinite(per)
     return dead
 
 
-def validate(loss, bmodel, bguide, x_val, seed: int, step: int) -> torch.Tensor:
-    """Mean validation objective per restart, with its own random stream so that evaluating
-    never changes the training draws (and a resumed fit matches an uninterrupted one)."""
-    with torch.random.fork_rng(devices=[x_val.device] if x_val.device.type == "cuda" else []):
+def validate(loss, bmodel, bguide, val, seed: int, step: int) -> torch.Tensor:
+    """Mean validation objective per restart on ``val`` (``x_val`` or ``(x_val, [y_val])``),
+    with its own random stream so that evaluating never changes the training draws (and a
+    resumed fit matches an uninterrupted one)."""
+    val = val if isinstance(val, tuple) else (val,)
+    device = val[0].device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(seed) * 1_000_003 + step)
         with torch.no_grad():
-            value = loss.per_point(bmodel, bguide, x_val, VAL_SAMPLES).value.mean(-1)
+            value = _per_point(loss, bmodel, bguide, val, VAL_SAMPLES).value.mean(-1)
     return value.cpu()
 
 
@@ -95,8 +104,8 @@ def run(
     bguide,
     loss,
     optim,
-    x,
-    x_val,
+    train: tuple,
+    val: tuple,
     state: FitState,
     *,
     steps: int,
@@ -112,12 +121,15 @@ def run(
     label: str = "",
     compile: bool | None = None,
 ) -> FitState:
-    """Run SVI from ``state.step`` to ``steps``: one step per minibatch, validation and a
-    checkpoint every ``eval_every`` steps; returns the final state (``state``, updated).
+    """Run SVI from ``state.step`` to ``steps``: one step per minibatch of ``train`` (``(x,)`` or
+    ``(x, y)``), validation on ``val`` and a checkpoint every ``eval_every`` steps; returns the
+    final state (``state``, updated).
 
     ``compile``: take the steps through :class:`pyrofail.training.compiled.DirectStep` (the
     same loss and gradients without Pyro's per-step tracing); ``None`` does so wherever
-    :func:`~pyrofail.training.compiled.supports` the model, guide and objective."""
+    :func:`~pyrofail.training.compiled.supports` the model, guide and objective (unlabelled
+    data only: the semi-supervised model always steps through SVI)."""
+    x = train[0]
     restarts = state.active.shape[0]
     active = state.active
     # The active mask zeroes the loss of frozen restarts; tensors captured by poutine.mask
@@ -127,7 +139,7 @@ def run(
         model_fn = poutine.block(model_fn, hide_types=["param"])
     guide_fn = poutine.mask(bguide, mask=active.unsqueeze(-1))
     svi = SVI(model_fn, guide_fn, optim, loss)
-    step_fn = _step_function(svi, bmodel, bguide, loss, optim, active, learn_model, compile)
+    step_fn = _step_function(svi, bmodel, bguide, loss, optim, active, learn_model, compile, len(train))
     if state.torch_rng is not None:
         torch.set_rng_state(state.torch_rng)
     tensors_of = [bmodel, bguide]
@@ -140,9 +152,10 @@ def run(
         for step in range(state.step, steps):
             idx = batches(step).to(x.device)
             optim.set_lr(lr * lr_factor(step, steps))
-            value = step_fn(x[idx])
+            batch = tuple(t[idx] for t in train)
+            value = step_fn(*batch)
             if not math.isfinite(value):
-                dead = _find_diverged(bmodel, bguide, loss, x[idx], restarts) & active
+                dead = _find_diverged(bmodel, bguide, loss, batch, restarts) & active
                 state.freeze(dead, step)
                 _restore(tensors_of, snap, dead)
                 optim.reset(restarts, dead)
@@ -161,15 +174,15 @@ def run(
                     x.device
                 )
                 state.freeze(dead, step)
-                val = validate(loss, bmodel, bguide, x_val, seed, step)
+                value_val = validate(loss, bmodel, bguide, val, seed, step)
                 history = state.history
                 history["step"].append(step + 1)
-                history["validation"].append(val.tolist())
+                history["validation"].append(value_val.tolist())
                 running = state.running
                 history["train_loss"].append(None if running is None else running / (restarts * batch_size))
                 snap = _snapshot(tensors_of)
                 if bar is not None and active.any():
-                    bar.set_postfix(val=f"{float(val[active.cpu()].max()):.4f}")
+                    bar.set_postfix(val=f"{float(value_val[active.cpu()].max()):.4f}")
                 state.step = step + 1
                 state.save(checkpoint, key, bmodel, bguide, optim)
     state.step = steps
@@ -178,13 +191,13 @@ def run(
     return state
 
 
-def select(state: FitState, loss, bmodel, bguide, x_val, seed: int, steps: int) -> tuple[int, torch.Tensor]:
+def select(state: FitState, loss, bmodel, bguide, val, seed: int, steps: int) -> tuple[int, torch.Tensor]:
     """The restart with the best final validation objective among those that never diverged,
     and the final objective of every restart ``(R,)``."""
     history = state.history
     final = torch.tensor(history["validation"][-1]) if history["validation"] else None
     if final is None:
-        final = validate(loss, bmodel, bguide, x_val, seed, steps - 1)
+        final = validate(loss, bmodel, bguide, val, seed, steps - 1)
     ok = state.active.cpu() & torch.isfinite(final)
     if not ok.any():
         raise AllRestartsDiverged(f"every restart diverged (steps {state.diverged_at})")
@@ -192,13 +205,14 @@ def select(state: FitState, loss, bmodel, bguide, x_val, seed: int, steps: int) 
     return best, final
 
 
-def _step_function(svi, bmodel, bguide, loss, optim, active, learn_model, compile):
+def _step_function(svi, bmodel, bguide, loss, optim, active, learn_model, compile, n_inputs=1):
     """``svi.step``, or the direct step where it computes the same and is asked for."""
-    ok = compiled.supports(bmodel, bguide, loss) and hasattr(optim, "optimizer")
+    ok = n_inputs == 1 and compiled.supports(bmodel, bguide, loss) and hasattr(optim, "optimizer")
     if compile and not ok:
         raise UsageError(
-            f"compile=True needs a mean_field guide with the elbo or iwae objective; got "
-            f"{type(bguide).__name__} with {type(loss).__name__}; use compile=False"
+            f"compile=True needs a mean_field guide with the elbo or iwae objective and unlabelled "
+            f"data; got {type(bguide).__name__} with {type(loss).__name__}"
+            f"{' and labels' if n_inputs > 1 else ''}; use compile=False"
         )
     if compile is False or not ok:
         return svi.step
