@@ -528,9 +528,14 @@ def main(argv=None) -> int:
         _print_registry()
         return 0
     try:
+        scheduler = getattr(args, "scheduler", None)
+        if scheduler is not None:  # before the run folder is touched
+            from pyrofail.stages.dask_pool import check_address
+
+            check_address(scheduler)
         options, run = _start_run(args)
         workers = check_positive_int("--workers", getattr(args, "workers", 1))
-        return _run(options, run, workers, quiet="quiet" in args, scheduler=getattr(args, "scheduler", None))
+        return _run(options, run, workers, quiet="quiet" in args, scheduler=scheduler)
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

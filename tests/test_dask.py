@@ -111,3 +111,13 @@ def _job_folder(out, index):
     from pyrofail.stages.folder import job_id
 
     return out / "jobs" / job_id(json.loads(config.read_text())["jobs"][index])
+
+
+@pytest.mark.parametrize("value", ["", "foo", "bogus://x:1", "tcp://host", "tcp://:8786", "host:99999"])
+def test_a_bad_scheduler_address_is_one_line_and_exit_2(value, tmp_path, capsys):
+    # checked before Dask is imported or anything is contacted: needs no cluster, nor Dask
+    out = tmp_path / "run"
+    assert analyze.main([*SWEEP, "--scheduler", value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--scheduler" in err[0] and "tcp://HOST:PORT" in err[0]
+    assert not out.exists()

@@ -30,12 +30,43 @@ from collections.abc import Callable, Iterator, Sequence
 from pyrofail.errors import UsageError
 from pyrofail.stages.pool import call, threads_per_worker
 
-__all__ = ["DaskBackend", "INSTALL", "RETRIES", "connect"]
+__all__ = ["DaskBackend", "INSTALL", "RETRIES", "check_address", "connect"]
 
 INSTALL = 'pip install -c constraints.txt ".[dask]"'
 RETRIES = 2  # reruns of a task that raised (a worker's death is handled by the scheduler)
 CONNECT_TIMEOUT = "30s"
 WORKER_TIMEOUT = 60  # seconds to wait for a cluster's first worker
+
+
+SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+
+
+def check_address(address: str) -> str:
+    """``address`` if it is ``"local"`` or a scheduler address (``[SCHEME://]HOST:PORT``, the
+    scheme one of :data:`SCHEMES`), checked without Dask and without contacting anything;
+    else a :class:`~pyrofail.errors.UsageError` that says what is allowed.
+
+    Example (the error's text shortened):
+        >>> check_address("tcp://10.0.0.5:8786"), check_address("local")
+        ('tcp://10.0.0.5:8786', 'local')
+        >>> check_address("10.0.0.5")
+        Traceback (most recent call last):
+        ...
+        pyrofail.errors.UsageError: --scheduler '10.0.0.5': not a Dask scheduler address; ...
+    """
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "tcp", address
+    host, _, port = rest.rpartition(":")
+    ok = address == "local" or (
+        scheme in SCHEMES and host not in ("", "[]") and port.isdigit() and 0 < int(port) < 65536
+    )
+    if not ok:
+        raise UsageError(
+            f"--scheduler {address!r}: not a Dask scheduler address; use local, or tcp://HOST:PORT "
+            f"(schemes: {', '.join(SCHEMES)})"
+        )
+    return address
 
 
 def _distributed():
@@ -127,7 +158,7 @@ def connect(address: str, workers: int = 1, device: str = "cpu", quiet: bool = T
         else:
             try:
                 client = distributed.Client(address, timeout=CONNECT_TIMEOUT)
-            except (OSError, TimeoutError) as e:
+            except (OSError, TimeoutError, ValueError) as e:
                 raise UsageError(f"--scheduler {address}: no Dask scheduler answered ({e})") from None
             threads = None
         try:
