@@ -47,6 +47,11 @@ def _gauss_hermite(k: int, n: int, dtype=torch.float64):
     return nodes, weights
 
 
+def _device(model) -> torch.device:
+    """Where a model's tensors live (the CPU for one without any)."""
+    return next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+
+
 class _LogJoint:
     r""":math:`\log p(x, z)` of a latent-Gaussian model with :math:`f` tabulated once on a
     regular grid of :math:`z` (K ≤ 2) and interpolated (linearly, bilinearly): the decoder runs
@@ -63,7 +68,7 @@ class _LogJoint:
         m = self.SIZE[k]
         self.k, self.m, self.lo = k, m, -radius
         self.h = 2 * radius / (m - 1)
-        axis = torch.linspace(-radius, radius, m, dtype=torch.float64)
+        axis = torch.linspace(-radius, radius, m, dtype=torch.float64, device=_device(model))
         z = torch.cartesian_prod(*([axis] * k)).reshape(-1, k)
         with torch.no_grad():
             f = torch.cat([model.mean(z[i : i + 2**16]) for i in range(0, z.shape[0], 2**16)])
@@ -168,9 +173,12 @@ def best_mean_field(
     work = copy.deepcopy(model).double()
     log_joint = _LogJoint(work)
     k = model.latent_dim
-    t, w = _gauss_hermite(k, GH_NODES.get(k, max(3, int(4096 ** (1 / k)))))
-    log_px = reference_data.log_px(reference)[0].double()
-    loc0, log_s0 = _inits(reference, modes, inits)  # (N, I, K)
+    # the reference (ArviZ) and the quadrature rule are on the CPU: all of it on the model's device
+    dev = _device(work)
+    x = x.to(dev)
+    t, w = (a.to(dev) for a in _gauss_hermite(k, GH_NODES.get(k, max(3, int(4096 ** (1 / k))))))
+    log_px = reference_data.log_px(reference)[0].double().to(dev)
+    loc0, log_s0 = (a.to(dev) for a in _inits(reference, modes, inits))  # (N, I, K)
     s0 = log_s0.exp()
     u = torch.zeros_like(loc0, requires_grad=True)
     v = torch.zeros_like(loc0, requires_grad=True)

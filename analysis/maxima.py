@@ -132,8 +132,8 @@ def _newton(model, x, z, steps: int, radius: float) -> torch.Tensor:
     above its start at ``SEGMENT_POINTS`` points along it, so that no step tunnels through a
     valley into another mode."""
     lp = _log_joint(model, z, x)
-    r = torch.full(lp.shape, radius, dtype=z.dtype)
-    t = torch.arange(1, SEGMENT_POINTS + 1, dtype=z.dtype) / SEGMENT_POINTS  # ends at the step's end
+    r = torch.full(lp.shape, radius, dtype=z.dtype, device=z.device)
+    t = torch.arange(1, SEGMENT_POINTS + 1, dtype=z.dtype, device=z.device) / SEGMENT_POINTS  # to the end
     for _ in range(steps):
         with torch.enable_grad():
             zg = z.clone().requires_grad_(True)
@@ -159,11 +159,12 @@ def _distinct(model, x, z, lp, dip: float) -> tuple[torch.Tensor, torch.Tensor, 
     order = lp.argsort(0, descending=True)
     z = z.gather(0, order[..., None].expand(-1, -1, k))
     lp = lp.gather(0, order)
-    kept_z = torch.zeros(n, n_cand, k, dtype=z.dtype)
-    kept_lp = torch.full((n, n_cand), -math.inf, dtype=z.dtype)
-    count = torch.zeros(n, dtype=torch.long)
-    rows = torch.arange(n)
-    t = torch.arange(1, SEGMENT_POINTS + 1, dtype=z.dtype) / (SEGMENT_POINTS + 1)
+    dev = z.device
+    kept_z = torch.zeros(n, n_cand, k, dtype=z.dtype, device=dev)
+    kept_lp = torch.full((n, n_cand), -math.inf, dtype=z.dtype, device=dev)
+    count = torch.zeros(n, dtype=torch.long, device=dev)
+    rows = torch.arange(n, device=dev)
+    t = torch.arange(1, SEGMENT_POINTS + 1, dtype=z.dtype, device=dev) / (SEGMENT_POINTS + 1)
     for j in range(n_cand):
         c, lc = z[j], lp[j]  # (N, K), (N,)
         ok = torch.isfinite(lc)
@@ -172,14 +173,14 @@ def _distinct(model, x, z, lp, dip: float) -> tuple[torch.Tensor, torch.Tensor, 
         seg = other[None] + t[:, None, None, None] * (c[None, :, None] - other[None])  # (T, N, W, K)
         low = _log_joint(model, seg.transpose(1, 2), x).transpose(1, 2).amin(0)  # (T, W, N) -> (N, W)
         floor = torch.minimum(kept_lp[:, :width], lc[:, None]) + math.log(dip)
-        same = (torch.arange(width) < count[:, None]) & (low >= floor)
+        same = (torch.arange(width, device=dev) < count[:, None]) & (low >= floor)
         new = ok & ~same.any(-1)
         slot = count.clamp_max(n_cand - 1)
         kept_z[rows[new], slot[new]] = c[new]
         kept_lp[rows[new], slot[new]] = lc[new]
         count = count + new.long()
     width = max(1, int(count.max()))
-    valid = torch.arange(width) < count[:, None]
+    valid = torch.arange(width, device=dev) < count[:, None]
     return kept_z[:, :width], kept_lp[:, :width], valid
 
 
@@ -212,13 +213,13 @@ def find_maxima(
     # that no region of the prior is left without a start by chance
     sobol = torch.quasirandom.SobolEngine(k, scramble=True, seed=int(seed))
     sobol = sobol.draw(candidates, dtype=torch.float64)
-    base = 2.0 * torch.special.ndtri(sobol.clamp(1e-9, 1 - 1e-9)).to(x.dtype)
+    base = 2.0 * torch.special.ndtri(sobol.clamp(1e-9, 1 - 1e-9)).to(device=x.device, dtype=x.dtype)
     starts = [base[:, None, :].expand(candidates, n, k)]
     if extra is not None:
         extra = torch.as_tensor(extra)
         if extra.dim() != 3 or tuple(extra.shape[1:]) != (n, k):
             raise UsageError(f"extra candidates have shape {tuple(extra.shape)}; expected (L, {n}, {k})")
-        starts.append(extra.detach().to(x.dtype))
+        starts.append(extra.detach().to(device=x.device, dtype=x.dtype))
     z = torch.cat(starts)
     if z.shape[0] == 0:
         raise UsageError("find_maxima needs at least one candidate: candidates=0 and no extra")
@@ -229,7 +230,7 @@ def find_maxima(
     evals = evals.abs().clamp_min(EIG_FLOOR)
     log_mass = lp + 0.5 * k * math.log(2 * math.pi) - 0.5 * evals.log().sum(-1)
     cov = (evecs * evals.reciprocal()[..., None, :]) @ evecs.transpose(-1, -2)  # H^-1
-    eye = torch.eye(k, dtype=x.dtype)
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
     cov = torch.where(valid[..., None, None], 0.5 * (cov + cov.transpose(-1, -2)), eye)
     tril = torch.linalg.cholesky(cov)
     log_mass = log_mass.masked_fill(~valid, -math.inf)
@@ -259,15 +260,15 @@ def starting_points(
     big[:, 0] |= maxima.valid[:, 0]  # the best maximum always counts
     c = min(max(num_chains, int(big.sum(-1).max())), max_chains)
     gen = torch.Generator().manual_seed(int(seed) + 11)
-    count = torch.zeros(n, j, dtype=share.dtype)
-    rows = torch.arange(n)
+    count = torch.zeros(n, j, dtype=share.dtype, device=share.device)
+    rows = torch.arange(n, device=share.device)
     out = []
     for _ in range(c):
         # unvisited maxima of non-negligible mass first (by mass), then D'Hondt quotients
         prio = torch.where(count == 0, 2.0 + share, share / (count + 1)).masked_fill(~big, -math.inf)
         pick = prio.argmax(-1)
         jitter = count[rows, pick] > 0
-        eps = torch.randn(n, k, generator=gen, dtype=maxima.z.dtype)
+        eps = torch.randn(n, k, generator=gen, dtype=maxima.z.dtype).to(maxima.z.device)  # CPU stream
         shift = (maxima.tril[rows, pick] @ eps[..., None])[..., 0]
         out.append(maxima.z[rows, pick] + jitter[:, None] * shift)
         count[rows, pick] += 1

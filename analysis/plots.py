@@ -34,10 +34,18 @@ def save(fig, path) -> Path:
     return Path(path)
 
 
+def _device(model) -> torch.device:
+    """Where a model's tensors live (the CPU for one without any)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def _curve(model, latent_dim: int, n: int = 400, span: float = 3.0):
-    z = torch.zeros(n, latent_dim)
-    z[:, 0] = torch.linspace(-span, span, n)
+    """``(z_1, f(z))`` along the first latent axis, the others at zero, on the model's device."""
+    z = torch.zeros(n, latent_dim, device=_device(model))
+    z[:, 0] = torch.linspace(-span, span, n, device=z.device)
     return z[:, 0], model.mean(z)
 
 
@@ -84,12 +92,12 @@ def job_figures(truth, model, data, folder, title: str = "", seed: int = 0) -> l
         return out
 
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    zt, ft = _curve(truth, truth.latent_dim)
+    zt, ft = (t.cpu() for t in _curve(truth, truth.latent_dim))
     k = model.latent_dim
     if d == 1:
         ax.plot(zt, ft[:, 0], "k--", lw=1.5, label="ground truth f(z)")
         if k == 1:
-            zl, fl = _curve(model, 1)
+            zl, fl = (t.cpu() for t in _curve(model, 1))
             ax.plot(zl, fl[:, 0], lw=1.5, label="learned f(z)")
         ax.set_xlabel("z")
         ax.set_ylabel("f(z)")
@@ -97,11 +105,11 @@ def job_figures(truth, model, data, folder, title: str = "", seed: int = 0) -> l
         ax.scatter(x[:, 0], x[:, 1], s=1, c="0.85", label="data")
         ax.plot(ft[:, 0], ft[:, 1], "k--", lw=1.5, label="ground truth f(z)")
         if k == 1:
-            zl, fl = _curve(model, 1)
+            zl, fl = (t.cpu() for t in _curve(model, 1))
             sc = ax.scatter(fl[:, 0], fl[:, 1], c=zl, s=4, cmap="viridis", label="learned f(z)")
         else:
             zs = torch.randn(3000, k, generator=torch.Generator().manual_seed(seed))
-            fl = model.mean(zs)
+            fl = model.mean(zs.to(_device(model))).cpu()
             sc = ax.scatter(
                 fl[:, 0], fl[:, 1], c=zs[:, 0], s=2, cmap="viridis", label="learned f(z), z ~ p(z)"
             )

@@ -40,6 +40,23 @@ def peak_rss_mib(children: bool = False) -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20
 
 
+def load() -> str:
+    """The machine's load averages over 1, 5 and 15 minutes (``uptime``'s numbers)."""
+    if not hasattr(os, "getloadavg"):
+        return "load unknown"
+    return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def devices(choice: str) -> list[str]:
+    """The devices to measure on: ``"cpu"``, ``"cuda"``, or ``"auto"`` (the CPU, and the GPU
+    beside it when there is one)."""
+    import torch
+
+    if choice == "auto":
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    return [choice]
+
+
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 

@@ -40,7 +40,7 @@ from pyrofail.runs import (
     remove_stale_temporaries,
     versions,
 )
-from pyrofail.stages import jobs, report
+from pyrofail.stages import jobs, pool, report
 from pyrofail.stages.folder import RunFolder
 from pyrofail.stages.references import DEFAULT_POINTS
 from pyrofail.training import build
@@ -284,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers", type=int, metavar="N", help="jobs run in parallel in a local process pool (default 1)"
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="send every stage's tasks to the Dask cluster at ADDRESS (e.g. tcp://host:8786), or to "
+        "a local cluster of --workers processes started for the run ('local'); the run folder must be "
+        "on a filesystem all workers share, under the same path; needs the dask extra",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
@@ -541,9 +548,14 @@ def main(argv=None) -> int:
         _print_registry()
         return 0
     try:
+        scheduler = getattr(args, "scheduler", None)
+        if scheduler is not None:  # before the run folder is touched
+            from pyrofail.stages.dask_pool import check_address
+
+            check_address(scheduler)
         options, run = _start_run(args)
         workers = check_positive_int("--workers", getattr(args, "workers", 1))
-        return _run(options, run, workers, quiet="quiet" in args)
+        return _run(options, run, workers, quiet="quiet" in args, scheduler=scheduler)
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -570,7 +582,14 @@ def _describe_data(options: dict) -> dict:
     }
 
 
-def _run(options: dict, run: Path, workers: int, quiet: bool) -> int:
+def _run(options: dict, run: Path, workers: int, quiet: bool, scheduler: str | None = None) -> int:
+    with pool.scheduler(scheduler, workers, device=options["device"], quiet=quiet) as cluster:
+        if cluster is not None:  # workers elsewhere find the folder by its absolute path
+            run, workers = run.resolve(), cluster.workers
+        return _run_stages(options, run, workers, quiet)
+
+
+def _run_stages(options: dict, run: Path, workers: int, quiet: bool) -> int:
     run.mkdir(parents=True, exist_ok=True)
     config_path = run / "config.json"
     if not config_path.exists():

@@ -63,6 +63,7 @@ def fit(
     checkpoint: str | Path | None = None,
     progress: bool = False,
     callbacks: Sequence[Callable] = (),
+    compile: bool | None = None,
 ) -> FitResult:
     r"""Train a VAE (decoder and encoder) or only a guide, with vectorised restarts.
 
@@ -108,6 +109,10 @@ def fit(
         resumes from it and gives the same result as an uninterrupted fit.
     :param callbacks: functions ``cb(step, state)`` called after every step, where ``state``
         has ``model``, ``guide`` (batched), ``loss``, ``active``.
+    :param compile: take the training steps without Pyro's per-step tracing
+        (:mod:`pyrofail.training.compiled`: the same loss and gradients, the same draws);
+        ``None`` (default) does so for the mean-field guide with ``elbo`` or ``iwae``, ``False``
+        never, ``True`` insists (a :class:`~pyrofail.errors.UsageError` elsewhere).
     """
     options = {k: v for k, v in locals().items() if k != "x"}
     config, problem = resolve(x, **options)

@@ -145,6 +145,7 @@ def joint(config: FitConfig, problem: Problem) -> FitResult:
         progress=problem.progress,
         callbacks=problem.callbacks,
         label=f"{config.guide}/{config.objective} R={config.restarts}",
+        compile=problem.compile,
     )
     best, final = loop.select(state, loss, bmodel, bguide, val, config.seed, config.steps)
     ok = state.active.cpu() & torch.isfinite(final)

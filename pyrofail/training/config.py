@@ -100,6 +100,7 @@ class Problem:
     checkpoint: Path | None = None
     progress: bool = False
     callbacks: Sequence[Callable] = field(default_factory=tuple)
+    compile: bool | None = None
 
     def data(self, device) -> tuple[tuple, tuple]:
         """``((x, [y]), (x_val, [y_val]))`` on ``device``: what SVI steps and validation take."""
@@ -178,6 +179,7 @@ def resolve(
     checkpoint: str | Path | None = None,
     progress: bool = False,
     callbacks: Sequence[Callable] = (),
+    compile: bool | None = None,
 ) -> tuple[FitConfig, Problem]:
     """Validate the options of :func:`pyrofail.fit` and fill in their defaults."""
     if model is not None and truth is None and not learn_model:
@@ -293,5 +295,6 @@ def resolve(
         checkpoint=None if checkpoint is None else Path(checkpoint),
         progress=progress,
         callbacks=tuple(callbacks),
+        compile=None if compile is None else bool(compile),
     )
     return config, problem

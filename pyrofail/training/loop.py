@@ -18,8 +18,9 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI
 
-from pyrofail.errors import AllRestartsDiverged
+from pyrofail.errors import AllRestartsDiverged, UsageError
 from pyrofail.nn import restart_finite, restart_tensors
+from pyrofail.training import compiled
 from pyrofail.training.state import FitState
 
 __all__ = ["Batches", "lr_factor", "run", "select"]
@@ -118,10 +119,16 @@ def run(
     progress: bool = False,
     callbacks=(),
     label: str = "",
+    compile: bool | None = None,
 ) -> FitState:
     """Run SVI from ``state.step`` to ``steps``: one step per minibatch of ``train`` (``(x,)`` or
     ``(x, y)``), validation on ``val`` and a checkpoint every ``eval_every`` steps; returns the
-    final state (``state``, updated)."""
+    final state (``state``, updated).
+
+    ``compile``: take the steps through :class:`pyrofail.training.compiled.DirectStep` (the
+    same loss and gradients without Pyro's per-step tracing); ``None`` does so wherever
+    :func:`~pyrofail.training.compiled.supports` the model, guide and objective (unlabelled
+    data only: the semi-supervised model always steps through SVI)."""
     x = train[0]
     restarts = state.active.shape[0]
     active = state.active
@@ -132,6 +139,7 @@ def run(
         model_fn = poutine.block(model_fn, hide_types=["param"])
     guide_fn = poutine.mask(bguide, mask=active.unsqueeze(-1))
     svi = SVI(model_fn, guide_fn, optim, loss)
+    step_fn = _step_function(svi, bmodel, bguide, loss, optim, active, learn_model, compile, len(train))
     if state.torch_rng is not None:
         torch.set_rng_state(state.torch_rng)
     tensors_of = [bmodel, bguide]
@@ -145,7 +153,7 @@ def run(
             idx = batches(step).to(x.device)
             optim.set_lr(lr * lr_factor(step, steps))
             batch = tuple(t[idx] for t in train)
-            value = svi.step(*batch)
+            value = step_fn(*batch)
             if not math.isfinite(value):
                 dead = _find_diverged(bmodel, bguide, loss, batch, restarts) & active
                 state.freeze(dead, step)
@@ -195,6 +203,20 @@ def select(state: FitState, loss, bmodel, bguide, val, seed: int, steps: int) ->
         raise AllRestartsDiverged(f"every restart diverged (steps {state.diverged_at})")
     best = int(torch.where(ok, final, torch.tensor(-math.inf)).argmax())
     return best, final
+
+
+def _step_function(svi, bmodel, bguide, loss, optim, active, learn_model, compile, n_inputs=1):
+    """``svi.step``, or the direct step where it computes the same and is asked for."""
+    ok = n_inputs == 1 and compiled.supports(bmodel, bguide, loss) and hasattr(optim, "optimizer")
+    if compile and not ok:
+        raise UsageError(
+            f"compile=True needs a mean_field guide with the elbo or iwae objective and unlabelled "
+            f"data; got {type(bguide).__name__} with {type(loss).__name__}"
+            f"{' and labels' if n_inputs > 1 else ''}; use compile=False"
+        )
+    if compile is False or not ok:
+        return svi.step
+    return compiled.DirectStep(svi, bmodel, bguide, loss, optim, active, learn_model)
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str):
