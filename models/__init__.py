@@ -6,7 +6,9 @@ Importing this package registers the zoo entries.
 """
 
 from pyrofail.models.clusters import Clusters
+from pyrofail.models.degenerate_line import DegenerateLine, DegenerateLineContinuous
 from pyrofail.models.figure8 import Figure8
+from pyrofail.models.heteroscedastic import Heteroscedastic
 from pyrofail.models.latent_bernoulli import LatentBernoulli
 from pyrofail.models.latent_gaussian import Dataset, LatentGaussian
 from pyrofail.models.linear_gaussian import LinearGaussian
@@ -18,7 +20,10 @@ from pyrofail.models.two_factor import TwoFactorSmooth, TwoFactorSteps
 __all__ = [
     "Clusters",
     "Dataset",
+    "DegenerateLine",
+    "DegenerateLineContinuous",
     "Figure8",
+    "Heteroscedastic",
     "LabelledLatentGaussian",
     "LatentBernoulli",
     "LatentGaussian",

@@ -14,5 +14,6 @@ Example:
 
 from pyrofail.procedures.joint import joint
 from pyrofail.procedures.libi import libi
+from pyrofail.procedures.posthoc import posthoc_self_consistency
 
-__all__ = ["joint", "libi"]
+__all__ = ["joint", "libi", "posthoc_self_consistency"]
