@@ -49,6 +49,9 @@ class Heteroscedastic(Batched, PyroModule):
     :param hidden: hidden widths of the decoder MLP, from :math:`K` to :math:`2D` outputs (the
         means, then the log-variances).
     :param prior: ``"gaussian"`` or ``"bernoulli"``.
+    :param init_log_variance: added to the initial bias of the log-variance outputs (0: they
+        start near :math:`\log 1`). A variance that starts as wide as the data lets the decoder
+        explain them with no use of :math:`z`; starting narrower makes it use the latent.
     :param restarts: ``None``, or ``R`` for ``R`` independent copies in one batched module.
 
     Example:
@@ -68,6 +71,7 @@ class Heteroscedastic(Batched, PyroModule):
         activation: str = "leaky_relu",
         *,
         prior: str = "gaussian",
+        init_log_variance: float = 0.0,
         restarts: int | None = None,
     ):
         super().__init__()
@@ -76,6 +80,8 @@ class Heteroscedastic(Batched, PyroModule):
         self.prior_name = check_choice("prior", prior, PRIORS)
         self.restarts = restarts
         self.decoder = MLP((self.latent_dim, *hidden, 2 * self.data_dim), activation, restarts)
+        with torch.no_grad():  # where the log-variances start (an offset on their output bias)
+            self.decoder.biases[-1][..., self.data_dim :] += float(init_log_variance)
 
     def _outputs(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.decoder(z)

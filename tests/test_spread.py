@@ -99,6 +99,12 @@ def test_bound_stays_finite_as_the_empty_variance_goes_to_zero():
     assert abs(spread[2] - spread[1]) < 1e-4 < abs(spread[1] - spread[0])
 
 
+def test_a_continuous_guide_for_a_discrete_latent_is_a_usage_error():
+    model = Heteroscedastic(1, 2, hidden=(4,), prior="bernoulli")
+    with pytest.raises(pf.UsageError, match="discrete but the guide's is continuous"):
+        spread_bound(model.model, MeanFieldGuide(1, 2, hidden=(4,)), torch.zeros(3, 2), 0.1)
+
+
 def test_enumerate_latent():
     q = dist.Bernoulli(torch.full((3, 2), 0.3)).to_event(1)
     states = enumerate_latent(q)

@@ -177,6 +177,11 @@ def spread_bound(model, guide, x: torch.Tensor, s: float) -> torch.Tensor:
     for node in model_trace.nodes.values():
         if node["type"] != "sample":
             continue
+        if node["name"] == site["name"] and states is None and node["fn"].has_enumerate_support:
+            raise UsageError(
+                f"the model's {site['name']!r} is discrete but the guide's is continuous; "
+                "use a discrete guide (e.g. BernoulliLatentGuide)"
+            )
         # the latent site is observed here too (conditioned on z): only the data are spread
         observed = node["is_observed"] and node["name"] != site["name"]
         fn = spread_likelihood(node["fn"], s) if observed else node["fn"]

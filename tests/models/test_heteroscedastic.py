@@ -49,3 +49,13 @@ def test_batched_and_fit():
         torch.randn(60, 2), model=Heteroscedastic(1, 2, hidden=(5,)), noise_scale=1.0, restarts=2, steps=4
     )
     assert fit.model.restarts is None and torch.isfinite(fit.model.log_joint(z, x)).all()
+
+
+def test_init_log_variance_offsets_the_start():
+    torch.manual_seed(0)
+    a = Heteroscedastic(1, 2, hidden=(5,))
+    torch.manual_seed(0)
+    b = Heteroscedastic(1, 2, hidden=(5,), init_log_variance=-3.0)
+    z = torch.randn(4, 1)
+    assert torch.allclose(b.log_variance(z), a.log_variance(z) - 3.0, atol=1e-6)
+    assert torch.equal(b.mean(z), a.mean(z))
