@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from pyrofail.analysis import modes as _modes
+from pyrofail.analysis import quality
 from pyrofail.analysis import reference as _reference
 from pyrofail.analysis.modes import reference_modes
 
@@ -161,10 +162,13 @@ def _against(log_joint, q, zq: torch.Tensor, x: torch.Tensor, ref, modes_of_ref,
     }
 
 
-def _summary(per_point: dict, num_samples: int) -> dict:
+def _summary(per_point: dict, num_samples: int, usable: torch.Tensor) -> dict:
+    """Means (for k̂ the median and the share above the threshold) over the usable points."""
     out = {}
     for key, v in per_point.items():
-        v = v.double()
+        v = v.double()[usable]
+        if v.numel() == 0:
+            continue
         if key == "pareto_k":
             out["pareto_k_median"] = float(v.median())
             thr = pareto_k_threshold(num_samples)
@@ -190,8 +194,15 @@ def compare(
     seed: int = 0,
     modes=None,
     truth_modes=None,
+    gated: bool = True,
+    gate_options: dict | None = None,
 ) -> dict:
     r"""Posterior bias of ``guide`` (and ``model``) at every row of ``x`` (module docstring).
+
+    Points where a reference fails its quality gate (:func:`pyrofail.analysis.quality.gate`:
+    this model's reference, and the truth's where the truth is compared) are left out of every
+    mean and counted (``"usable"``, ``"excluded"``, ``"reasons"``); their per-point values are
+    kept. ``gated=False`` uses every point; ``gate_options`` go to the gate.
 
     :param reference: the reference posterior of ``model`` at ``x``
         (:func:`pyrofail.analysis.reference.reference_posterior`); computed with ``method``
@@ -201,10 +212,11 @@ def compare(
     :param num_samples: guide draws per point (ELBO, forward terms, PSIS).
     :param modes, truth_modes: precomputed
         :func:`~pyrofail.analysis.modes.reference_modes` of the two references.
-    :returns: ``{"n_points", "reference_method", "model": {"per_point", "mean"}, "truth":
-        {...} or None, "mleo": {"per_point", "mean", "stderr"} or None}``; ``per_point``
-        holds float64 tensors ``(N,)`` of every quantity, ``mean`` their means as floats
-        (for :math:`\hat k` its median and the share of points above the threshold).
+    :returns: ``{"n_points", "reference_method", "usable" (N,) bool, "excluded", "reasons",
+        "model": {"per_point", "mean"}, "truth": {...} or None, "mleo": {"per_point", "mean",
+        "stderr"} or None}``; ``per_point`` holds float64 tensors ``(N,)`` of every quantity,
+        ``mean`` their means over the usable points as floats (for :math:`\hat k` its median
+        and the share of points above the threshold).
     """
     if reference is None:
         reference = _reference.reference_posterior(model, x, method, num_draws=num_draws, seed=seed)
@@ -215,23 +227,35 @@ def compare(
         q = g.distribution(xd)
         zq = q.sample((num_samples,))  # (S, N, K)
     per_model = _against(m.log_joint, q, zq, xd, reference, modes, seed)
+    if truth is not None and truth_reference is None:
+        truth_reference = _reference.reference_posterior(truth, x, method, num_draws=num_draws, seed=seed)
+    usable = torch.ones(xd.shape[0], dtype=torch.bool)
+    reasons = [""] * xd.shape[0]
+    if gated:
+        refs = [("model", reference)] + ([("truth", truth_reference)] if truth is not None else [])
+        for name, ref in refs:
+            q_ref = quality.gate(ref, **(gate_options or {}))
+            usable &= q_ref.ok
+            reasons = [f"{a}; {name}: {b}".strip("; ") if b else a for a, b in zip(reasons, q_ref.reasons())]
     out = {
         "n_points": int(xd.shape[0]),
         "reference_method": _reference.method(reference),
-        "model": {"per_point": per_model, "mean": _summary(per_model, num_samples)},
+        "usable": usable,
+        "excluded": int((~usable).sum()),
+        "reasons": reasons,
+        "model": {"per_point": per_model, "mean": _summary(per_model, num_samples, usable)},
         "truth": None,
         "mleo": None,
     }
     if truth is None:
         return out
-    if truth_reference is None:
-        truth_reference = _reference.reference_posterior(truth, x, method, num_draws=num_draws, seed=seed)
     log_px_truth = _reference.log_px(truth_reference)[0].double()
     diff = log_px_truth - per_model["log_px"]
+    kept = diff[usable]
     out["mleo"] = {
         "per_point": diff,
-        "mean": float(diff.mean()),
-        "stderr": float(diff.std() / math.sqrt(diff.numel())) if diff.numel() > 1 else 0.0,
+        "mean": float(kept.mean()) if kept.numel() else math.nan,
+        "stderr": float(kept.std() / math.sqrt(kept.numel())) if kept.numel() > 1 else 0.0,
     }
     if truth.latent_dim == model.latent_dim:
         per_truth = _against(_double(truth).log_joint, q, zq, xd, truth_reference, truth_modes, seed)
@@ -239,5 +263,5 @@ def compare(
         zm, _ = _resample(*_reference.draws(reference), ENERGY_SAMPLES, seed + 1)
         zt, lwt = _reference.draws(truth_reference)
         per_truth["posterior_shift"] = _energy(zm.to(xd), zt.to(xd), lwt.to(xd), seed + 2)[1]
-        out["truth"] = {"per_point": per_truth, "mean": _summary(per_truth, num_samples)}
+        out["truth"] = {"per_point": per_truth, "mean": _summary(per_truth, num_samples, usable)}
     return out

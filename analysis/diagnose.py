@@ -232,8 +232,8 @@ def conclude(ev: dict, *, learn_noise: bool = False) -> dict:
     if not cx1:
         failure = "none"
         sentences.append(
-            "Verdict: no failure is predicted; the true posteriors are close enough to mean-field "
-            "Gaussians that the ELBO has no measurable reason to move away from the truth."
+            f"Verdict: no failure is predicted; {ref}'s posteriors are close enough to mean-field "
+            f"Gaussians that the ELBO has no measurable reason to move away from {ref}."
         )
     elif is_simpler and is_worse:
         failure = "data distribution"
@@ -276,7 +276,7 @@ def conclude(ev: dict, *, learn_noise: bool = False) -> dict:
         carried = f", {percent(share)} of its total," if share is not None else ""
         sentences.append(
             f"The MFG guide's PMO gap is {number(mf['pmo_gap_hard'])} nats on the "
-            f"{percent(t['share_hard'])} of points with hard true posteriors{carried} and "
+            f"{percent(t['share_hard'])} of points with hard posteriors under {ref}{carried} and "
             f"{number(mf['pmo_gap_easy'])} nats on the others."
         )
     if learn_noise:

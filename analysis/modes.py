@@ -52,6 +52,7 @@ MIN_MASS = 0.02
 NEIGHBOURS = 0.1
 REACH = 3.0  # tau = REACH * h
 PILOT = 10  # neighbour rank of the pilot density
+EXACT = "donot_use_mm_for_euclid_dist"  # cdist by differences: exact for near points far from zero
 
 
 def _as_batch(draws: torch.Tensor, log_weights):
@@ -122,8 +123,10 @@ def _modes_chunk(
     if m < 3:
         return torch.zeros(n, m, dtype=torch.long, device=y.device)
     rows = torch.arange(n, device=y.device)
-    y = y.float()  # distances and densities in single precision: half the time, ample accuracy
-    dist = torch.cdist(y, y)  # (n, M, M)
+    # distances in double precision and by differences, not the matrix-product formula: draws of a
+    # narrow mode far from zero differ in digits that single precision and |a|^2 + |b|^2 - 2ab lose
+    y = y.double()
+    dist = torch.cdist(y, y, compute_mode=EXACT)  # (n, M, M)
     kk = min(m - 1, neighbours or max(5, int(NEIGHBOURS * m)))
     nn_dist, nn_idx = dist.topk(min(m, 2 * kk + 1), dim=-1, largest=False)  # the graph (self first)
     tiny = 1e-9 * (1 + y.abs().amax((1, 2)))[:, None]  # guards against identical draws
@@ -139,7 +142,7 @@ def _modes_chunk(
         hj = h[:, None, :]
         dens = torch.logsumexp(d2.mul_(-0.5 / hj.square()).sub_(k_dim * hj.log()), -1)  # (n, M)
     else:
-        dens = log_density.float()
+        dens = log_density.double()
     del dist, d2
     # the neighbourhood graph: the 2k nearest neighbours within reach
     h_nb = h.gather(1, nn_idx.reshape(n, -1)).reshape(nn_idx.shape)
@@ -278,7 +281,7 @@ def assign(
         )
     out = []
     for i in range(0, s.shape[0], chunk):
-        d = torch.cdist(s[i : i + chunk].float(), c[i : i + chunk].float())
+        d = torch.cdist(s[i : i + chunk].double(), c[i : i + chunk].double(), compute_mode=EXACT)
         out.append(lab[i : i + chunk].gather(1, d.argmin(-1)))
     out = torch.cat(out)
     return out[0] if single else out

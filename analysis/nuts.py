@@ -14,10 +14,18 @@ The sub-problems :math:`z_{c,n}` are independent, so this is ``C N`` chains shar
 size and one trajectory length; the warm-up adapts a diagonal mass matrix, i.e. one scale per
 coordinate, so points with narrow and wide posteriors are each sampled at their own scale. It
 starts from the curvature at the starting points (:func:`curvature_scales`) rather than
-from the identity. Chains start from ``init="modes"``: for every point, ``init_candidates``
-over-dispersed draws :math:`\mathcal N(0, 4 I)` climb :math:`\log p(x, z)` by Adam, and the
-``C`` chains start at mutually farthest end points among those within 10 nats of the best, so
-that separated modes each get a chain.
+from the identity.
+
+**Starting points, by mass.** The local maxima of :math:`\log p(x, z)` of every point are found
+by multi-start optimisation from ``init_candidates`` quasi-random over-dispersed starts and any
+``extra_candidates`` (a trained guide's draws, say), and each gets its Laplace mass
+(:mod:`pyrofail.analysis.maxima`). Chains start by mass, not by peak height: one at every maximum
+holding at least half a percent of the Laplace mass, the rest shared in proportion to mass
+(:func:`~pyrofail.analysis.maxima.starting_points`), so that a broad heavy mode below a narrow
+peak gets a chain, and a point with more modes than ``num_chains`` gets more chains: the chain
+count ``C`` is the same for every point, the largest number any point needs, at most
+``max_chains``. A maximum that still has no chain keeps a component in the importance proposal,
+so its mass is estimated and reported (``unrepresented_mass``).
 
 The draws are then re-weighted so that every mode gets its posterior mass
 (:mod:`pyrofail.analysis.reweight`), which also gives :math:`\log p(x)` and the diagnostics.
@@ -35,6 +43,7 @@ import pyro
 import torch
 from pyro.infer import MCMC, NUTS
 
+from pyrofail.analysis.maxima import curvature, find_maxima, starting_points
 from pyrofail.analysis.reference_data import provenance
 from pyrofail.analysis.reweight import from_draws
 from pyrofail.errors import UsageError, check_choice, check_positive_int
@@ -51,46 +60,30 @@ __all__ = [
 INITS = ("modes", "prior")
 PRECONDITIONS = ("block", "diagonal")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-INIT_WINDOW = 10.0  # nats below the best end point that still count as a mode to start from
+MAX_CHAINS = 16  # default cap on the chains per point that starting by mass may ask for
+START_SHARE = 0.005  # a maximum with this share of the Laplace mass gets a chain of its own
 
 
 # -- initialisation ------------------------------------------------------------------------
-def _farthest(cand: torch.Tensor, logp: torch.Tensor, c: int) -> torch.Tensor:
-    """``c`` mutually farthest rows of ``cand`` ``(L, N, K)`` per point, among those within
-    ``INIT_WINDOW`` nats of the best (farthest-point sampling, starting at the best)."""
-    n = cand.shape[1]
-    rows = torch.arange(n)
-    good = logp >= logp.amax(0) - INIT_WINDOW  # (L, N)
-    chosen = [logp.argmax(0)]  # (N,)
-    mind = (cand - cand[chosen[0], rows]).norm(dim=-1)  # (L, N)
-    for _ in range(c - 1):
-        score = torch.where(good, mind, torch.full_like(mind, -1.0))
-        nxt = score.argmax(0)
-        chosen.append(nxt)
-        mind = torch.minimum(mind, (cand - cand[nxt, rows]).norm(dim=-1))
-    return torch.stack([cand[i, rows] for i in chosen])  # (C, N, K)
-
-
 def initial_points(
-    model, x: torch.Tensor, num_chains: int, *, candidates: int = 32, steps: int = 200, lr: float = 0.05
+    model,
+    x: torch.Tensor,
+    num_chains: int,
+    *,
+    candidates: int = 32,
+    extra: torch.Tensor | None = None,
+    max_chains: int = MAX_CHAINS,
+    steps: int = 200,
+    lr: float = 0.05,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Dispersed starting points ``(C, N, K)``: local maxima of :math:`\\log p(x, z)` reached
-    by Adam from ``candidates`` over-dispersed draws :math:`\\mathcal N(0, 4 I)` per point, the
-    ``C`` mutually farthest of those within 10 nats of the best kept (:func:`_farthest`)."""
-    k = model.latent_dim
-    z = (2.0 * torch.randn(candidates, x.shape[0], k, dtype=x.dtype)).requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in range(steps):
-        opt.zero_grad()
-        (-model.log_joint(z, x).sum()).backward()
-        opt.step()
-        sched.step()
-    z = z.detach()
-    with torch.no_grad():
-        logp = model.log_joint(z, x)
-    logp = torch.where(torch.isfinite(logp), logp, torch.full_like(logp, -math.inf))
-    return _farthest(z, logp, num_chains)
+    """Starting points ``(C, N, K)`` by mass: the local maxima of :math:`\\log p(x, z)` from
+    ``candidates`` quasi-random starts and the ``extra`` ones
+    (:func:`~pyrofail.analysis.maxima.find_maxima`), one chain at each of non-negligible Laplace
+    mass and the rest by mass (:func:`~pyrofail.analysis.maxima.starting_points`);
+    ``num_chains <= C <= max_chains``."""
+    found = find_maxima(model, x, candidates=candidates, extra=extra, steps=steps, lr=lr, seed=seed)
+    return starting_points(found, num_chains, max(num_chains, max_chains), min_share=START_SHARE, seed=seed)
 
 
 # -- the sampler ---------------------------------------------------------------------------
@@ -143,24 +136,6 @@ class _PointwiseNUTS(NUTS):
             culprit[d_energy.argmax()] = True
             self.point_divergences.append((self._t - self._warmup_steps, culprit.nonzero().flatten()))
         return tree
-
-
-def curvature(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    r"""The Hessian blocks :math:`\nabla^2_{z_{c,n}} U` ``(C, N, K, K)`` of
-    :math:`U = -\log p(x, z)` at ``z`` ``(C, N, K)``, by ``K`` Hessian-vector products: the
-    sub-problems are independent, so the product with a vector that is 1 at latent ``j`` of
-    every sub-problem is column ``j`` of every block."""
-    c, n, k = z.shape
-    z = z.detach().clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(-model.log_joint(z, x).sum(), z, create_graph=True)
-    cols = []
-    for j in range(k):
-        v = torch.zeros_like(z)
-        v[..., j] = 1.0
-        (hv,) = torch.autograd.grad(grad, z, v, retain_graph=j < k - 1)
-        cols.append(hv)
-    h = torch.stack(cols, -1).detach()
-    return torch.nan_to_num(0.5 * (h + h.transpose(-1, -2)), nan=0.0)
 
 
 def curvature_scales(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -282,6 +257,7 @@ def nuts_reference(
     num_draws: int = 2000,
     seed: int = 0,
     num_chains: int = 4,
+    max_chains: int = MAX_CHAINS,
     num_warmup: int = 500,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
@@ -289,6 +265,7 @@ def nuts_reference(
     precondition: str = "diagonal",
     init="modes",
     init_candidates: int = 32,
+    extra_candidates: torch.Tensor | None = None,
     num_importance: int = 4000,
     defensive: float = 0.1,
     dtype: str = "float64",
@@ -296,9 +273,11 @@ def nuts_reference(
 ):
     r"""The reference posterior of ``model`` at every row of ``x`` by NUTS (module docstring).
 
-    :param num_draws: draws kept per point after warm-up, over all chains (each chain keeps
-        ``ceil(num_draws / num_chains)``).
-    :param num_chains: chains per point, ``C`` (at least 2, so that :math:`\hat R` exists).
+    :param num_draws: draws kept per point after warm-up over ``num_chains`` chains: each chain
+        keeps ``ceil(num_draws / num_chains)``, and starting by mass may add chains.
+    :param num_chains: the least number of chains per point (at least 2, so that :math:`\hat R`
+        exists).
+    :param max_chains: the most chains per point that starting by mass may use (``init="modes"``).
     :param num_warmup: warm-up iterations (step size and diagonal mass matrix adaptation).
     :param target_accept_prob: the step-size adaptation's target acceptance probability.
     :param max_tree_depth: at most :math:`2^{\text{depth}}` leapfrog steps per iteration.
@@ -309,10 +288,12 @@ def nuts_reference(
         :math:`K \times K` block per chain and point: :func:`block_preconditioner`);
         ``"diagonal"``: sample :math:`z`, with the diagonal mass matrix started from the
         Hessian's diagonal. Either way the warm-up then adapts a diagonal mass matrix.
-    :param init: ``"modes"`` (multi-start optimisation, then farthest points), ``"prior"``
-        (independent prior draws), or a tensor ``(C, N, K)`` of starting points (a guide's
-        draws, say).
-    :param init_candidates: optimisation starts per point for ``init="modes"``.
+    :param init: ``"modes"`` (chains at the local maxima by mass: module docstring),
+        ``"prior"`` (independent prior draws), or a tensor ``(num_chains, N, K)`` of starting
+        points. The maxima are found in every case, for the importance proposal.
+    :param init_candidates: quasi-random optimisation starts per point.
+    :param extra_candidates: further optimisation starts ``(L, N, K)``, e.g. draws of a trained
+        guide at ``x``.
     :param num_importance: importance draws per point for the re-weighting and
         :math:`\log p(x)`.
     :param defensive: weight :math:`\alpha` of the prior in the importance proposal.
@@ -321,6 +302,7 @@ def nuts_reference(
     """
     num_draws = check_positive_int("num_draws", num_draws)
     num_chains = check_positive_int("num_chains", num_chains, minimum=2)
+    max_chains = check_positive_int("max_chains", max_chains, minimum=num_chains)
     num_warmup = check_positive_int("num_warmup", num_warmup, minimum=0)
     max_tree_depth = check_positive_int("max_tree_depth", max_tree_depth)
     init_candidates = check_positive_int("init_candidates", init_candidates)
@@ -335,9 +317,19 @@ def nuts_reference(
     check_choice("precondition", precondition, PRECONDITIONS)
     if not isinstance(init, torch.Tensor):
         check_choice("init", init, INITS)
+    n, k = x.shape[0], model.latent_dim
+    if isinstance(init, torch.Tensor) and tuple(init.shape) != (num_chains, n, k):
+        raise UsageError(f"init has shape {tuple(init.shape)}; expected ({num_chains}, {n}, {k})")
+    if extra_candidates is not None:
+        extra_candidates = torch.as_tensor(extra_candidates)
+        if extra_candidates.dim() != 3 or tuple(extra_candidates.shape[1:]) != (n, k):
+            raise UsageError(
+                f"extra_candidates has shape {tuple(extra_candidates.shape)}; expected (L, {n}, {k})"
+            )
     options = {
         "num_draws": num_draws,
         "num_chains": num_chains,
+        "max_chains": max_chains,
         "num_warmup": num_warmup,
         "target_accept_prob": target_accept_prob,
         "max_tree_depth": max_tree_depth,
@@ -345,13 +337,11 @@ def nuts_reference(
         "precondition": precondition,
         "init": init if isinstance(init, str) else "given",
         "init_candidates": init_candidates,
+        "extra_candidates": 0 if extra_candidates is None else int(extra_candidates.shape[0]),
         "num_importance": num_importance,
         "defensive": defensive,
         "dtype": dtype,
     }
-    n, k = x.shape[0], model.latent_dim
-    if isinstance(init, torch.Tensor) and tuple(init.shape) != (num_chains, n, k):
-        raise UsageError(f"init has shape {tuple(init.shape)}; expected ({num_chains}, {n}, {k})")
     work = copy.deepcopy(model).to(DTYPES[dtype])
     work.requires_grad_(False)
     x = x.detach().to(DTYPES[dtype])
@@ -359,13 +349,14 @@ def nuts_reference(
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
+        with pyro.validation_enabled(False):
+            maxima = find_maxima(work, x, candidates=init_candidates, extra=extra_candidates, seed=seed)
         if isinstance(init, torch.Tensor):
             z0 = init.detach().to(x.dtype)
         elif init == "prior":
             z0 = torch.randn(num_chains, n, k, dtype=x.dtype)
         else:
-            with pyro.validation_enabled(False):
-                z0 = initial_points(work, x, num_chains, candidates=init_candidates)
+            z0 = starting_points(maxima, num_chains, max_chains, min_share=START_SHARE, seed=seed)
         z, diverging, stats = sample_nuts(
             work,
             x,
@@ -378,6 +369,7 @@ def nuts_reference(
             precondition=precondition,
             progress=progress,
         )
+    stats["chains"] = int(z0.shape[0])
     attrs = {**provenance("nuts", seed, options), "sampler": stats}
     ref = from_draws(
         work,
@@ -388,6 +380,7 @@ def nuts_reference(
         defensive=defensive,
         seed=seed,
         attrs=attrs,
+        maxima=maxima,
     )
     stats["total_seconds"] = time.perf_counter() - start
     ref.posterior.attrs["sampler"] = json.dumps(stats)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
+from pyrofail.analysis.semisupervised import counterfactual_error
 from pyrofail.runs import atomic_write_bytes
 
-__all__ = ["failure_map_figure", "job_figures", "robustness_figure", "save"]
+__all__ = ["class_curves_figure", "failure_map_figure", "job_figures", "robustness_figure", "save"]
 
 
 def _pyplot():
@@ -183,3 +184,36 @@ def robustness_figure(path, process: str, records: dict) -> Path:
     ax.legend(fontsize=7)
     ax.set_title(f"{process}: the encoder under attack (dashed: the exact posterior, same δ)", fontsize=8)
     return save(fig, path)
+
+
+@torch.no_grad()
+def class_curves_figure(truth, model, data, folder, title: str = "", arrows: int = 6) -> list[Path]:
+    """The semi-supervised model's class curves :math:`z \\mapsto f_\\theta(z, y)` over the
+    truth's (dashed), on the test data coloured by class, with the counterfactuals of a few test
+    points ("had it been of the other class"): an arrow to the learned one and a dotted one to
+    the truth's (:func:`pyrofail.analysis.semisupervised.counterfactual_error`)."""
+    plt = _pyplot()
+    folder = Path(folder)
+    fig, ax = plt.subplots(figsize=(5.0, 4.2))
+    x, y = data.x.cpu(), data.y.cpu()
+    for c, colour in ((0, "tab:blue"), (1, "tab:orange")):
+        pts = x[y == c]
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.3, color=colour, label=f"data, y = {c}")
+        z = torch.linspace(-3, 3, 400, dtype=torch.float64)[:, None]
+        labels = torch.full((400,), c, dtype=torch.long)
+        ft = truth.double().curve(z, labels)
+        fl = model.double().curve(z.to(model.log_noise.device), labels.to(model.log_noise.device)).cpu()
+        ax.plot(ft[:, 0], ft[:, 1], "--", color=colour, lw=1.2, label=f"true f(z, {c})")
+        ax.plot(fl[:, 0], fl[:, 1], "-", color=colour, lw=1.8, label=f"learned f(z, {c})")
+    picks = torch.linspace(0, len(x) - 1, arrows).long()
+    cf = counterfactual_error(model, None, x[picks].double(), y[picks], truth)
+    for i, p in enumerate(picks.tolist()):
+        start = tuple(x[p].tolist())
+        for end, style in ((cf["counterfactuals"][i], "-"), (cf["true_counterfactuals"][i], ":")):
+            ax.annotate(
+                "", xy=tuple(end.tolist()), xytext=start, arrowprops={"arrowstyle": "->", "ls": style}
+            )
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(fontsize=6, markerscale=3, loc="lower center", ncol=2)
+    ax.set_title(f"{title}\nclass curves; counterfactuals: learned (solid), true (dotted)", fontsize=8)
+    return [save(fig, folder / "class_curves.png")]

@@ -52,7 +52,7 @@ def _grid_reference(model, x, num_draws: int, seed: int, options: dict):
         log_px_stderr=torch.zeros(n, dtype=torch.float64),
         mean=post.mean,
         cov=post.cov,
-        diagnostics={"boundary_mass": post.boundary_mass},
+        diagnostics={"boundary_mass": post.boundary_mass, "unresolved_mass": post.unresolved_mass},
         attrs={**provenance("grid", seed, options), "mesh": post.mesh_info},
         lp=lp,
     )

@@ -9,40 +9,51 @@ mode's mass :math:`P_m` is estimated by importance sampling (defensive mixtures:
 
 .. math::
 
-    q(z) = \sum_m \pi_m \Big[\beta\, t_4\big(z; \bar z_m, \hat\Sigma_m\big)
-        + (1 - \beta - \alpha) \frac1J \sum_{j=1}^{J} \mathcal N\big(z; z_{m,j}, h^2 \hat\Sigma_m\big)\Big]
-        + \alpha\, \mathcal N(0, I),
+    q(z) = (1 - \alpha) \sum_m \pi_m q_m(z) + \alpha\, \mathcal N(0, I), \qquad
+    q_m(z) = \beta\, t_4\big(z; \bar z_m, \hat\Sigma_m\big)
+        + (1 - \beta - \lambda_m) \frac1J \sum_{j=1}^{J} \mathcal N\big(z; z_{m,j}, h^2 \hat\Sigma_m\big)
+        + \frac{\lambda_m}{|A_m|} \sum_{a \in A_m} t_4\big(z; z^*_a, H_a^{-1}\big),
 
-a Student-t and a kernel mixture on ``J`` of the mode's draws (Silverman's :math:`h`) for every
-mode, with mode weights :math:`\pi_m` from the Laplace approximation of the modes' masses
-(mixed with equal weights), and the prior as a defensive component (``defensive`` =
-:math:`\alpha`). With ``num_importance`` draws :math:`z_s \sim q` and weights
-:math:`w_s = p(x, z_s) / q(z_s)`:
+for every mode ``m`` of the draws a Student-t, a kernel mixture on ``J`` of the mode's draws
+(Silverman's :math:`h`) and a Student-t on the Laplace approximation of every local maximum
+:math:`z^*_a` of :math:`\log p(x, z)` that the mode holds (``maxima``:
+:mod:`pyrofail.analysis.maxima`; :math:`\lambda_m = 0.1` when it holds any). A maximum that no
+mode of the draws holds (:func:`cover`: no draw on its side of every valley, as when no chain
+visited it, or its chain wandered off) is a mode of its own, :math:`q_m = t_4(z; z^*_a,
+H_a^{-1})`: its mass is estimated all the same. Mode weights :math:`\pi_m` come from the
+Laplace approximation of the modes' masses (mixed with equal weights), and the prior is a
+defensive component (``defensive`` = :math:`\alpha`). With ``num_importance`` draws
+:math:`z_s \sim q` and weights :math:`w_s = p(x, z_s) / q(z_s)`:
 
 * :math:`\log p(x) = \log \frac1S \sum_s w_s`, with the delta-method standard error
   :math:`\sqrt{(\overline{w^2}/\bar w^2 - 1)/S}`;
-* :math:`P_m = \sum_s \tilde w_s\, r_m(z_s)`, with :math:`\tilde w` the Pareto-smoothed
-  normalised weights (``arviz.psislw``) and :math:`r_m` the share of mode ``m``'s components
-  in the proposal density at :math:`z_s`;
+* ``missing_mass`` :math:`= \sum_s \tilde w_s [\text{the prior component dominates } q(z_s)]`,
+  with :math:`\tilde w` the Pareto-smoothed normalised weights (``arviz.psislw``): posterior
+  mass outside every mode found;
+* :math:`P_m = \sum_s \tilde w_s\, [\text{not so}]\, r_m(z_s)`, :math:`r_m` the share of mode
+  ``m``'s components in the proposal density at :math:`z_s`; so
+  :math:`\sum_m P_m = 1 - \text{missing\_mass}`: mass no mode explains is never renormalised
+  away, and ``unrepresented_mass`` is the :math:`P_m` of the modes without draws;
 * every NUTS draw in mode ``m`` weighs :math:`P_m / S_m`, :math:`S_m` the number of pooled
   draws in it (``sample_stats.log_weight``): within a mode the draws of every chain sample
   the posterior restricted to that mode, whichever chain they come from, so the weighted
   draws follow the posterior with the right mode masses even when a chain crosses now and then.
+  Normalised over the draws, these weights necessarily leave out ``missing_mass`` and
+  ``unrepresented_mass``: the draws are off by about that much, which the quality gate
+  (:mod:`pyrofail.analysis.quality`) reads.
 
-``missing_mass`` is the weighted mass of importance draws where the prior component dominates
-the proposal: posterior mass that no chain found. A Pareto :math:`\hat k` (``pareto_k``) above
-0.7 says the weights, and so :math:`\log p(x)` and the mode masses, are unreliable there.
-
-**Diagnostics** per point (``diagnostics`` group): ``rhat``, the rank-normalised split
-:math:`\hat R` (Vehtari et al. 2021), the larger of bulk and tail, largest over latents: over
-all chains, or, where that is larger, within each mode over the chains' draws in it (chains in
-different modes differ by design), largest over modes; ``ess``,
-:math:`1 / \sum_m P_m^2 / \mathrm{ESS}_m`, with :math:`\mathrm{ESS}_m` the sum over chains of
-their bulk ESS (of the draws less their mode's mean) times the fraction of their draws in mode
-``m``; ``divergences``, divergent transitions of the point's chains after warm-up (a divergent
-joint trajectory is charged to the sub-problems whose own energy error explains it);
-``pareto_k``; ``missing_mass``; ``num_modes``; ``mode_mass`` :math:`P_m`. :mod:`pyrofail.analysis.stats`
-computes them.
+**Diagnostics** per point (``diagnostics`` group), computed by :mod:`pyrofail.analysis.stats`:
+``rhat``, the rank-normalised split :math:`\hat R` (Vehtari et al. 2021), the larger of bulk and
+tail, largest over latents, over all chains (large wherever chains sit in different modes: by
+design, as chains start at every mode); ``rhat_within_modes``, the same within each mode over
+the chains' draws in it, largest over modes (NaN when no mode has enough draws), the one to
+gate on; ``ess``, :math:`1 / \sum_m \bar P_m^2 / \mathrm{ESS}_m` (:math:`\bar P_m` the draws'
+normalised mode weights), with :math:`\mathrm{ESS}_m` the sum over chains of their bulk ESS
+(of the draws less their mode's mean) times the fraction of their draws in mode ``m``;
+``divergences``, divergent transitions of the point's chains after warm-up (a divergent joint
+trajectory is charged to the sub-problems whose own energy error explains it); ``pareto_k``;
+``missing_mass``; ``unrepresented_mass``; ``num_modes`` (the draws' modes and the unrepresented
+ones of at least ``modes.MIN_MASS``); ``mode_mass`` :math:`P_m`, the draws' modes first.
 """
 
 from __future__ import annotations
@@ -55,26 +66,58 @@ import pyro.distributions as dist
 import torch
 
 from pyrofail.analysis import stats
-from pyrofail.analysis.modes import assign, find_modes
+from pyrofail.analysis.maxima import Maxima, find_maxima
+from pyrofail.analysis.modes import DIP, MIN_MASS, assign, find_modes
 from pyrofail.analysis.reference_data import arviz, build_inference_data
 
-__all__ = ["from_draws", "mode_masses_by_importance"]
+__all__ = ["cover", "from_draws", "mode_masses_by_importance"]
 
 STUDENT_DF = 4.0
-STUDENT_WEIGHT = 0.2  # of the Student-t components in the importance proposal
+STUDENT_WEIGHT = 0.2  # of the Student-t components, within a mode's share of the proposal
+LAPLACE_WEIGHT = 0.1  # of the Laplace components of the maxima a mode holds, within its share
 FLOOR = 0.2  # share of the mode weights spread equally over the modes
 KERNELS = 64  # kernels per mode and latent dimension in the importance proposal
+COVER_POINTS = 16  # points on the segment from a maximum to the nearest draw
+
+
+def _t_draw(loc, tril, eps, chi2):
+    return loc + torch.sqrt(STUDENT_DF / chi2)[..., None] * (tril @ eps[..., None])[..., 0]
+
+
+def cover(model, x, pooled, lp, lab, maxima: Maxima, dip: float = DIP) -> torch.Tensor:
+    r"""The mode of the draws that holds each maximum, ``(N, J)``, or ``-1`` where none does.
+
+    A maximum :math:`z^*` belongs to the mode of the draw nearest to it (in its Laplace metric)
+    when :math:`\log p(x, z)` on the segment between them never falls below ``dip`` times the
+    lower of the two ends (the persistence rule of :mod:`pyrofail.analysis.modes`): no valley
+    separates them. A maximum with no draw on its side of every valley is a mode no chain visited.
+    """
+    n, j_max, k = maxima.z.shape
+    rows = torch.arange(n)
+    nearest = torch.zeros(n, j_max, dtype=torch.long)
+    for j in range(j_max):  # one maximum at a time bounds the memory at (N, T, K)
+        diff = (pooled - maxima.z[:, j, None]).transpose(1, 2)  # (N, K, T)
+        white = torch.linalg.solve_triangular(maxima.tril[:, j], diff, upper=False)
+        nearest[:, j] = white.square().sum(1).argmin(-1)
+    zd = pooled[rows[:, None], nearest]  # (N, J, K)
+    t = torch.arange(1, COVER_POINTS + 1, dtype=pooled.dtype) / (COVER_POINTS + 1)
+    seg = maxima.z[None] + t[:, None, None, None] * (zd - maxima.z)[None]  # (T, N, J, K)
+    with torch.no_grad():
+        low = model.log_joint(seg.transpose(1, 2), x).nan_to_num(nan=-math.inf).amin(0).T  # (N, J)
+    ends = torch.minimum(maxima.log_joint, lp[rows[:, None], nearest])
+    covered = maxima.valid & (low >= ends + math.log(dip))
+    return torch.where(covered, lab[rows[:, None], nearest], torch.full_like(nearest, -1))
 
 
 class _Proposal:
-    r"""The importance proposal of one chunk of points: per mode ``g`` of each point, a
-    Student-t (``t``) and a Gaussian kernel mixture on ``J = 64 K`` (at most 256) of the mode's
-    draws (``kde``, with the mode's covariance times Silverman's factor), and the prior. Weights:
-    ``student`` and ``1 - student - defensive``, each shared among the point's modes by their
-    Laplace masses (mixed with equal shares), and ``defensive`` for the prior.
+    r"""The importance proposal of one chunk of points (module docstring). Components, in order:
+    per mode ``g`` of the draws a Student-t (``t``) and a Gaussian kernel mixture on ``J = 64 K``
+    (at most 256) of the mode's draws (``kde``, with the mode's covariance times Silverman's
+    factor); per maximum of the optimisation a Student-t on its Laplace approximation; the
+    prior. The groups (modes) are the modes of the draws, then the maxima no draw covers.
     """
 
-    def __init__(self, pooled, lab, lp, n_modes: int, defensive: float, student: float, gen, kernels=None):
+    def __init__(self, pooled, lab, lp, n_modes: int, maxima, group, defensive: float, gen, kernels=None):
         n, t, k = pooled.shape
         dtype = pooled.dtype
         kernels = kernels or min(256, KERNELS * k)  # more kernels in more dimensions
@@ -84,9 +127,9 @@ class _Proposal:
         dev = pooled[:, None] - loc[:, :, None]  # (N, G, T, K)
         cov = torch.einsum("ntg,ngtk,ngtl->ngkl", onehot, dev, dev) / (cnt - 1).clamp_min(1)[..., None, None]
         eye = torch.eye(k, dtype=dtype)
-        scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+        scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
         cov = torch.where((cnt >= k + 2)[..., None, None], cov, scale[..., None, None] * eye)
-        cov = cov + 1e-6 * scale[..., None, None] * eye + 1e-12 * eye
+        cov = cov + 1e-6 * scale[..., None, None] * eye + 1e-300 * eye
         self.loc, self.tril = loc, torch.linalg.cholesky(cov)
         self.log_det = self.tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (N, G)
         # J kernel centres per mode, drawn uniformly from the mode's draws
@@ -94,59 +137,116 @@ class _Proposal:
         pick = torch.multinomial(member, kernels, replacement=True, generator=gen).reshape(n, -1)
         self.reps = pooled.gather(1, pick[..., None].expand(-1, -1, k)).reshape(n, n_modes, kernels, k)
         self.h = (4.0 / ((k + 2) * kernels)) ** (1.0 / (k + 4))  # Silverman's rule
-        # mode weights: the Laplace approximation of each mode's mass, p(x, z_max) |2 pi Sigma|^(1/2),
-        # mixed with equal weights (FLOOR) so that no mode the chains found is left uncovered
-        present = cnt > 0
-        g = present.sum(-1, keepdim=True).to(dtype)
+        # the maxima: their groups, the modes of the draws or new groups for uncovered ones
+        if maxima is None:
+            none = torch.zeros(n, 0, dtype=dtype)
+            maxima = Maxima(
+                none[..., None].expand(n, 0, k),
+                none,
+                none,
+                none[..., None, None].expand(n, 0, k, k),
+                none.bool(),
+            )
+            group = torch.zeros(n, 0, dtype=torch.long)
+        uncovered = maxima.valid & (group < 0)
+        rank = uncovered.long().cumsum(-1) - 1
+        self.n_unrep = int(uncovered.sum(-1).max()) if uncovered.numel() else 0
+        self.group = torch.where(uncovered, n_modes + rank, group.clamp_min(0))  # (N, J)
+        self.maxima = maxima
+        n_groups = n_modes + self.n_unrep
+        # group weights: the Laplace approximation of each mode's mass, p(x, z_max) |2 pi Sigma|^(1/2)
+        # (of the draws' top and covariance, or of the maximum), mixed with equal weights (FLOOR)
+        # so that no mode is left uncovered
         top = torch.full_like(cnt, -math.inf).scatter_reduce_(1, lab, lp, "amax")
-        laplace = torch.softmax(torch.where(present, top + self.log_det, torch.full_like(top, -math.inf)), -1)
-        mode_w = torch.where(present, (1 - FLOOR) * laplace + FLOOR / g, torch.zeros_like(laplace))
-        log_mode = mode_w.log()  # -inf where absent
-        kde = 1.0 - student - defensive
+        lap_draws = torch.where(cnt > 0, top + self.log_det + 0.5 * k * math.log(2 * math.pi), -math.inf)
+        lap_unrep = torch.full((n, self.n_unrep), -math.inf, dtype=dtype)
+        if self.n_unrep:
+            idx = (self.group - n_modes).clamp(0, self.n_unrep - 1)
+            src = maxima.log_mass.masked_fill(~uncovered, -math.inf)
+            lap_unrep = lap_unrep.scatter_reduce(1, idx, src, "amax")
+        laplace = torch.cat([lap_draws, lap_unrep], -1)  # (N, G + U)
+        present = torch.isfinite(laplace)
+        g_count = present.sum(-1, keepdim=True).to(dtype)
+        mode_w = torch.where(present, (1 - FLOOR) * torch.softmax(laplace, -1) + FLOOR / g_count, 0.0)
+        log_group = mode_w.log() + math.log(1.0 - defensive)  # -inf where absent
+        # within a mode of the draws: t, kernels and the Laplace components of the maxima it holds
+        held = torch.zeros(n, n_groups, dtype=dtype).scatter_add_(1, self.group, maxima.valid.to(dtype))
+        lap_share = torch.where(held[:, :n_modes] > 0, LAPLACE_WEIGHT, 0.0)
+        kde = 1.0 - STUDENT_WEIGHT - lap_share
+        per_max = torch.where(
+            self.group < n_modes,
+            torch.cat([lap_share, torch.ones(n, self.n_unrep, dtype=dtype)], -1).gather(1, self.group),
+            1.0,
+        ) / held.gather(1, self.group).clamp_min(1)
+        log_max = (log_group.gather(1, self.group) + per_max.log()).masked_fill(~maxima.valid, -math.inf)
         self.log_mix = torch.cat(
             [
-                log_mode + (math.log(student) if student > 0 else -math.inf),
-                log_mode + (math.log(kde) if kde > 0 else -math.inf),
+                log_group[:, :n_modes] + math.log(STUDENT_WEIGHT),
+                log_group[:, :n_modes] + kde.log(),
+                log_max,
                 torch.full((n, 1), math.log(defensive) if defensive > 0 else -math.inf, dtype=dtype),
             ],
             -1,
-        )  # (N, 2G + 1)
-        self.n_modes = n_modes
+        )  # (N, 2G + J + 1)
+        self.n_modes, self.n_groups = n_modes, n_groups
 
     def sample(self, m: int, gen: torch.Generator) -> torch.Tensor:
         n, g, k = self.loc.shape
+        j_max = self.maxima.z.shape[1]
         comp = torch.multinomial(
             torch.softmax(self.log_mix, -1).float(), m, replacement=True, generator=gen
-        ).T
+        ).T  # (M, N)
         eps = torch.randn(m, n, k, generator=gen, dtype=self.loc.dtype)
         # a chi-square variate with STUDENT_DF = 4 degrees of freedom is a sum of 4 squared normals
         chi2 = torch.randn(m, n, int(STUDENT_DF), generator=gen, dtype=self.loc.dtype).pow(2).sum(-1)
-        mode = torch.where(comp < g, comp, comp - g).clamp_max(g - 1)  # (M, N)
         rows = torch.arange(n).expand(m, n)
-        shaped = (self.tril[rows, mode] @ eps[..., None])[..., 0]
-        t_draw = self.loc[rows, mode] + torch.sqrt(STUDENT_DF / chi2)[..., None] * shaped
+        mode = torch.where(comp < g, comp, comp - g).clamp_max(g - 1)  # (M, N)
+        t_draw = _t_draw(self.loc[rows, mode], self.tril[rows, mode], eps, chi2)
         j = torch.randint(self.reps.shape[2], (m, n), generator=gen)
+        shaped = (self.tril[rows, mode] @ eps[..., None])[..., 0]
         kde_draw = self.reps[rows, mode, j] + self.h * shaped
         out = torch.where((comp < g)[..., None], t_draw, kde_draw)
-        return torch.where((comp == 2 * g)[..., None], eps, out)
+        if j_max:
+            mx = (comp - 2 * g).clamp(0, j_max - 1)
+            lap_draw = _t_draw(self.maxima.z[rows, mx], self.maxima.tril[rows, mx], eps, chi2)
+            out = torch.where(((comp >= 2 * g) & (comp < 2 * g + j_max))[..., None], lap_draw, out)
+        return torch.where((comp == 2 * g + j_max)[..., None], eps, out)
 
     def log_probs(self, z: torch.Tensor) -> torch.Tensor:
-        """Weighted log densities of every component at ``z`` ``(M, N, K)``: ``(M, N, 2G + 1)``."""
+        """Weighted log densities of every component at ``z`` ``(M, N, K)``: ``(M, N, 2G + J + 1)``."""
         m, n, k = z.shape
-        t = dist.MultivariateStudentT(torch.tensor(STUDENT_DF, dtype=z.dtype), self.loc, scale_tril=self.tril)
-        lt = t.log_prob(z[:, :, None, :])  # (M, N, G)
+        df = torch.tensor(STUDENT_DF, dtype=z.dtype)
+        lt = dist.MultivariateStudentT(df, self.loc, scale_tril=self.tril).log_prob(z[:, :, None, :])
         lk = []
-        for g in range(self.n_modes):  # whiten by the mode's covariance, then distances to its kernels
-            tril = self.tril[:, g]  # (N, K, K)
-            zw = torch.linalg.solve_triangular(tril, z.permute(1, 2, 0), upper=False)  # (N, K, M)
-            rw = torch.linalg.solve_triangular(tril, self.reps[:, g].transpose(1, 2), upper=False)
-            # kernel sums in single precision: relative error ~1e-7, far below the Monte Carlo error
-            d2 = torch.cdist(zw.transpose(1, 2).float(), rw.transpose(1, 2).float()).square_()  # (N, M, J)
-            lse = torch.logsumexp(d2.mul_(-0.5 / self.h**2), -1).to(z.dtype)
+        for g in range(self.n_modes):
+            # centre on the mode, then whiten by its covariance: the distances to its kernels are
+            # then of order one however narrow the mode and far from zero, and float64 keeps
+            # them exact (uncentred single precision loses them for a narrow mode far from 0)
+            tril, loc = self.tril[:, g], self.loc[:, g, :, None]  # (N, K, K), (N, K, 1)
+            zw = torch.linalg.solve_triangular(tril, z.permute(1, 2, 0) - loc, upper=False)  # (N, K, M)
+            rw = torch.linalg.solve_triangular(tril, self.reps[:, g].transpose(1, 2) - loc, upper=False)
+            d2 = torch.cdist(zw.transpose(1, 2), rw.transpose(1, 2)).square_()  # (N, M, J)
+            lse = torch.logsumexp(d2.mul_(-0.5 / self.h**2), -1)
             lk.append(lse - math.log(self.reps.shape[2]) - k * math.log(self.h) - self.log_det[:, g, None])
         lk = torch.stack(lk, -1).transpose(0, 1) - 0.5 * k * math.log(2 * math.pi)  # (M, N, G)
+        parts = [lt, lk]
+        if self.maxima.z.shape[1]:
+            lap = dist.MultivariateStudentT(df, self.maxima.z, scale_tril=self.maxima.tril)
+            parts.append(lap.log_prob(z[:, :, None, :]))  # (M, N, J)
         lp = -0.5 * (z * z).sum(-1, keepdim=True) - 0.5 * k * math.log(2 * math.pi)
-        return torch.cat([lt, lk, lp], -1) + self.log_mix
+        return torch.cat([*parts, lp], -1) + self.log_mix
+
+    def group_log_density(self, comp: torch.Tensor) -> torch.Tensor:
+        """The weighted density of each group's components ``(M, N, G + U)`` from the components'
+        ``comp`` ``(M, N, 2G + J + 1)``."""
+        g = self.n_modes
+        m, n = comp.shape[:2]
+        out = torch.full((m, n, self.n_groups), -math.inf, dtype=comp.dtype)
+        out[..., :g] = torch.logaddexp(comp[..., :g], comp[..., g : 2 * g])
+        for j in range(self.maxima.z.shape[1]):
+            idx = self.group[:, j].expand(m, n)[..., None]
+            out.scatter_(2, idx, torch.logaddexp(out.gather(2, idx), comp[..., 2 * g + j, None]))
+        return out
 
 
 def mode_masses_by_importance(
@@ -158,20 +258,27 @@ def mode_masses_by_importance(
     centres: torch.Tensor,
     labels: torch.Tensor,
     *,
+    maxima: Maxima | None = None,
     num_importance: int = 4000,
     defensive: float = 0.1,
     seed: int = 0,
 ) -> dict:
     r"""Mode masses, :math:`\log p(x)` and PSIS diagnostics (module docstring) for draws
     ``pooled`` ``(N, T, K)`` with log densities ``lp`` ``(N, T)`` and modes ``lab`` ``(N, T)``, the
-    modes being
-    ``(centres, labels)`` of :func:`pyrofail.analysis.modes.find_modes`."""
+    modes being ``(centres, labels)`` of :func:`pyrofail.analysis.modes.find_modes`, and the
+    optimisation's ``maxima`` (:func:`pyrofail.analysis.maxima.find_maxima`) where known.
+
+    Returns ``mode_mass`` ``(N, G)`` of the draws' modes, ``unrepresented`` ``(N, U)`` of the
+    maxima no draw covers, ``missing_mass``, ``unrepresented_mass``, ``log_px``,
+    ``log_px_stderr`` and ``pareto_k``; per point the masses and ``missing_mass`` sum to 1.
+    """
     az = arviz()
     n_modes = int(labels.max()) + 1
     gen = torch.Generator().manual_seed(int(seed) + 1)
-    proposal = _Proposal(pooled, lab, lp, n_modes, defensive, STUDENT_WEIGHT, gen)
+    group = None if maxima is None else cover(model, x, pooled, lp, lab, maxima)
+    proposal = _Proposal(pooled, lab, lp, n_modes, maxima, group, defensive, gen)
     zs = proposal.sample(num_importance, gen)  # (M, N, K)
-    comp = proposal.log_probs(zs)  # (M, N, 2G+1)
+    comp = proposal.log_probs(zs)  # (M, N, 2G+J+1)
     with torch.no_grad():
         lw = model.log_joint(zs, x) - torch.logsumexp(comp, -1)  # (M, N)
     lw = torch.where(torch.isfinite(lw), lw, torch.full_like(lw, -math.inf))
@@ -182,15 +289,17 @@ def mode_masses_by_importance(
         # psislw warns when a tail is too short to fit a Pareto; k is then inf, which we report
         warnings.filterwarnings("ignore", category=RuntimeWarning)
         smoothed, pareto_k = az.psislw(lw.T.numpy().copy())
-    w = torch.softmax(torch.from_numpy(np.asarray(smoothed)).to(lw.dtype), -1)  # (N, M)
-    # each importance draw belongs to the modes in proportion to their components' densities
-    g = n_modes
-    per_mode = torch.logaddexp(comp[..., :g], comp[..., g : 2 * g])  # (M, N, G)
-    resp = torch.softmax(per_mode, -1).nan_to_num(0.0)
-    mass = torch.einsum("nm,mng->ng", w, resp)
+    w = torch.softmax(torch.from_numpy(np.asarray(smoothed)).to(lw.dtype), -1).T  # (M, N)
+    # where the prior component dominates the proposal, no mode explains the draw: missing mass;
+    # elsewhere each importance draw belongs to the modes in proportion to their components' density
+    outside = torch.softmax(comp, -1)[..., -1] > 0.5  # (M, N)
+    resp = torch.softmax(proposal.group_log_density(comp), -1).nan_to_num(0.0)  # (M, N, G + U)
+    mass = torch.einsum("mn,mng->ng", w * ~outside, resp)
     return {
-        "mode_mass": mass,
-        "missing_mass": (w.T * (torch.softmax(comp, -1)[..., -1] > 0.5)).sum(0),
+        "mode_mass": mass[:, :n_modes],
+        "unrepresented": mass[:, n_modes:],
+        "unrepresented_mass": mass[:, n_modes:].sum(-1),
+        "missing_mass": (w * outside).sum(0),
         "log_px": log_px,
         "log_px_stderr": (rel / num_importance).sqrt(),
         "pareto_k": torch.from_numpy(np.asarray(pareto_k, dtype=np.float64)),
@@ -223,12 +332,23 @@ def from_draws(
     seed: int = 0,
     attrs: dict | None = None,
     budget: int = 2**18,
+    maxima: Maxima | None | bool = None,
 ):
     r"""The reference layout (:mod:`pyrofail.analysis.reference`) from MCMC draws ``z``
     ``(C, S, N, K)`` of any sampler: modes, re-weighting, :math:`\log p(x)`, moments and
-    diagnostics as in the module docstring."""
+    diagnostics as in the module docstring.
+
+    :param maxima: the local maxima of :math:`\log p(x, z)`
+        (:func:`pyrofail.analysis.maxima.find_maxima`), each of which gets a component in the
+        importance proposal; ``None`` finds them here (seeded by ``seed``), ``False`` uses none
+        (the draws and the prior component alone).
+    """
     c, s, n, k = z.shape
     z = z.to(x.dtype)
+    if maxima is None or maxima is True:
+        maxima = find_maxima(model, x, seed=seed)
+    elif maxima is False:
+        maxima = None
     lp = _log_joint_chunked(model, z, x, budget)  # (C, S, N)
     pooled = z.permute(2, 0, 1, 3).reshape(n, c * s, k)
     lp_pooled = lp.permute(2, 0, 1).reshape(n, c * s)
@@ -239,23 +359,28 @@ def from_draws(
     parts = [
         mode_masses_by_importance(
             model, x[i], pooled[i], lp_pooled[i], lab[i], centres[i], labels[i],
+            maxima=None if maxima is None else maxima[i],
             num_importance=num_importance, defensive=defensive, seed=seed + j,
         )
         for j, i in enumerate(_chunks(n, per))
     ]  # fmt: skip
+    n_unrep = max(p["unrepresented"].shape[1] for p in parts)
     for p in parts:
-        p["mode_mass"] = torch.nn.functional.pad(p["mode_mass"], (0, n_modes - p["mode_mass"].shape[1]))
+        for key, width in (("mode_mass", n_modes), ("unrepresented", n_unrep)):
+            p[key] = torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]))
     rw = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-    # every draw of mode m weighs P_m / (number of draws in m)
+    # every draw of mode m weighs P_m / (number of draws in m); normalised over the draws, these
+    # weights leave out the missing and unrepresented mass, which the diagnostics report
     ones = torch.ones_like(lab, dtype=torch.float64)
     count = torch.zeros(n, n_modes, dtype=torch.float64).scatter_add_(1, lab, ones)
-    log_w = (rw["mode_mass"].log() - count.clamp_min(1).log()).gather(1, lab)  # (N, CS)
+    represented = rw["mode_mass"].clamp_min(1e-300)
+    log_w = (represented.log() - count.clamp_min(1).log()).gather(1, lab)  # (N, CS)
     log_w = torch.log_softmax(log_w, -1)
     w = log_w.exp()
     mean = (w[..., None] * pooled.double()).sum(1)
     dev = pooled.double() - mean[:, None]
     cov = torch.einsum("ns,nsk,nsl->nkl", w, dev, dev)
-    # diagnostics: R-hat over all chains, or within modes where chains sit in different ones
+    # R-hat over all chains, and within each mode over the chains' draws in it
     zc = z.permute(2, 3, 0, 1).double()  # (N, K, C, S)
     lab_c = lab.reshape(n, c, s)
     within = torch.full((n,), -math.inf, dtype=torch.float64)
@@ -268,7 +393,7 @@ def from_draws(
         if bool(has.any()):
             rg = stats.rhat_within(zc[has], mask[has][:, None].expand(-1, k, -1, -1), min_draws // 2).amax(-1)
             within[has] = torch.fmax(within[has], rg)
-    r_hat = torch.fmin(stats.rhat(zc).amax(-1), within)
+    within = torch.where(torch.isfinite(within), within, math.nan)  # no mode with enough draws
     # ESS of the weighted draws: per mode, each chain contributes its ESS (of the draws less
     # their mode's mean, so that jumps between modes do not count) times its time there
     centre = (
@@ -280,17 +405,21 @@ def from_draws(
     centred = (pooled.double() - centre.gather(1, lab[..., None].expand(-1, -1, k))).reshape(n, c, s, k)
     chain_ess = stats.ess(centred.permute(0, 3, 1, 2)[..., None, :]).amin(1)  # (N, C): each chain alone
     mode_ess = (frac * chain_ess[..., None]).sum(1)  # (N, G)
-    point_ess = 1.0 / (rw["mode_mass"].pow(2) / mode_ess.clamp_min(1e-12)).sum(-1)
+    share = represented / represented.sum(-1, keepdim=True)  # the draws' weights per mode
+    point_ess = 1.0 / (share.pow(2) / mode_ess.clamp_min(1e-12)).sum(-1)
     if diverging is None:
         diverging = torch.zeros(c, s, n, dtype=torch.bool)
+    found = (labels.amax(-1) + 1) + (rw["unrepresented"] >= MIN_MASS).sum(-1)
     diagnostics = {
-        "rhat": r_hat,
+        "rhat": stats.rhat(zc).amax(-1),
+        "rhat_within_modes": within,
         "ess": point_ess,
         "divergences": diverging.sum((0, 1)).double(),
         "pareto_k": rw["pareto_k"],
         "missing_mass": rw["missing_mass"],
-        "num_modes": labels.amax(-1).double() + 1,
-        "mode_mass": rw["mode_mass"],
+        "unrepresented_mass": rw["unrepresented_mass"],
+        "num_modes": found.double(),
+        "mode_mass": torch.cat([rw["mode_mass"], rw["unrepresented"]], -1),
     }
     return build_inference_data(
         z=z,

@@ -270,8 +270,10 @@ def counterfactual_error(
     :param num_draws: posterior draws per point (same seed for truth and model, so a model
         identical to the truth gets identical draws).
 
-    Returns ``{"mean", "stderr", "n", "per_class", "per_point", "truth_spread", "method"}``:
-    the mean error over points and its standard error over points; ``truth_spread`` is the
+    Returns ``{"mean", "stderr", "n", "per_class", "per_point", "counterfactuals",
+    "true_counterfactuals", "truth_spread", "method"}``: the mean error over points and its
+    standard error over points, the learned and the true counterfactual points ``(N, D)``;
+    ``truth_spread`` is the
     mean of :math:`\lVert f_{GT}(z^*, 1 - y) - f_{GT}(\tilde z^*, 1 - y) \rVert` over the true
     posterior draws, the scale of the true counterfactual's own uncertainty (about
     :math:`\sigma` on ``semicircle``).
@@ -295,6 +297,8 @@ def counterfactual_error(
     truth64, model64 = copy.deepcopy(truth).double(), copy.deepcopy(model).double()
     errors = torch.zeros(x.shape[0], dtype=torch.float64)
     spread = torch.zeros(x.shape[0], dtype=torch.float64)
+    learned = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float64)
+    true = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float64)
     per_class = []
     for c in range(2):
         mine = (y == c).nonzero().flatten()
@@ -319,11 +323,14 @@ def counterfactual_error(
         device = model64.log_noise.device
         cf = model64.curve(z_hat.to(dtype=torch.float64, device=device), other.to(device)).cpu()
         errors[mine] = (cf - cf_true).norm(dim=-1)
+        learned[mine], true[mine] = cf, cf_true
         per_class.append({"class": c, **_mean_se(errors[mine])})
     return {
         **_mean_se(errors),
         "per_class": per_class,
         "per_point": errors,
+        "counterfactuals": learned,
+        "true_counterfactuals": true,
         "truth_spread": float(spread.mean()),
         "method": method,
     }

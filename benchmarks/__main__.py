@@ -12,6 +12,7 @@ BENCHMARKS = {
     "training": "benchmarks.training",
     "e2e": "benchmarks.end_to_end",
     "nuts": "benchmarks.nuts_vs_numpyro",
+    "reference": "benchmarks.reference_validation",
 }
 
 

@@ -22,13 +22,13 @@ from pyro.infer import SVI
 
 from pyrofail import zoo
 from pyrofail.analysis import semisupervised
-from pyrofail.fit import lr_factor
 from pyrofail.guides.m2 import M2Guide
 from pyrofail.labels import hide_labels
 from pyrofail.models.m2 import m2_model
 from pyrofail.nn import take_restart
 from pyrofail.objectives.m2 import M2ELBO, M2IWAE
 from pyrofail.optim import FusedAdam
+from pyrofail.training.loop import lr_factor
 
 CONFIGS = {
     "mean_field+elbo": ("mean_field", "elbo", {}),

@@ -45,7 +45,7 @@ from pyrofail.analysis.self_consistency import (
 )
 from pyrofail.data import load_splits
 from pyrofail.guides import BernoulliLatentGuide
-from pyrofail.models import Heteroscedastic
+from pyrofail.models import HeteroscedasticDecoder
 from pyrofail.objectives.spread import SpreadELBO
 
 EPS = (0.0, 0.05, 0.1, 0.2, 0.3)
@@ -198,7 +198,7 @@ def part_a_zoo(args) -> dict:
 
 def _line_fit(truth_name, prior, s, seed, args, data):
     torch.manual_seed(seed)
-    model = Heteroscedastic(
+    model = HeteroscedasticDecoder(
         1, 2, hidden=tuple(args.hidden_line), prior=prior, init_log_variance=args.init_log_var
     )
     if prior == "bernoulli":

@@ -8,7 +8,8 @@ r"""A guide for binary latents: independent Bernoulli bits from an MLP encoder.
 the encoder of the blog VAE that fails on the degenerate line
 (:mod:`pyrofail.models.degenerate_line`; Zhang et al., "Spread divergence", ICML 2020). It is
 for models with a binary latent (the Bernoulli-prior
-:class:`~pyrofail.models.heteroscedastic.Heteroscedastic` model, the ``degenerate_line`` truth);
+:class:`~pyrofail.models.heteroscedastic_decoder.HeteroscedasticDecoder` model, the
+``degenerate_line`` truth);
 it is not registered with the variational families, which are for a Gaussian latent. The
 ``spread`` objective sums over its :math:`2^K` states exactly; Pyro's ``Trace_ELBO`` (the ``elbo``
 objective) trains it with the score-function estimator instead.

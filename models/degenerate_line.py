@@ -10,7 +10,7 @@ blog "A Failure Case of VAE" that illustrates it:
 
 The second coordinate is exactly zero: :math:`p(x)` has no density with respect to Lebesgue
 measure on :math:`\mathbb R^2`. A decoder with a learned variance per feature (and per point,
-:class:`~pyrofail.models.heteroscedastic.Heteroscedastic`) can drive the variance of the empty
+:class:`~pyrofail.models.heteroscedastic_decoder.HeteroscedasticDecoder`) can drive the variance of the empty
 axis to zero, and the likelihood of every data point to infinity: maximum likelihood, and the
 ELBO with it, has no optimum. Adding the same Gaussian noise to the data and to the model (the
 ``spread`` objective, :mod:`pyrofail.objectives.spread`) gives a bounded objective again.
@@ -34,8 +34,8 @@ discrete process keeps the rest of it:
   continuous variant, a one-dimensional integral of ``log_joint`` with the second axis left out.
 
 Which models and guides learn it: the blog's VAE is the Bernoulli-prior
-:class:`~pyrofail.models.heteroscedastic.Heteroscedastic` model (learned mean and log-variance per
-feature for each :math:`z`) with the Bernoulli guide
+:class:`~pyrofail.models.heteroscedastic_decoder.HeteroscedasticDecoder` model (learned mean and
+log-variance per feature for each :math:`z`) with the Bernoulli guide
 :class:`~pyrofail.guides.bernoulli_latent.BernoulliLatentGuide`, whose two states the ``spread``
 objective enumerates exactly; a Gaussian-latent model (``prior="gaussian"``) takes every
 registered guide family.
@@ -195,6 +195,8 @@ class _Line(PyroModule):
     latent_dim = 1
     data_dim = 2
     restarts = None
+    # no density on R^2: the reference stages (grid, NUTS, KL*) do not apply to this truth
+    has_density = False
 
     def __init__(self, line_noise: float):
         super().__init__()

@@ -23,6 +23,7 @@ import torch
 from pyrofail import loaders, stages, zoo
 from pyrofail.analysis import grid
 from pyrofail.analysis.reference import METHODS
+from pyrofail.bnn.inference import METHODS as BNN_METHODS
 from pyrofail.data import check_binary, load_splits
 from pyrofail.errors import (
     AllRestartsDiverged,
@@ -42,6 +43,7 @@ from pyrofail.runs import (
 from pyrofail.stages import jobs, report
 from pyrofail.stages.folder import RunFolder
 from pyrofail.stages.references import DEFAULT_POINTS
+from pyrofail.training import build
 
 __all__ = ["build_parser", "main", "resolve", "validate"]
 
@@ -144,6 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="an option of the variational family, e.g. flow.base=gaussian or components=3 (for every "
         "guide in --guide); repeatable; VALUE is read as JSON (numbers, true/false) or else as text",
     )
+    p.add_argument(
+        "--objective-option",
+        action="append",
+        metavar="[OBJECTIVE.]KEY=VALUE",
+        help="an option of the objective, e.g. iwae.num_particles=50, or alpha=0.1 (every objective "
+        "in --objective); repeatable; VALUE is read as JSON or else as text",
+    )
+    p.add_argument(
+        "--procedure-option",
+        action="append",
+        metavar="[PROCEDURE.]KEY=VALUE",
+        help="an option of the procedure, e.g. posthoc_self_consistency.samples=20000 or "
+        "libi.penalty=10 (every procedure in --procedure that has it); repeatable",
+    )
+    p.add_argument(
+        "--labelled-fraction",
+        type=float,
+        metavar="F",
+        help="semi-supervised processes (semicircle): the share of training points that keep their "
+        "label (default 0.1)",
+    )
     p.add_argument("--seed", type=int, help="seed of data, weights and Monte Carlo draws")
     p.add_argument("--device", help="torch device: cpu or cuda")
     p.add_argument("--n-train", type=int, metavar="N", help="training points")
@@ -233,6 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
         "or all test points if fewer); the PMO-gap map uses every test point",
     )
     p.add_argument(
+        "--regression",
+        type=_list(str),
+        metavar="NAMES",
+        help="regression processes for Bayesian neural networks with latent input noise: "
+        "heteroscedastic, bimodal, diabetes (the bnn preset runs all three)",
+    )
+    p.add_argument(
+        "--bnn-methods",
+        type=_list(str),
+        metavar="NAMES",
+        help="inference for the regression processes: mean_field, noise_constrained, nuts",
+    )
+    p.add_argument(
         "--downstream",
         action="store_true",
         help="also measure the downstream tasks: compression, disentanglement, adversarial "
@@ -282,6 +318,9 @@ _RUN_OPTIONS = {
     "likelihood": "likelihood",
     "noise_per_feature": "noise_per_feature",
     "downstream": "downstream",
+    "regression": "regression",
+    "bnn_methods": "bnn_methods",
+    "labelled_fraction": "labelled_fraction",
 }
 # the flags that describe a user's data set (options["data_options"])
 _DATA_OPTIONS = {"columns": "columns", "labels": "labels", "split": "fractions", "binarize": "binarize"}
@@ -313,8 +352,15 @@ def resolve(args: argparse.Namespace) -> dict:
         )
     options["guide_options"] = {k: dict(v) for k, v in options.get("guide_options", {}).items()}
     for text in given.get("guide_option", []):
-        for guide, key, value in _guide_option(text, options["guide"]):
+        for guide, key, value in _option(text, "guide", options["guide"], _guide_keys):
             options["guide_options"].setdefault(guide, {})[key] = value
+    for text in given.get("objective_option", []):
+        for objective, key, value in _option(text, "objective", options["objective"], _objective_keys):
+            options["objective_options"].setdefault(objective, {})[key] = value
+    options["procedure_options"] = {k: dict(v) for k, v in options.get("procedure_options", {}).items()}
+    for text in given.get("procedure_option", []):
+        for procedure, key, value in _option(text, "procedure", options["procedure"], _procedure_keys):
+            options["procedure_options"].setdefault(procedure, {})[key] = value
     validate(options)
     options["preset"] = args.preset
     return options
@@ -340,10 +386,28 @@ def _data_options(options: dict, given: dict) -> None:
         options["learn_noise"] = True
 
 
-def _guide_option(text: str, guides: list[str]):
-    """``(guide, key, value)`` for every guide a ``[GUIDE.]KEY=VALUE`` option applies to."""
+def _guide_keys(name: str) -> list[str]:
+    built = ("self", "latent_dim", "data_dim", "restarts", "hidden", "activation")  # set by the fit
+    return [p for p in inspect.signature(zoo.entry("guide", name).factory).parameters if p not in built]
+
+
+def _objective_keys(name: str) -> list[str]:
+    keys = list(inspect.signature(zoo.entry("objective", name).factory).parameters)
+    if name in build.LABELLED_OBJECTIVES:  # the semi-supervised version's weights too
+        keys += [k for k in inspect.signature(build.LABELLED_OBJECTIVES[name]).parameters if k not in keys]
+    return keys
+
+
+def _procedure_keys(name: str) -> list[str]:
+    return list(zoo.entry("procedure", name).meta.get("options", ()))
+
+
+def _option(text: str, kind: str, chosen: list[str], keys):
+    """``(name, key, value)`` for every guide or objective a ``[NAME.]KEY=VALUE`` option
+    applies to (``kind``: ``"guide"`` or ``"objective"``; ``chosen``: the run's names)."""
+    flag = f"--{kind}-option"
     if "=" not in text:
-        raise UsageError(f"--guide-option {text!r} is not KEY=VALUE or GUIDE.KEY=VALUE")
+        raise UsageError(f"{flag} {text!r} is not KEY=VALUE or {kind.upper()}.KEY=VALUE")
     name, raw = text.split("=", 1)
     target, _, key = name.rpartition(".")
     try:
@@ -351,24 +415,18 @@ def _guide_option(text: str, guides: list[str]):
     except json.JSONDecodeError:
         value = raw
     if target:
-        check_choice("guide", target, zoo.names("guide"))
-        if target not in guides:
-            raise UsageError(
-                f"--guide-option {text!r}: guide {target!r} is not in --guide ({', '.join(guides)})"
-            )
-    for guide in [target] if target else guides:
-        allowed = [
-            p for p in inspect.signature(zoo.entry("guide", guide).factory).parameters if p not in _BUILT
-        ]
+        check_choice(kind, target, zoo.names(kind))
+        if target not in chosen:
+            raise UsageError(f"{flag} {text!r}: {kind} {target!r} is not in --{kind} ({', '.join(chosen)})")
+    for one in [target] if target else chosen:
+        allowed = keys(one)
+        if not allowed:
+            raise UsageError(f"{flag} {text!r}: {one} takes no options")
         if key not in allowed:
             raise UsageError(
-                f"--guide-option {text!r}: {guide} has no option {key!r}; choose one of: {', '.join(allowed)}"
+                f"{flag} {text!r}: {one} has no option {key!r}; choose one of: {', '.join(allowed)}"
             )
-        yield guide, key, value
-
-
-# guide arguments that the fit sets itself
-_BUILT = ("self", "latent_dim", "data_dim", "restarts", "hidden", "activation")
+        yield one, key, value
 
 
 def validate(options: dict) -> None:
@@ -383,6 +441,10 @@ def validate(options: dict) -> None:
     for kind, key in kinds:
         for name in options[key]:
             check_choice(kind, name, zoo.names(kind))
+    for name in options.get("regression") or []:
+        check_choice("regression process", name, zoo.names("regression"))
+    for name in options.get("bnn_methods") or []:
+        check_choice("--bnn-methods", name, BNN_METHODS)
     for k in options["latent_dim"]:
         check_positive_int("--latent-dim", k)
     for key in ("restarts", "steps", "batch_size", "n_train", "n_val", "n_test"):
@@ -395,6 +457,14 @@ def validate(options: dict) -> None:
     for opts in options["objective_options"].values():
         if "num_particles" in opts:
             check_positive_int("--num-particles", opts["num_particles"])
+    for name, given in options.get("procedure_options", {}).items():
+        check = zoo.entry("procedure", name).meta.get("check")
+        if check is not None:
+            check(given)
+    for name in options["objective"]:  # the objectives check their option values when built
+        given = options["objective_options"].get(name, {})
+        plain = inspect.signature(zoo.entry("objective", name).factory).parameters
+        zoo.objective(name, **{k: v for k, v in given.items() if k in plain})
     if str(options["device"]).startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {options['device']}: CUDA is not available here; use cpu")

@@ -30,6 +30,8 @@ __all__ = ["FitResult", "fit"]
 def fit(
     x,
     *,
+    y=None,
+    y_val=None,
     truth=None,
     model=None,
     learn_model: bool = True,
@@ -65,6 +67,11 @@ def fit(
     r"""Train a VAE (decoder and encoder) or only a guide, with vectorised restarts.
 
     :param x: training data ``(N, D)`` (a tensor, an array or a :class:`~pyrofail.data.Dataset`).
+    :param y: labels ``(N,)`` (long, ``-1`` where unknown) for a semi-supervised fit: the M2
+        model and guide of Kingma et al. (2014) (:mod:`pyrofail.models.m2`,
+        :mod:`pyrofail.guides.m2`), trained by the ``elbo`` (labels enumerated) or ``iwae``
+        (labels summed out) objective; the guide then has ``classify(x)``.
+    :param y_val: labels of ``x_val`` (default: all unknown).
     :param truth: the ground-truth process: gives :math:`\sigma` and, for the paper's
         initialisation, the true decoder :math:`f`.
     :param model: a process to start from; with ``learn_model=False`` its decoder stays fixed

@@ -25,6 +25,7 @@ BASE = {
     "n_test": 2000,
     "hidden": [50, 50, 50],
     "init": "paper",
+    "pretrain_steps": 2000,  # regression of the decoder onto the true f for the paper's restarts
     "learn_noise": False,
     "noise_scale": None,
     "is_samples": 5000,
@@ -37,6 +38,13 @@ BASE = {
     # Gaussian families are fine at 1e-3.
     "lr_by_guide": {"mean_field": 1e-3, "full_rank": 1e-3, "flow": 3e-4, "mixture": 1e-3},
     "downstream": False,
+    # Bayesian neural networks with latent input noise (the regression stage)
+    "regression": [],
+    "bnn_methods": ["mean_field", "noise_constrained", "nuts"],
+    "bnn_hidden": [50],
+    "bnn_options": {},
+    # n_train / n_test for the regression processes ({}: each process's own)
+    "bnn_sizes": {},
 }
 
 PRESETS = {
@@ -80,6 +88,13 @@ PRESETS = {
         "is_samples": 2000,
         "downstream": True,
     },
+    # BNN with latent input noise (Yacoby, Pan & Doshi-Velez 2022) on Depeweg et al.'s two toy
+    # problems and scikit-learn's diabetes: NUTS, mean-field VI and noise-constrained VI.
+    "bnn": {
+        **BASE,
+        "model": [],
+        "regression": ["heteroscedastic", "bimodal", "diabetes"],
+    },
     # A smoke run for tests and first contact: seconds, not minutes.
     "tiny": {
         **BASE,
@@ -89,8 +104,16 @@ PRESETS = {
         "n_val": 100,
         "n_test": 100,
         "hidden": [16, 16],
+        "pretrain_steps": 100,
         "objective_options": {"iwae": {"num_particles": 4}},
         "is_samples": 200,
+        "bnn_hidden": [8],
+        "bnn_sizes": {"n_train": 60, "n_test": 40},
+        "bnn_options": {
+            "mean_field": {"steps": 100, "num_draws": 20},
+            "noise_constrained": {"steps": 100, "num_draws": 20, "lams": [10.0]},
+            "nuts": {"num_draws": 20, "warmup": 20},
+        },
     },
 }
 

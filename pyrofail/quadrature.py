@@ -85,6 +85,10 @@ def aggregate_kl(lj: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor) -> torc
     r""":math:`\mathrm{KL}(\bar p \,\|\, p(z))` on the grid, from ``lj`` of
     :func:`log_joint_on_nodes` ``(..., N, G)``: the aggregate of the points' posterior masses
     against the prior's masses at the same nodes (``(...)``)."""
-    post = torch.softmax(lj, -1).mean(-2)  # (..., G)
-    prior = torch.softmax(-0.5 * (z * z).sum(-1) + log_w, -1)
-    return (post * (post.clamp_min(1e-300).log() - prior.log())).sum(-1)
+    n = lj.shape[-2]
+    log_post = torch.logsumexp(torch.log_softmax(lj, -1), -2) - math.log(n)  # (..., G)
+    # nodes without posterior mass: their terms are 0, and clamping keeps 0 * log 0 (and its
+    # gradient) finite
+    log_post = log_post.clamp_min(-80.0)
+    log_prior = torch.log_softmax(-0.5 * (z * z).sum(-1) + log_w, -1)
+    return (log_post.exp() * (log_post - log_prior)).sum(-1)

@@ -50,7 +50,13 @@ def test_posthoc_keeps_the_decoder_and_makes_the_encoder_consistent():
 def test_posthoc_needs_a_model_and_known_options():
     model, guide = _decoder_and_encoder()
     with pytest.raises(pf.UsageError, match="needs model="):
-        pf.fit(torch.zeros(10, 3), latent_dim=2, noise_scale=0.1, procedure="posthoc_self_consistency")
+        pf.fit(
+            torch.zeros(10, 3),
+            latent_dim=2,
+            noise_scale=0.1,
+            learn_model=False,
+            procedure="posthoc_self_consistency",
+        )
     with pytest.raises(pf.UsageError, match="no option 'data'"):
         pf.fit(
             torch.zeros(10, 3),
@@ -58,3 +64,25 @@ def test_posthoc_needs_a_model_and_known_options():
             procedure="posthoc_self_consistency",
             procedure_options={"data": 1},
         )
+
+
+def test_without_a_model_the_vae_is_trained_first_then_its_encoder_on_its_samples():
+    x = torch.randn(200, 3)
+    result = pf.fit(
+        x,
+        latent_dim=1,
+        noise_scale=0.5,
+        objective="self_consistent",
+        procedure="posthoc_self_consistency",
+        procedure_options={"samples": 300, "val_samples": 50},
+        restarts=2,
+        steps=20,
+        hidden=(8,),
+        eval_every=10,
+        seed=0,
+    )
+    stage1 = result.history["pretrained"]
+    assert stage1["history"]["step"][-1] == 20 and len(stage1["restarts"]) == 2
+    # the second stage trained on the model's draws, not on x
+    assert result.config["n_train"] == 300 and result.config["learn_model"] is False
+    assert result.config["objective"] == "self_consistent"

@@ -110,9 +110,9 @@ def test_bad_rho_and_discrete_guides_are_usage_errors():
     with pytest.raises(pf.UsageError, match="rho=1.0"):
         zoo.objective("self_consistent", rho=1.0)
     from pyrofail.guides import BernoulliLatentGuide
-    from pyrofail.models import Heteroscedastic
+    from pyrofail.models import HeteroscedasticDecoder
 
-    model = Heteroscedastic(1, 2, hidden=(4,), prior="bernoulli")
+    model = HeteroscedasticDecoder(1, 2, hidden=(4,), prior="bernoulli")
     guide = BernoulliLatentGuide(1, 2, hidden=(4,))
     with pytest.raises(pf.UsageError, match="continuous latent"):
         zoo.objective("self_consistent").loss(model.model, guide, torch.zeros(3, 2))

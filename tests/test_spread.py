@@ -11,7 +11,7 @@ import torch
 import pyrofail as pf
 from pyrofail import zoo
 from pyrofail.guides import BernoulliLatentGuide, MeanFieldGuide
-from pyrofail.models import Heteroscedastic, LatentGaussian, LinearGaussian
+from pyrofail.models import HeteroscedasticDecoder, LatentGaussian, LinearGaussian
 from pyrofail.models.degenerate_line import DegenerateNormal
 from pyrofail.nn import MLP
 from pyrofail.objectives.spread import enumerate_latent, spread_bound, spread_likelihood
@@ -47,7 +47,7 @@ def test_enumerated_bound_matches_hand_computation():
     """A Bernoulli guide is summed over exactly: sum_z q(z) [log p(z) + log p~(y|z) - log q(z)]
     at y = x + s eps, with the same eps."""
     torch.manual_seed(0)
-    model = Heteroscedastic(1, 2, hidden=(6,), prior="bernoulli")
+    model = HeteroscedasticDecoder(1, 2, hidden=(6,), prior="bernoulli")
     guide = BernoulliLatentGuide(1, 2, hidden=(6,))
     x, s = torch.randn(5, 2), 0.3
     torch.manual_seed(7)
@@ -100,7 +100,7 @@ def test_bound_stays_finite_as_the_empty_variance_goes_to_zero():
 
 
 def test_a_continuous_guide_for_a_discrete_latent_is_a_usage_error():
-    model = Heteroscedastic(1, 2, hidden=(4,), prior="bernoulli")
+    model = HeteroscedasticDecoder(1, 2, hidden=(4,), prior="bernoulli")
     with pytest.raises(pf.UsageError, match="discrete but the guide's is continuous"):
         spread_bound(model.model, MeanFieldGuide(1, 2, hidden=(4,)), torch.zeros(3, 2), 0.1)
 
@@ -121,7 +121,7 @@ def test_per_point_and_fit(restarts):
     torch.manual_seed(0)
     fit = pf.fit(
         data.x,
-        model=Heteroscedastic(1, 2, hidden=(8,), prior="bernoulli"),
+        model=HeteroscedasticDecoder(1, 2, hidden=(8,), prior="bernoulli"),
         guide=BernoulliLatentGuide(1, 2, hidden=(8,)),
         objective="spread",
         objective_options={"spread": 0.2},

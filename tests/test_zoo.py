@@ -24,6 +24,7 @@ SMOKE = {
     ],
     "guide": ["flow", "full_rank", "mean_field", "mixture"],
     "objective": ["elbo", "iwae", "self_consistent", "spread"],
+    "procedure": ["joint", "libi", "posthoc_self_consistency"],
 }
 
 
@@ -82,6 +83,24 @@ def test_guide_objective_smoke_fit(guide, objective):
     q = fit.guide.distribution(data.x[:4])
     assert q.batch_shape == (4,) and q.event_shape == (1,)
     assert fit.history["step"] == [5]
+
+
+@pytest.mark.parametrize("procedure", SMOKE["procedure"])
+def test_procedure_smoke_fit(procedure):
+    truth = zoo.model("quadratic")
+    data = truth.sample(120, seed=0)
+    fit = pf.fit(
+        data.x,
+        truth=truth,
+        procedure=procedure,
+        restarts=2,
+        steps=5,
+        pretrain_steps=5,
+        hidden=(8,),
+        eval_every=5,
+    )
+    assert fit.model.restarts is None and fit.guide.restarts is None
+    assert fit.config["procedure"] == procedure
 
 
 def test_unknown_names_list_the_valid_ones():

@@ -12,8 +12,7 @@ Example:
     True
 """
 
-from pyrofail.procedures.joint import joint
-from pyrofail.procedures.libi import libi
-from pyrofail.procedures.posthoc import posthoc_self_consistency
+# the modules register their procedures; zoo.procedure(name) returns the function
+from pyrofail.procedures import joint, libi, posthoc
 
-__all__ = ["joint", "libi", "posthoc_self_consistency"]
+__all__ = ["joint", "libi", "posthoc"]

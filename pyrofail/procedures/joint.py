@@ -31,6 +31,7 @@ def batched_objects(config: FitConfig, problem: Problem):
             learn_noise=config.learn_noise,
             likelihood=config.likelihood,
             noise_per_feature=config.noise_per_feature,
+            num_classes=config.num_classes,
             restarts=r,
         )
     else:
@@ -54,13 +55,16 @@ def batched_objects(config: FitConfig, problem: Problem):
             hidden=config.hidden,
             activation=config.activation,
             options=config.guide_options,
+            num_classes=config.num_classes,
             restarts=r,
         )
     else:
         if getattr(problem.guide, "restarts", None) is not None:
             raise UsageError("guide= must be an un-batched guide or a registered name")
         bguide = stack_restarts([problem.guide] * r)
-    loss = build.objective(problem.objective, config.objective_options)
+    loss = build.objective(
+        problem.objective, config.objective_options, labelled=config.num_classes is not None
+    )
     return bmodel, bguide, loss
 
 
@@ -93,17 +97,19 @@ def joint(config: FitConfig, problem: Problem) -> FitResult:
     dev = torch.device(config.device)
     bmodel.to(dev)
     bguide.to(dev)
-    x, x_val = problem.x.to(dev), problem.x_val.to(dev)
+    train, val = problem.data(dev)
     gt_mask, kinds = _ground_truth_mask(config, problem)
     optim = FusedAdam(config.lr)
-    key = config.key(x, x_val)
+    key = config.key(*train, *val)
     checkpoint = problem.checkpoint
     if checkpoint is not None and checkpoint.exists():
         state = FitState.load(checkpoint, key, bmodel, bguide, dev)
         optim.set_state(state.optim)
     else:
         state = FitState.start(config.restarts, dev)
-        if gt_mask.any():
+        if gt_mask.any() and config.num_classes is not None:
+            init.pretrain_labelled_decoder(bmodel, problem.truth, gt_mask, config.pretrain_steps, 3e-3, dev)
+        elif gt_mask.any():
             target = init.ground_truth_target(problem.truth, config.latent_dim)
             init.pretrain_decoder(
                 bmodel.decoder, target, gt_mask, config.latent_dim, config.pretrain_steps, 3e-3, dev
@@ -113,7 +119,7 @@ def joint(config: FitConfig, problem: Problem) -> FitResult:
                     bmodel,
                     bguide,
                     loss,
-                    x,
+                    train,
                     gt_mask.to(dev),
                     config.warmup_steps,
                     config.lr,
@@ -125,8 +131,8 @@ def joint(config: FitConfig, problem: Problem) -> FitResult:
         bguide,
         loss,
         optim,
-        x,
-        x_val,
+        train,
+        val,
         state,
         steps=config.steps,
         lr=config.lr,
@@ -140,7 +146,7 @@ def joint(config: FitConfig, problem: Problem) -> FitResult:
         callbacks=problem.callbacks,
         label=f"{config.guide}/{config.objective} R={config.restarts}",
     )
-    best, final = loop.select(state, loss, bmodel, bguide, x_val, config.seed, config.steps)
+    best, final = loop.select(state, loss, bmodel, bguide, val, config.seed, config.steps)
     ok = state.active.cpu() & torch.isfinite(final)
     records = [
         {

@@ -12,6 +12,8 @@ stage           reads                                           writes
                                                                 ``figures/``
 ``diagnosis``   ``hardness.json``, ``posterior.json``           ``diagnosis.json``
 ``downstream``  models and guides (``--downstream``)            ``downstream.json``, ``figures/``
+``regression``  ``config.json`` (``--preset bnn``)              ``regression/<process>.json``,
+                                                                ``figures/bnn-<process>.png``
 ``report``      everything above                                ``metrics.json``, ``report.md``
 ==============  ==============================================  =====================================
 
@@ -22,12 +24,12 @@ section in :mod:`pyrofail.stages.report`.
 
 from __future__ import annotations
 
-from pyrofail.stages import bias, diagnosis, downstream, jobs, references, report
+from pyrofail.stages import bias, diagnosis, downstream, jobs, references, regression, report
 from pyrofail.stages.folder import RunFolder
 
 __all__ = ["STAGES", "RunFolder", "run_all"]
 
-STAGES = (jobs, references, bias, diagnosis, downstream, report)
+STAGES = (jobs, references, bias, diagnosis, downstream, regression, report)
 
 
 def run_all(folder: RunFolder, stages=STAGES) -> None:

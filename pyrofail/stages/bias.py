@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pyrofail.analysis import posterior_plots as pp
-from pyrofail.analysis import reference_data
+from pyrofail.analysis import quality, reference_data
 from pyrofail.analysis.compare import compare
 from pyrofail.analysis.hardness import best_mean_field
 from pyrofail.analysis.modes import reference_modes
@@ -26,13 +26,24 @@ from pyrofail.runs import atomic_write_json, read_json
 from pyrofail.stages.folder import RunFolder, job_id, process_id, truth_of
 from pyrofail.stages.jobs import load_job
 from pyrofail.stages.pool import run_tasks
-from pyrofail.stages.references import analysis_points, has_reference, settings_of
+from pyrofail.stages.references import DRAWS, analysis_points, has_reference, settings_of
 
 __all__ = ["run", "job_bias", "truth_hardness"]
 
 
 def _lists(d: dict) -> dict:
     return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
+
+
+# The stage keeps 500 draws per point (a quarter of a reference's default): it asks for a
+# quarter of the gate's usual effective sample size, 100, i.e. 25 per chain.
+GATE = {"ess_min": quality.ESS_MIN * DRAWS / 2000}
+
+
+def _quality(ref) -> dict:
+    """The reference's quality gate as a record: per point ``ok``, the share failing each check."""
+    q = quality.gate(ref, **GATE)
+    return {"method": q.method, "ok": q.ok.tolist(), "summary": q.summary(), "limits": q.limits}
 
 
 def _current(path: Path, key: dict) -> dict | None:
@@ -58,6 +69,7 @@ def truth_hardness(config: dict, settings: dict, folder: Path) -> dict:
     record = {
         "key": key,
         "method": reference_data.method(ref),
+        "quality": _quality(ref),
         "best_mean_field": {
             "mean": best["mean"],
             "share_hard": best["share_hard"],
@@ -87,7 +99,7 @@ def job_bias(folder: Path, truth_folder: Path, settings: dict) -> dict:
     if truth is not None:
         truth_ref = reference_data.load(truth_folder / "reference.nc")
         against = {"truth_reference": truth_ref, "truth_modes": reference_modes(truth_ref, seed=seed)}
-    result = compare(model, guide, x_ref, ref, truth, modes=modes, seed=seed, **against)
+    result = compare(model, guide, x_ref, ref, truth, modes=modes, seed=seed, gate_options=GATE, **against)
     best = None
     # KL* of the learned model: against the truth's at the true K (K <= 2, where it is
     # computed on a grid); on a user's data, of every model, the best one standing in for a truth
@@ -103,6 +115,10 @@ def job_bias(folder: Path, truth_folder: Path, settings: dict) -> dict:
         "job": job_id(config),
         "reference_method": result["reference_method"],
         "n_points": result["n_points"],
+        "usable": result["usable"].tolist(),
+        "excluded": result["excluded"],
+        "reasons": result["reasons"],
+        "quality": _quality(ref),
         "model": {"mean": result["model"]["mean"], "per_point": _lists(result["model"]["per_point"])},
         "truth": None
         if result["truth"] is None
@@ -162,6 +178,7 @@ def run(folder: RunFolder) -> None:
     if settings is None:
         return
     groups = folder.by_process()
+    groups = {name: group for name, group in groups.items() if has_reference(group[0]["config"])}
     for name, group in groups.items():
         if truth_of(group[0]["config"]) is not None:
             truth_hardness(group[0]["config"], settings, folder.truth_dir(name))

@@ -37,16 +37,29 @@ COMPARATORS = (
 )
 
 
-def _side(job: dict, record: dict) -> dict:
+def _side(job: dict, record: dict, usable: list[bool]) -> dict:
+    """The per-point inputs of the evidence for one job, at the usable points only."""
     truth_side = record.get("truth") or {}
+    shift = (truth_side.get("per_point") or {}).get("posterior_shift")
+
+    def kept(values):
+        return None if values is None else [v for v, ok in zip(values, usable) if ok]
+
     return {
         "label": record["job"],
-        "kl": record["best_mean_field"]["per_point"],
-        "mleo": record["mleo"]["per_point"],
-        "pmo_gap": record["model"]["per_point"]["pmo_gap"],
-        "posterior_shift": (truth_side.get("per_point") or {}).get("posterior_shift"),
+        "kl": kept(record["best_mean_field"]["per_point"]),
+        "mleo": kept(record["mleo"]["per_point"]),
+        "pmo_gap": kept(record["model"]["per_point"]["pmo_gap"]),
+        "posterior_shift": kept(shift),
         "elbo_stderr": job["metrics"]["test_neg_elbo_stderr"],
     }
+
+
+def _usable(*records: dict) -> list[bool]:
+    """Points every record's references pass the quality gate at (all, for older records)."""
+    masks = [r["usable"] for r in records if r is not None and "usable" in r]
+    n = len(records[0]["model"]["per_point"]["pmo_gap"])
+    return [all(m[i] for m in masks) for i in range(n)]
 
 
 def diagnose_process(
@@ -75,10 +88,25 @@ def diagnose_process(
             ],
         }
     other = next((at_k[c] for c in COMPARATORS if c in at_k), None)
-    richer = None if other is None else _side(other, records[other["job"]])
-    truth_kl = hardness["best_mean_field"]["per_point"]
-    ev = evidence(truth_kl, _side(mfg, records[mfg["job"]]), richer, reference=reference)
-    return conclude(ev, learn_noise=learn_noise)
+    usable = _usable(records[mfg["job"]], None if other is None else records[other["job"]])
+    richer = None if other is None else _side(other, records[other["job"]], usable)
+    truth_kl = [v for v, ok in zip(hardness["best_mean_field"]["per_point"], usable) if ok]
+    if not truth_kl:
+        return {
+            "failure": "not diagnosed",
+            "sentences": ["Not diagnosed: no test point passed the reference quality gate."],
+        }
+    ev = evidence(truth_kl, _side(mfg, records[mfg["job"]], usable), richer, reference=reference)
+    out = conclude(ev, learn_noise=learn_noise)
+    excluded = len(usable) - len(truth_kl)
+    if excluded:
+        out["sentences"].insert(
+            0,
+            f"{excluded} of the {len(usable)} test points are left out: a reference posterior there "
+            "failed its quality gate (the reference-quality table says which checks).",
+        )
+    out["excluded_points"] = excluded
+    return out
 
 
 def diagnose_without_truth(k: int, jobs: list[dict], records: dict, learn_noise: bool) -> dict:
@@ -105,10 +133,13 @@ def diagnose_without_truth(k: int, jobs: list[dict], records: dict, learn_noise:
 
     proxies = {j["job"]: proxied(j) for j in at_k}
     hardness = {"best_mean_field": records[best["job"]]["best_mean_field"]}
-    verdict = diagnose_process(
-        k, hardness, at_k, proxies, learn_noise, reference=f"the best-fitting model ({best['job']})"
-    )
+    verdict = diagnose_process(k, hardness, at_k, proxies, learn_noise, reference="the best-fitting model")
     verdict["reference_job"] = best["job"]
+    verdict["sentences"].insert(
+        0,
+        f"There is no ground truth: the best-fitting model at K = {k}, {best['job']} (the highest "
+        "test log p(x)), stands in for it; MLEO here is its log p(x) minus the fit's, per point.",
+    )
     return verdict
 
 
@@ -124,6 +155,8 @@ def run(folder: RunFolder) -> None:
             if path.exists():
                 records[r["job"]] = read_json(path)
         truth = truth_of(group[0]["config"])
+        if not records:
+            continue  # no references (the semi-supervised model): nothing to diagnose here
         if truth is None:
             for k in sorted({r["config"]["latent_dim"] for r in group}):
                 out[f"{name} K={k}"] = diagnose_without_truth(k, group, records, learn_noise)
@@ -154,7 +187,7 @@ def failure_maps(folder: RunFolder, verdicts: dict) -> dict:
             "mleo_mfg_se": mf["mleo_stderr"],
             "mleo_other": None if other is None else other["mleo"],
             "mleo_other_se": None if other is None else other["mleo_stderr"],
-            "other": None if other is None else other["label"],
+            "other": None if other is None else other["label"].removeprefix(f"{name}-"),
             "px_cost": ev["px_cost"],
             "share_hard": ev["truth"]["share_hard"],
             "cx1_share": ev["cx1_share"],

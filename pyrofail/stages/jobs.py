@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from pyrofail.analysis import metrics, plots
+from pyrofail.analysis import metrics, plots, semisupervised
 from pyrofail.data import load_splits, make_splits
 from pyrofail.errors import AllRestartsDiverged, UsageError
 from pyrofail.fit import fit
+from pyrofail.labels import hide_labels
 from pyrofail.runs import RUN_FORMAT, atomic_torch_save, atomic_write_json, read_json
 from pyrofail.stages.folder import RunFolder, job_id, truth_of
 from pyrofail.stages.pool import run_tasks
@@ -99,33 +100,42 @@ def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> 
     atomic_torch_save(guide.state_dict(), folder / "guide.pt")
     x_test = splits.test.x
     seed = config["seed"]
-    # a user's data: no grid (D may be large), importance sampling to a stated precision
-    log_px = {"method": "is", "target_stderr": 0.01} if truth is None else {}
-    summary, values = metrics.summarize(
-        model,
-        guide,
-        x_test,
-        truth=truth,
-        is_samples=config.get("is_samples", 5000),
-        seed=seed,
-        per_point=True,
-        **log_px,
-    )
+    if labelled(truth):
+        summary, values = _semi_supervised_metrics(model, guide, splits.test, truth, seed)
+    else:
+        # a user's data: no grid (D may be large), importance sampling to a stated precision
+        log_px = {"method": "is", "target_stderr": 0.01} if truth is None else {}
+        summary, values = metrics.summarize(
+            model,
+            guide,
+            x_test,
+            truth=truth,
+            is_samples=config.get("is_samples", 5000),
+            seed=seed,
+            per_point=True,
+            **log_px,
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         bound = result.objective.per_point(model, guide, x_test)
-        trained = result.objective.training_bound(model, guide, x_test)
+        trained = bound if labelled(truth) else result.objective.training_bound(model, guide, x_test)
     for key, estimate in (("test_neg_bound", bound), ("test_neg_training_bound", trained)):
         mean, stderr = estimate.mean()
         summary[key], summary[f"{key}_stderr"] = -float(mean), float(stderr)
-    summary["trained_on"] = result.objective.trained_on(guide)
+    if hasattr(result.objective, "trained_on"):
+        summary["trained_on"] = result.objective.trained_on(guide)
     if hasattr(model, "noise_scale"):
         summary["noise_scale"] = model.noise_scale.tolist()
     values["neg_bound"] = -bound.value
     atomic_write_json(folder / "test_points.json", values)
-    figures = plots.job_figures(
-        truth, model, splits.test, folder / "figures", title=job_id(config), seed=config["seed"]
-    )
+    if labelled(truth):
+        figures = plots.class_curves_figure(
+            truth, model, splits.test, folder / "figures", title=job_id(config)
+        )
+    else:
+        figures = plots.job_figures(
+            truth, model, splits.test, folder / "figures", title=job_id(config), seed=config["seed"]
+        )
     out = {
         "job": job_id(config),
         "config": config,
@@ -141,9 +151,33 @@ def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> 
     return out
 
 
+def labelled(truth) -> bool:
+    """Whether a ground truth has labels (a semi-supervised process such as ``semicircle``)."""
+    return getattr(truth, "num_classes", None) is not None
+
+
+def _labels(config: dict, splits) -> dict:
+    """The labels a semi-supervised job trains on: ``labelled_fraction`` of the training and
+    the validation points keep theirs (seeded), the others are unlabelled (``-1``)."""
+    fraction = float(config.get("labelled_fraction", 0.1))
+    return {
+        "y": hide_labels(splits.train.y, fraction, seed=config["seed"]),
+        "y_val": hide_labels(splits.val.y, fraction, seed=config["seed"] + 1),
+    }
+
+
+def _semi_supervised_metrics(model, guide, test, truth, seed: int):
+    """The M2 metrics (:func:`pyrofail.analysis.semisupervised.summarize`) and every test
+    point's counterfactual error, for paired comparisons."""
+    summary = semisupervised.summarize(model, guide, test.x, test.y, truth, seed=seed)
+    cf = semisupervised.counterfactual_error(model, guide, test.x, test.y, truth, seed=seed)
+    return summary, {"counterfactual_error": cf["per_point"]}
+
+
 def _fit(config, splits, truth, folder, progress):
     return fit(
         splits.train.x,
+        **(_labels(config, splits) if labelled(truth) else {}),
         x_val=splits.val.x,
         truth=truth,
         latent_dim=config["latent_dim"],
@@ -157,6 +191,7 @@ def _fit(config, splits, truth, folder, progress):
         device=config.get("device", "cpu"),
         hidden=config["hidden"],
         init=config["init"],
+        pretrain_steps=config.get("pretrain_steps", 2000),
         learn_noise=config["learn_noise"],
         noise_scale=config.get("noise_scale"),
         likelihood=config.get("likelihood", "gaussian"),
@@ -181,6 +216,7 @@ def load_job(folder: str | os.PathLike):
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave no trace
         noise = config.get("noise_scale") or (float(truth.noise_scale) if truth is not None else 1.0)
         options = {"hidden": tuple(config["hidden"]), "activation": config.get("activation", "leaky_relu")}
+        classes = getattr(truth, "num_classes", None)
         model = build.learned_model(
             k,
             d,
@@ -188,9 +224,12 @@ def load_job(folder: str | os.PathLike):
             learn_noise=bool(config["learn_noise"]),
             likelihood=config.get("likelihood", "gaussian"),
             noise_per_feature=bool(config.get("noise_per_feature", False)),
+            num_classes=classes,
             **options,
         )
-        guide = build.guide(config["guide"], k, d, options=config.get("guide_options", {}), **options)
+        guide = build.guide(
+            config["guide"], k, d, options=config.get("guide_options", {}), num_classes=classes, **options
+        )
     for module, name in ((model, "model.pt"), (guide, "guide.pt")):
         try:
             state = torch.load(folder / name, map_location="cpu", weights_only=True)

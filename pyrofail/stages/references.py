@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pyrofail.analysis import reference_data
+import torch
+
+from pyrofail.analysis import grid, reference_data
 from pyrofail.analysis.reference import reference_posterior
 from pyrofail.errors import UsageError
 from pyrofail.stages.folder import RunFolder, process_id, truth_of
@@ -76,12 +78,25 @@ def load_reference(path: Path, key: dict):
     return ref if ref.posterior.attrs.get("key") == json.dumps(key, sort_keys=True) else None
 
 
-def _compute(model, config: dict, settings: dict, path: Path) -> str:
+# draws of the trained guide that join the multi-start search for the posterior's maxima
+GUIDE_CANDIDATES = 8
+
+
+def _compute(model, config: dict, settings: dict, path: Path, guide=None) -> str:
     key = _key(config, settings)
     if load_reference(path, key) is None:
         x_ref, _ = analysis_points(config, settings["points"])
+        options = {}
+        nuts = settings["method"] == "nuts" or (
+            settings["method"] == "auto" and model.latent_dim > grid.MAX_K
+        )
+        if nuts and guide is not None:
+            # a trained guide knows where the posterior's mass is: its draws start searches too
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(settings["seed"])
+                options["extra_candidates"] = guide.double().distribution(x_ref).sample((GUIDE_CANDIDATES,))
         ref = reference_posterior(
-            model, x_ref, settings["method"], num_draws=settings["draws"], seed=settings["seed"]
+            model, x_ref, settings["method"], num_draws=settings["draws"], seed=settings["seed"], **options
         )
         ref.posterior.attrs["key"] = json.dumps(key, sort_keys=True)
         reference_data.save(ref, path)
@@ -95,8 +110,8 @@ def truth_reference(config: dict, settings: dict, path: Path) -> str:
 
 def job_reference(folder: Path, settings: dict) -> str:
     """A finished job's learned model's reference (in float64)."""
-    config, _, model, _ = load_job(folder)
-    return _compute(model.double(), config, settings, Path(folder) / "reference.nc")
+    config, _, model, guide = load_job(folder)
+    return _compute(model.double(), config, settings, Path(folder) / "reference.nc", guide=guide)
 
 
 def run(folder: RunFolder) -> None:
@@ -107,7 +122,7 @@ def run(folder: RunFolder) -> None:
     tasks = [
         (truth_reference, (group[0]["config"], settings, folder.truth_dir(name) / "reference.nc"))
         for name, group in groups.items()
-        if truth_of(group[0]["config"]) is not None
+        if truth_of(group[0]["config"]) is not None and has_reference(group[0]["config"])
     ]
     jobs = [r["config"] for group in groups.values() for r in group if has_reference(r["config"])]
     # the NUTS references of the largest K take longest: start them first
@@ -119,7 +134,12 @@ def run(folder: RunFolder) -> None:
 
 def has_reference(config: dict) -> bool:
     """Whether the run computes a reference for this job's learned model."""
-    return config.get("data") is None or config["latent_dim"] <= MAX_K_WITHOUT_TRUTH
+    if config.get("data") is not None:
+        return config["latent_dim"] <= MAX_K_WITHOUT_TRUTH
+    truth = truth_of(config)
+    if not getattr(truth, "has_density", True):
+        return False  # data on a manifold (degenerate_line): no posterior reference to compare with
+    return getattr(truth, "num_classes", None) is None  # not for the semi-supervised model
 
 
 def _dispatch(fn, args):

@@ -43,6 +43,8 @@ class Results:
     failure_map: dict = field(default_factory=dict)  # model -> rows over the truth's noise
     data: dict | None = None  # data.json of a run on a user's data
     downstream: dict = field(default_factory=dict)  # downstream.json
+    hardness: dict = field(default_factory=dict)  # process -> truth/<process>/hardness.json
+    regression: dict = field(default_factory=dict)  # process -> regression/<process>.json
 
     @classmethod
     def read(cls, folder: RunFolder) -> Results:
@@ -51,6 +53,10 @@ class Results:
             out.data = read_json(folder.root / "data.json")
         if (folder.root / "downstream.json").exists():
             out.downstream = read_json(folder.root / "downstream.json")
+        for name in folder.options.get("regression") or []:
+            path = folder.root / "regression" / f"{name}.json"
+            if path.exists():
+                out.regression[name] = read_json(path)
         for r in out.jobs:
             path = folder.job_dir(r["job"]) / "test_points.json"
             if path.exists():
@@ -67,6 +73,9 @@ class Results:
             for model in out.failure_map:
                 out.figures.append(f"figures/failure-map-{model}.png")
             for name in folder.by_process():
+                path = folder.truth_dir(name) / "hardness.json"
+                if path.exists():
+                    out.hardness[name] = read_json(path)
                 for stem in (f"posterior-{name}", f"pmo-gap-{name}"):
                     if (folder.figures / f"{stem}.png").exists():
                         out.figures.append(f"figures/{stem}.png")
@@ -74,7 +83,7 @@ class Results:
 
     @property
     def has_posterior(self) -> bool:
-        return self.settings is not None and self.diagnosis is not None
+        return self.settings is not None and self.diagnosis is not None and bool(self.posterior)
 
 
 def results_table(results: list[dict]) -> str:
@@ -86,14 +95,17 @@ def results_table(results: list[dict]) -> str:
     rows = []
     for r in results:
         m = r["metrics"]
+
+        def cell(key, m=m):  # a metric with its standard error, "—" where the job has none
+            return with_error(m.get(key), m.get(f"{key}_stderr"))
+
         sel = r["restarts"][r["selected_restart"]]
         diverged = sum(rec["diverged_at"] is not None for rec in r["restarts"])
+        method = f" ({m['log_px_method']})" if "log_px_method" in m else ""
         rows.append(
-            f"| {r['job']} | {with_error(m['test_neg_elbo'], m['test_neg_elbo_stderr'])} "
-            f"| {with_error(m['test_neg_bound'], m['test_neg_bound_stderr'])} "
-            f"| {with_error(m['test_neg_log_px'], m['test_neg_log_px_stderr'])} ({m['log_px_method']}) "
-            f"| {with_error(m['pmo_gap'])} | {with_error(m.get('mleo'))} "
-            f"| {with_error(m['avg_mutual_information'])} "
+            f"| {r['job']} | {cell('test_neg_elbo')} | {cell('test_neg_bound')} "
+            f"| {cell('test_neg_log_px')}{method} | {cell('pmo_gap')} | {cell('mleo')} "
+            f"| {cell('avg_mutual_information')} "
             f"| {r['selected_restart']} ({sel['init']}) | {diverged}/{len(r['restarts'])} |"
         )
     return head + "\n".join(rows) + "\n"
@@ -232,8 +244,8 @@ def guides_compared(results: list[dict], points: dict) -> str | None:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         c = r["config"]
-        if r["job"] in points:
-            groups.setdefault((process_id(c), c["latent_dim"], c["objective"]), []).append(r)
+        if "log_px" in points.get(r["job"], {}):
+            groups.setdefault((process_id(c), c["latent_dim"], _trained_by(c)), []).append(r)
     lines = []
     for (model, k, objective), rs in sorted(groups.items()):
         if len({r["config"]["guide"] for r in rs}) < 2:
@@ -265,23 +277,22 @@ def guides_compared(results: list[dict], points: dict) -> str | None:
 def posterior_table(records: dict) -> str:
     """Posterior bias of every job's guide against its own model's reference posterior."""
     head = (
-        "| job | reference | points | ELBO | log p(x) | PMO gap = KL(q‖p) | KL(p‖q) | best MFG KL* "
-        "| mode-mass error | energy distance | PSIS k̂ median (share > thr) |\n"
+        "| job | reference | points used (left out) | ELBO | log p(x) | PMO gap = KL(q‖p) | KL(p‖q) "
+        "| best MFG KL* | mode-mass error | energy distance | PSIS k̂ median (share > thr) |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for job, rec in records.items():
-        if "skipped" in rec:
-            rows.append(f"| {job} | skipped: {rec['skipped']} |" + " |" * 9)
-            continue
         m = rec["model"]["mean"]
         best = rec.get("best_mean_field")
+        excluded = rec.get("excluded", 0)
+        points = f"{rec['n_points'] - excluded} ({excluded})"
         rows.append(
-            f"| {job} | {rec['reference_method']} | {rec['n_points']} | {number(m['elbo'])} "
-            f"| {number(m['log_px'])} | {number(m['pmo_gap'])} | {number(m['forward_kl'])} "
-            f"| {number(best['mean'] if best else None)} | {number(m['mode_mass_error'])} "
-            f"| {number(m['energy_distance'])} | {number(m['pareto_k_median'], 2)} "
-            f"({number(m['pareto_k_bad_share'], 2)} > {number(m['pareto_k_threshold'], 2)}) |"
+            f"| {job} | {rec['reference_method']} | {points} | {number(m.get('elbo'))} "
+            f"| {number(m.get('log_px'))} | {number(m.get('pmo_gap'))} | {number(m.get('forward_kl'))} "
+            f"| {number(best['mean'] if best else None)} | {number(m.get('mode_mass_error'))} "
+            f"| {number(m.get('energy_distance'))} | {number(m.get('pareto_k_median'), 2)} "
+            f"({number(m.get('pareto_k_bad_share'), 2)} > {number(m.get('pareto_k_threshold'), 2)}) |"
         )
     return head + "\n".join(rows) + "\n"
 
@@ -294,7 +305,7 @@ def truth_table(records: dict) -> str:
     )
     rows = []
     for job, rec in records.items():
-        if "skipped" in rec:
+        if rec.get("mleo") is None:  # a user's data: there is no truth
             continue
         t = (rec.get("truth") or {}).get("mean") or {}
         rows.append(
@@ -356,14 +367,21 @@ def metrics_summary(res: Results) -> dict:
 
 def section_header(res: Results) -> list[str]:
     o = res.options
+    if o.get("data") is not None:
+        what = f"data `{o['data']}`"
+        sizes = "the split of the Data section"
+    else:
+        noise = f" at σ = {', '.join(map(str, o['truth_noise']))}" if o.get("truth_noise") else ""
+        what = f"models {', '.join(o['model'])}{noise}"
+        sizes = f"{o['n_train']}/{o['n_val']}/{o['n_test']} train/validation/test points"
+    procedures = o.get("procedure") or ["joint"]
     return [
         "# pyrofail run report",
         "",
-        f"Preset `{o['preset']}`; models {', '.join(o['model'])}; K "
-        f"{', '.join(map(str, o['latent_dim']))}; guides {', '.join(o['guide'])}; "
-        f"objectives {', '.join(o['objective'])}; {o['restarts']} restarts, "
-        f"{o['steps']} steps, seed {o['seed']}; "
-        f"{o['n_train']}/{o['n_val']}/{o['n_test']} train/validation/test points.",
+        f"Preset `{o['preset']}`; {what}; K {', '.join(map(str, o['latent_dim']))}; guides "
+        f"{', '.join(o['guide'])}; objectives {', '.join(o['objective'])}; procedures "
+        f"{', '.join(procedures)}; {o['restarts']} restarts, {o['steps']} steps, seed {o['seed']}; "
+        f"{sizes}.",
         "",
     ]
 
@@ -417,6 +435,12 @@ def section_training(res: Results) -> list[str]:
     ]
 
 
+def _trained_by(config: dict) -> str:
+    """The objective, and the procedure where it is not the usual joint training."""
+    procedure = config.get("procedure", "joint")
+    return config["objective"] if procedure == "joint" else f"{config['objective']} ({procedure})"
+
+
 def choosing_k(results: list[dict], points: dict) -> list[str]:
     """Rows of the table that shows which latent dimension each objective would choose: per
     process, guide and objective run at several K, the test −ELBO and −log p(x) at each K, and
@@ -424,8 +448,8 @@ def choosing_k(results: list[dict], points: dict) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         c = r["config"]
-        if r["job"] in points:
-            groups.setdefault((process_id(c), c["guide"], c["objective"]), []).append(r)
+        if "log_px" in points.get(r["job"], {}):
+            groups.setdefault((process_id(c), c["guide"], _trained_by(c)), []).append(r)
     rows = []
     for (process, guide, objective), rs in sorted(groups.items()):
         if len(rs) < 2:
@@ -519,6 +543,48 @@ def section_guides(res: Results) -> list[str]:
     return ["## Guides compared", "", "Highest test log p(x) per model, K and objective.", "", compared]
 
 
+def reference_quality_table(res: Results) -> str:
+    """One row per reference posterior: its method, points, the share failing the quality
+    gate, and the share failing each check."""
+    rows = [(f"truth/{name}", rec["quality"]) for name, rec in res.hardness.items() if "quality" in rec]
+    rows += [(job, rec["quality"]) for job, rec in res.posterior.items() if "quality" in rec]
+    checks = list(dict.fromkeys(k for _, q in rows for k in q["summary"] if k != "any"))
+    head = "| reference | method | points | failing the gate | " + " | ".join(checks) + " |\n"
+    head += "|" + "---|" * (4 + len(checks)) + "\n"
+    lines = []
+    for name, q in rows:
+        cells = [f"{100 * q['summary'][c]:.0f}%" if c in q["summary"] else "—" for c in checks]
+        lines.append(
+            f"| {name} | {q['method']} | {len(q['ok'])} | {100 * q['summary']['any']:.0f}% | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def section_reference_quality(res: Results) -> list[str]:
+    if not res.has_posterior or not (res.hardness or res.posterior):
+        return []
+    limits = {}
+    for rec in [*res.hardness.values(), *res.posterior.values()]:
+        limits.update((rec.get("quality") or {}).get("limits", {}))
+    return [
+        "## Reference quality",
+        "",
+        "Every reference posterior is checked point by point before anything is measured against "
+        "it (`pyrofail.analysis.quality`): for NUTS, the within-mode R-hat, the effective sample "
+        "size, the Pareto k̂ of the importance weights behind log p(x) and the mode masses, the "
+        "posterior mass outside every mode found (missing) or in modes no chain's draws cover "
+        "(unrepresented), divergent transitions and the standard error of log p(x); for the grid, "
+        "the mass at the box's edge and in cells left coarse. Limits: "
+        + ", ".join(f"{k} {v:g}" for k, v in limits.items())
+        + ". A point whose reference fails is left out of the posterior-bias means and of the "
+        "diagnosis, and counted there.",
+        "",
+        reference_quality_table(res),
+    ]
+
+
 def section_posterior_bias(res: Results) -> list[str]:
     if not res.has_posterior:
         return []
@@ -540,13 +606,18 @@ def section_posterior_bias(res: Results) -> list[str]:
         "threshold where importance sampling from the guide fails.",
         "",
         posterior_table(res.posterior),
-        "Against the ground truth's posterior p_GT(z|x) at the same points (jobs at the true "
-        "K): the same quantities for the guide; posterior shift: the energy distance between "
-        "the learned model's posterior p_θ(z|x) and the truth's (how far the latent space "
-        "moved); MLEO: mean of log p_GT(x) − log p_θ(x) (± its standard error).",
-        "",
-        truth_table(res.posterior),
-    ]
+    ] + (
+        [
+            "Against the ground truth's posterior p_GT(z|x) at the same points (jobs at the true "
+            "K): the same quantities for the guide; posterior shift: the energy distance between "
+            "the learned model's posterior p_θ(z|x) and the truth's (how far the latent space "
+            "moved); MLEO: mean of log p_GT(x) − log p_θ(x) (± its standard error).",
+            "",
+            truth_table(res.posterior),
+        ]
+        if any(rec.get("mleo") is not None for rec in res.posterior.values())
+        else []
+    )
 
 
 def section_diagnosis(res: Results) -> list[str]:
@@ -684,6 +755,118 @@ def section_downstream(res: Results) -> list[str]:
     return lines
 
 
+def section_semi_supervised(res: Results) -> list[str]:
+    jobs = [r for r in res.jobs if "counterfactual_error_model" in r["metrics"]]
+    if not jobs:
+        return []
+    lines = [
+        "## Semi-supervised (M2)",
+        "",
+        "The M2 model of Kingma et al. (2014) with q(y|x) q(z|x,y), trained on the labelled share "
+        "of the points (`--labelled-fraction`). Separation: the mean distance between the two "
+        "learned class curves f(z, 0) and f(z, 1) over z ~ p(z), as a share of the truth's (near 0: "
+        "the curves collapsed onto each other). Counterfactual error: the distance between the "
+        "learned and the true counterfactual of each test point (its point had it been of the "
+        "other class), z inferred by the learned model's exact posterior (and by its guide). MLEO "
+        "of p(x) and of each class's p(x|y), exact by quadrature; accuracy of q(y|x) against the "
+        "truth's own (Bayes) accuracy.",
+        "",
+        "| job | separation / truth | counterfactual error (model) | (guide) | MLEO p(x) "
+        "| MLEO p(x|y=0) / p(x|y=1) | accuracy (Bayes) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in jobs:
+        m = r["metrics"]
+        lines.append(
+            f"| {r['job']} | {number(m['separation_ratio'], 2)} "
+            f"| {with_error(m['counterfactual_error_model'], m['counterfactual_error_model_stderr'])} "
+            f"| {with_error(m['counterfactual_error_guide'], m['counterfactual_error_guide_stderr'])} "
+            f"| {with_error(m['mleo'], m['mleo_stderr'])} "
+            f"| {number(m['mleo_class0'])} / {number(m['mleo_class1'])} "
+            f"| {with_error(m['accuracy'], m['accuracy_stderr'])} ({number(m['bayes_accuracy'])}) |"
+        )
+    lines.append("")
+    mfg = next(
+        (r for r in jobs if (r["config"]["guide"], r["config"]["objective"]) == ("mean_field", "elbo")), None
+    )
+    if mfg is not None and mfg["job"] in res.points:
+        lines += [f"Counterfactual error against the MFG M2 ({mfg['job']}), paired over the test points:", ""]
+        for r in jobs:
+            if r is mfg or r["job"] not in res.points:
+                continue
+            d = paired_difference(
+                _per_point(res.points, mfg, "counterfactual_error"),
+                _per_point(res.points, r, "counterfactual_error"),
+            )
+            side = verdict(d)
+            words = {"greater": "the MFG M2's is larger", "less": "the MFG M2's is smaller", "tie": "a tie"}[
+                side
+            ]
+            lines.append(f"- {r['job']}: MFG M2 minus it {with_error(d['mean'], d['stderr'])} ({words}).")
+        lines.append("")
+    return lines
+
+
+def section_regression(res: Results) -> list[str]:
+    if not res.regression:
+        return []
+    columns = [
+        ("test_ll", "test log-lik."),
+        ("paired_diff", "Δ test log-lik. (paired)"),
+        ("coverage90", "90% coverage"),
+        ("rmse", "RMSE"),
+        ("gap", "train − test log-lik."),
+        ("hsic", "HSIC(x, z)"),
+        ("r2_z", "R²(E[z] from x)"),
+    ]
+    lines = [
+        "## Bayesian neural networks with latent input noise",
+        "",
+        "y = f_W(x, z) + ε with a prior on the weights W and a latent input z per point "
+        "(Depeweg et al. 2018); explanatory power can move between W and z while the training "
+        "data are fit equally well (Yacoby, Pan & Doshi-Velez 2022). Test log-likelihood of the "
+        "posterior predictive with z drawn from its prior; Δ: each method minus the first, paired "
+        "over test points; the train − test gap uses the inferred z of the training points; "
+        "HSIC and R² measure how much the inferred z depends on x, which the model says it does "
+        "not. `noise_constrained` is this project's reading of the paper's mitigation: VI with a "
+        "penalty λ · HSIC(x, z), λ chosen on validation data.",
+        "",
+    ]
+    for process, record in res.regression.items():
+        lines += [
+            f"### {process}",
+            "",
+            "| method | seconds | λ | " + " | ".join(label for _, label in columns) + " |",
+            "|---" * (3 + len(columns)) + "|",
+        ]
+        for row in record["rows"]:
+            cells = []
+            for key, _ in columns:
+                v = row.get(key)
+                cells.append(with_error(v["value"], v["stderr"]) if isinstance(v, dict) else "—")
+            lam = "—" if row.get("lam") is None else f"{row['lam']:g}"
+            seconds = "—" if row.get("seconds") is None else f"{row['seconds']:.0f}"
+            lines.append(f"| {row['method']} | {seconds} | {lam} | " + " | ".join(cells) + " |")
+        lines.append("")
+        first = next((r for r in record["rows"] if r["method"] != "truth"), None)
+        for row in record["rows"]:
+            diff = row.get("paired_diff")
+            if row is first or row["method"] == "truth" or not isinstance(diff, dict):
+                continue
+            d = {"mean": diff["value"], "stderr": diff["stderr"]}
+            word = {"greater": "higher", "less": "lower", "tie": "a tie, inside two standard errors"}[
+                verdict(d)
+            ]
+            lines.append(
+                f"- {row['method']} against {first['method']}: test log-likelihood "
+                f"{with_error(d['mean'], d['stderr'])} ({word})."
+            )
+        if record.get("figure"):
+            lines += ["", f"![predictive bands of {process}]({record['figure']})"]
+        lines.append("")
+    return lines
+
+
 def section_figures(res: Results) -> list[str]:
     lines = ["## Figures", ""]
     lines += [f"![{Path(f).stem}]({f})" for f in res.figures]
@@ -702,10 +885,13 @@ SECTIONS = (
     section_orderings,
     section_guides,
     section_choosing_k,
+    section_reference_quality,
     section_posterior_bias,
     section_diagnosis,
     section_failure_map,
+    section_semi_supervised,
     section_downstream,
+    section_regression,
     section_figures,
 )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from pyrofail.errors import UsageError, check_choice, check_positive_float, check_positive_int
+from pyrofail.labels import UNLABELLED, check_labels
 from pyrofail.runs import RUN_FORMAT
 
 __all__ = ["INITS", "FitConfig", "Problem", "resolve"]
@@ -55,6 +56,7 @@ class FitConfig:
     procedure_options: dict = dataclasses.field(default_factory=dict)
     likelihood: str = "gaussian"
     noise_per_feature: bool = False
+    num_classes: int | None = None  # labels: the semi-supervised M2 model (Kingma et al. 2014)
     format: int = RUN_FORMAT
 
     def as_dict(self) -> dict:
@@ -64,7 +66,12 @@ class FitConfig:
         """A hash of the options (but the device) and the data, to refuse a checkpoint of
         another fit."""
         # options at their defaults leave the key as it was before they existed
-        defaults = {"likelihood": "gaussian", "noise_per_feature": False, "procedure_options": {}}
+        defaults = {
+            "likelihood": "gaussian",
+            "noise_per_feature": False,
+            "procedure_options": {},
+            "num_classes": None,
+        }
         options = {
             k: v
             for k, v in self.as_dict().items()
@@ -84,6 +91,8 @@ class Problem:
 
     x: torch.Tensor
     x_val: torch.Tensor
+    y: torch.Tensor | None = None  # labels (long, -1 where unknown), for a semi-supervised fit
+    y_val: torch.Tensor | None = None
     truth: object = None
     model: object = None
     guide: object = "mean_field"
@@ -91,6 +100,12 @@ class Problem:
     checkpoint: Path | None = None
     progress: bool = False
     callbacks: Sequence[Callable] = field(default_factory=tuple)
+
+    def data(self, device) -> tuple[tuple, tuple]:
+        """``((x, [y]), (x_val, [y_val]))`` on ``device``: what SVI steps and validation take."""
+        train = (self.x,) if self.y is None else (self.x, self.y)
+        val = (self.x_val,) if self.y is None else (self.x_val, self.y_val)
+        return tuple(t.to(device) for t in train), tuple(t.to(device) for t in val)
 
 
 def as_data(name: str, x, data_dim: int | None) -> torch.Tensor | None:
@@ -130,6 +145,8 @@ def _name(spec) -> str:
 def resolve(
     x,
     *,
+    y=None,
+    y_val=None,
     truth=None,
     model=None,
     learn_model: bool = True,
@@ -171,6 +188,18 @@ def resolve(
     x = as_data("x", x, data_dim)
     data_dim = x.shape[1]
     x_val = as_data("x_val", x_val, data_dim)
+    num_classes = getattr(process, "num_classes", None)
+    y = check_labels(y, x.shape[0], num_classes)
+    if y is not None:
+        num_classes = num_classes or int(y.max()) + 1
+        if num_classes < 2:
+            raise UsageError("labels y name a single class; a semi-supervised fit needs two or more")
+        if x_val is not None:
+            y_val = check_labels(y_val, x_val.shape[0], num_classes)
+            if y_val is None:
+                y_val = torch.full((x_val.shape[0],), UNLABELLED, dtype=torch.long)
+    elif y_val is not None:
+        raise UsageError("y_val= needs labels y= for the training points too")
     restarts = check_positive_int("restarts", restarts)
     steps = check_positive_int("steps", steps)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -219,6 +248,8 @@ def resolve(
             raise UsageError(f"x has {x.shape[0]} rows: too few to hold out validation data")
         perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
         x, x_val = x[perm[n_val:]], x[perm[:n_val]]
+        if y is not None:
+            y, y_val = y[perm[n_val:]], y[perm[:n_val]]
     dev = _device(device)
     config = FitConfig(
         n_train=int(x.shape[0]),
@@ -248,10 +279,13 @@ def resolve(
         procedure_options=dict(procedure_options or {}),
         likelihood=likelihood,
         noise_per_feature=bool(noise_per_feature),
+        num_classes=None if y is None else int(num_classes),
     )
     problem = Problem(
         x=x,
         x_val=x_val,
+        y=y,
+        y_val=y_val,
         truth=truth,
         model=model,
         guide=guide,

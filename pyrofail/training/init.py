@@ -55,8 +55,29 @@ def pretrain_decoder(
         sched.step()
 
 
-def warm_up_encoder(bmodel, bguide, loss, x, mask, steps, lr, batch_size, seed) -> None:
-    """Fit the encoders of the masked restarts to their fixed (ground-truth) decoders."""
+def pretrain_labelled_decoder(model, truth, mask: torch.Tensor, steps: int, lr: float, device) -> None:
+    """Regress the masked restarts of a batched M2 decoder :math:`f_\\theta(z, y)` onto the true
+    class curves ``truth.curve(z, y)`` (fresh prior draws of z and uniform labels each step)."""
+    opt = torch.optim.Adam(model.decoder.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    weight = mask.to(device=device, dtype=torch.get_default_dtype())
+    for _ in range(steps):
+        z = torch.randn(model.restarts, 512, model.latent_dim, device=device)
+        y = torch.randint(0, model.num_classes, (model.restarts, 512), device=device)
+        with torch.no_grad():
+            target = truth.curve(z, y)
+        err = (model.curve(z, y) - target).pow(2).sum(-1).mean(-1)
+        opt.zero_grad()
+        (err * weight).sum().backward()
+        opt.step()
+        sched.step()
+
+
+def warm_up_encoder(bmodel, bguide, loss, data, mask, steps, lr, batch_size, seed) -> None:
+    """Fit the encoders of the masked restarts to their fixed (ground-truth) decoders, on
+    ``data`` = ``x`` or ``(x, [y])``."""
+    data = data if isinstance(data, tuple) else (data,)
+    x = data[0]
     frozen = [p for p in bmodel.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
@@ -67,7 +88,8 @@ def warm_up_encoder(bmodel, bguide, loss, x, mask, steps, lr, batch_size, seed) 
     batches = Batches(x.shape[0], batch_size, seed + 2)
     with pyro.validation_enabled(False):
         for step in range(steps):
-            svi.step(x[batches(step).to(x.device)])
+            idx = batches(step).to(x.device)
+            svi.step(*(t[idx] for t in data))
     for p in frozen:
         p.requires_grad_(True)
     bmodel.train(True)

@@ -68,24 +68,33 @@ def _restore(modules, snap, dead: torch.Tensor) -> None:
             t[dead] = s[dead]
 
 
-def _find_diverged(bmodel, bguide, loss, xb, restarts: int) -> torch.Tensor:
-    """Restarts with non-finite parameters, or else with a non-finite loss on ``xb``."""
+def _per_point(loss, bmodel, bguide, data: tuple, num_samples=None):
+    """The objective's per-point value on ``data`` = ``(x,)`` or ``(x, y)`` (labels)."""
+    labels = {"y": data[1]} if len(data) > 1 else {}
+    return loss.per_point(bmodel, bguide, data[0], num_samples, **labels)
+
+
+def _find_diverged(bmodel, bguide, loss, batch: tuple, restarts: int) -> torch.Tensor:
+    """Restarts with non-finite parameters, or else with a non-finite loss on ``batch``."""
     dead = ~restart_finite(bmodel, restarts) | ~restart_finite(bguide, restarts)
-    dead = dead.to(xb.device)
+    dead = dead.to(batch[0].device)
     if not dead.any():
         with torch.no_grad():
-            per = loss.per_point(bmodel, bguide, xb).value.sum(-1)
+            per = _per_point(loss, bmodel, bguide, batch).value.sum(-1)
         dead = ~torch.isfinite(per)
     return dead
 
 
-def validate(loss, bmodel, bguide, x_val, seed: int, step: int) -> torch.Tensor:
-    """Mean validation objective per restart, with its own random stream so that evaluating
-    never changes the training draws (and a resumed fit matches an uninterrupted one)."""
-    with torch.random.fork_rng(devices=[x_val.device] if x_val.device.type == "cuda" else []):
+def validate(loss, bmodel, bguide, val, seed: int, step: int) -> torch.Tensor:
+    """Mean validation objective per restart on ``val`` (``x_val`` or ``(x_val, [y_val])``),
+    with its own random stream so that evaluating never changes the training draws (and a
+    resumed fit matches an uninterrupted one)."""
+    val = val if isinstance(val, tuple) else (val,)
+    device = val[0].device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(seed) * 1_000_003 + step)
         with torch.no_grad():
-            value = loss.per_point(bmodel, bguide, x_val, VAL_SAMPLES).value.mean(-1)
+            value = _per_point(loss, bmodel, bguide, val, VAL_SAMPLES).value.mean(-1)
     return value.cpu()
 
 
@@ -94,8 +103,8 @@ def run(
     bguide,
     loss,
     optim,
-    x,
-    x_val,
+    train: tuple,
+    val: tuple,
     state: FitState,
     *,
     steps: int,
@@ -110,8 +119,10 @@ def run(
     callbacks=(),
     label: str = "",
 ) -> FitState:
-    """Run SVI from ``state.step`` to ``steps``: one step per minibatch, validation and a
-    checkpoint every ``eval_every`` steps; returns the final state (``state``, updated)."""
+    """Run SVI from ``state.step`` to ``steps``: one step per minibatch of ``train`` (``(x,)`` or
+    ``(x, y)``), validation on ``val`` and a checkpoint every ``eval_every`` steps; returns the
+    final state (``state``, updated)."""
+    x = train[0]
     restarts = state.active.shape[0]
     active = state.active
     # The active mask zeroes the loss of frozen restarts; tensors captured by poutine.mask
@@ -133,9 +144,10 @@ def run(
         for step in range(state.step, steps):
             idx = batches(step).to(x.device)
             optim.set_lr(lr * lr_factor(step, steps))
-            value = svi.step(x[idx])
+            batch = tuple(t[idx] for t in train)
+            value = svi.step(*batch)
             if not math.isfinite(value):
-                dead = _find_diverged(bmodel, bguide, loss, x[idx], restarts) & active
+                dead = _find_diverged(bmodel, bguide, loss, batch, restarts) & active
                 state.freeze(dead, step)
                 _restore(tensors_of, snap, dead)
                 optim.reset(restarts, dead)
@@ -154,15 +166,15 @@ def run(
                     x.device
                 )
                 state.freeze(dead, step)
-                val = validate(loss, bmodel, bguide, x_val, seed, step)
+                value_val = validate(loss, bmodel, bguide, val, seed, step)
                 history = state.history
                 history["step"].append(step + 1)
-                history["validation"].append(val.tolist())
+                history["validation"].append(value_val.tolist())
                 running = state.running
                 history["train_loss"].append(None if running is None else running / (restarts * batch_size))
                 snap = _snapshot(tensors_of)
                 if bar is not None and active.any():
-                    bar.set_postfix(val=f"{float(val[active.cpu()].max()):.4f}")
+                    bar.set_postfix(val=f"{float(value_val[active.cpu()].max()):.4f}")
                 state.step = step + 1
                 state.save(checkpoint, key, bmodel, bguide, optim)
     state.step = steps
@@ -171,13 +183,13 @@ def run(
     return state
 
 
-def select(state: FitState, loss, bmodel, bguide, x_val, seed: int, steps: int) -> tuple[int, torch.Tensor]:
+def select(state: FitState, loss, bmodel, bguide, val, seed: int, steps: int) -> tuple[int, torch.Tensor]:
     """The restart with the best final validation objective among those that never diverged,
     and the final objective of every restart ``(R,)``."""
     history = state.history
     final = torch.tensor(history["validation"][-1]) if history["validation"] else None
     if final is None:
-        final = validate(loss, bmodel, bguide, x_val, seed, steps - 1)
+        final = validate(loss, bmodel, bguide, val, seed, steps - 1)
     ok = state.active.cpu() & torch.isfinite(final)
     if not ok.any():
         raise AllRestartsDiverged(f"every restart diverged (steps {state.diverged_at})")

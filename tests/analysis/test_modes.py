@@ -222,3 +222,22 @@ def test_bad_shapes_are_usage_errors():
         modes.find_modes(torch.randn(100, 1), torch.zeros(99))
     with pytest.raises(UsageError, match="log_density"):
         modes.find_modes(torch.randn(100, 1), log_density=torch.zeros(99))
+
+
+@pytest.mark.parametrize("width", [0.01, 3e-4])
+@pytest.mark.parametrize("use_density", [True, False], ids=["posterior-density", "kernel-estimate"])
+def test_one_narrow_gaussian_far_from_the_origin_is_one_mode(width, use_density):
+    """Distances between draws at z = 2 that differ by a fraction of ``width``: single precision
+    and the matrix-product distance formula lose them, and split one Gaussian in two."""
+    gen = torch.Generator().manual_seed(0)
+    z = 2.0 + width * torch.randn(50, 400, 1, generator=gen, dtype=torch.float64)
+    density = -0.5 * ((z[..., 0] - 2.0) / width) ** 2 if use_density else None
+    _, labels = modes.find_modes(z, log_density=density)
+    assert (modes.num_modes(labels) == 1).all()
+
+
+def test_assign_resolves_centres_closer_than_single_precision_at_their_distance_from_zero():
+    centres = 2.0 + 1e-4 * torch.arange(64, dtype=torch.float64)[:, None]  # (M, 1)
+    labels = torch.arange(64)
+    samples = centres + 3e-5  # each nearest to its own centre
+    assert torch.equal(modes.assign(samples, centres, labels), labels)

@@ -13,7 +13,7 @@ feature, a line in the plane) maximum likelihood drives it to :math:`-\infty`; t
 failure the ``spread`` objective (:mod:`pyrofail.objectives.spread`) repairs.
 
 It keeps the model contract (``model``, ``log_joint``, ``sample``, restart batching through
-:class:`pyrofail.nn.MLP`), so ``pf.fit(x, model=Heteroscedastic(...), noise_scale=1.0, ...)``
+:class:`pyrofail.nn.MLP`), so ``pf.fit(x, model=HeteroscedasticDecoder(...), noise_scale=1.0, ...)``
 trains it with any objective (``noise_scale`` is required by ``fit`` for a Gaussian
 likelihood but unused by this model); restarts start from copies of the one model given, so
 vary the seed of the model's construction rather than ``restarts``. It has no ``noise_scale``
@@ -35,13 +35,13 @@ from pyrofail.errors import UsageError, check_choice, check_positive_int
 from pyrofail.models.degenerate_line import Bits
 from pyrofail.nn import MLP, Batched, data_plates
 
-__all__ = ["PRIORS", "Heteroscedastic"]
+__all__ = ["PRIORS", "HeteroscedasticDecoder"]
 
 PRIORS = ("gaussian", "bernoulli")
 LOG_2PI = math.log(2 * math.pi)
 
 
-class Heteroscedastic(Batched, PyroModule):
+class HeteroscedasticDecoder(Batched, PyroModule):
     r"""Learned mean and log-variance per feature and per point (module docstring).
 
     :param latent_dim: :math:`K`.
@@ -55,7 +55,7 @@ class Heteroscedastic(Batched, PyroModule):
     :param restarts: ``None``, or ``R`` for ``R`` independent copies in one batched module.
 
     Example:
-        >>> m = Heteroscedastic(1, 2, hidden=(8,), prior="bernoulli")
+        >>> m = HeteroscedasticDecoder(1, 2, hidden=(8,), prior="bernoulli")
         >>> d = m.sample(5, seed=0)
         >>> tuple(d.x.shape), sorted(set(d.z.flatten().tolist())) <= [0.0, 1.0]
         ((5, 2), True)

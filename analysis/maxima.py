@@ -1,0 +1,274 @@
+r"""The local maxima of :math:`\log p(x, z)` for every point, with their Laplace masses.
+
+**Search.** For every data point, ``candidates`` over-dispersed starts, quasi-random draws of
+:math:`\mathcal N(0, 4 I)` (a scrambled Sobol sequence: Owen 1998), and any extra starting
+candidates (a trained guide's draws, say) climb :math:`\log p(x, z)`: Adam first (a global,
+step-size-free start), then damped saddle-free Newton steps (Dauphin et al. 2014: the step
+:math:`|H|^{-1} \nabla \log p(x, z)`, with :math:`|H|` the Hessian of :math:`-\log p` with its
+eigenvalues replaced by their absolute values) in a trust region that never crosses a valley,
+which reach a narrow maximum to within a small fraction of its width.
+
+**Distinct maxima.** End points are taken best first; one is the same maximum as one already kept
+when :math:`\log p` along the segment between them never falls below ``dip`` times the lower of
+the two (the persistence rule of :mod:`pyrofail.analysis.modes`: no valley, no second mode).
+
+**Laplace mass.** At a maximum :math:`z^*` with Hessian :math:`H` of :math:`-\log p(x, z)`,
+
+.. math::
+
+    \log P^{\text{Laplace}} = \log p(x, z^*) + \tfrac12 \log\det\big(2\pi H^{-1}\big),
+
+the mass of the Gaussian that matches the posterior's height and curvature there (Tierney &
+Kadane 1986). It orders the maxima for starting chains (:func:`starting_points`): by mass, not
+peak height, so that a broad heavy mode below a narrow peak still gets a chain.
+
+Example:
+    >>> import torch
+    >>> from pyrofail.models import LinearGaussian
+    >>> from pyrofail.analysis.maxima import find_maxima
+    >>> truth = LinearGaussian(latent_dim=2, data_dim=3, noise_scale=0.5, seed=0).double()
+    >>> x = truth.sample(3, seed=0).x.double()
+    >>> found = find_maxima(truth, x, candidates=4, steps=20)
+    >>> found.valid.sum(-1).tolist()  # one maximum per point: the posterior is Gaussian
+    [1, 1, 1]
+    >>> bool(torch.allclose(found.z[:, 0], truth.posterior(x).mean, atol=1e-6))
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pyrofail.errors import UsageError, check_positive_int
+
+__all__ = ["Maxima", "curvature", "find_maxima", "starting_points"]
+
+EIG_FLOOR = 1e-2  # smallest |eigenvalue| of H used: a posterior sd of at most 10 prior sds
+SEGMENT_POINTS = 16  # points on the segment between two maxima where the persistence rule looks
+NEWTON_STEPS = 40
+
+
+@dataclass
+class Maxima:
+    r"""Distinct local maxima per point, padded to ``J`` per point (``valid`` marks the real ones,
+    best first): ``z`` ``(N, J, K)``, ``log_joint`` :math:`\log p(x, z^*)` ``(N, J)``,
+    ``log_mass`` the Laplace mass ``(N, J)``, ``tril`` ``(N, J, K, K)`` with
+    :math:`L L^\top = H^{-1}` (the Laplace covariance)."""
+
+    z: torch.Tensor
+    log_joint: torch.Tensor
+    log_mass: torch.Tensor
+    tril: torch.Tensor
+    valid: torch.Tensor
+
+    def __getitem__(self, rows) -> Maxima:
+        """The maxima of the points ``rows`` (a slice or index tensor)."""
+        return Maxima(
+            self.z[rows], self.log_joint[rows], self.log_mass[rows], self.tril[rows], self.valid[rows]
+        )
+
+    def shares(self) -> torch.Tensor:
+        """Each maximum's share of the points' total Laplace mass ``(N, J)``, 0 where invalid."""
+        lm = self.log_mass.masked_fill(~self.valid, -math.inf)
+        return torch.softmax(lm, -1).nan_to_num(0.0)
+
+
+def curvature(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    r"""The Hessian blocks :math:`\nabla^2_{z_{c,n}} U` ``(C, N, K, K)`` of
+    :math:`U = -\log p(x, z)` at ``z`` ``(C, N, K)``, by ``K`` Hessian-vector products: the
+    sub-problems are independent, so the product with a vector that is 1 at latent ``j`` of
+    every sub-problem is column ``j`` of every block.
+
+    Example:
+        >>> import torch
+        >>> from pyrofail.models import LinearGaussian
+        >>> m = LinearGaussian(latent_dim=2, data_dim=2, noise_scale=1.0, seed=0).double()
+        >>> z = torch.zeros(1, 1, 2, dtype=torch.float64)
+        >>> curvature(m, torch.zeros(1, 2, dtype=torch.float64), z).shape
+        torch.Size([1, 1, 2, 2])
+    """
+    k = z.shape[-1]
+    with torch.enable_grad():
+        z = z.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(-model.log_joint(z, x).sum(), z, create_graph=True)
+        cols = []
+        for j in range(k):
+            v = torch.zeros_like(z)
+            v[..., j] = 1.0
+            (hv,) = torch.autograd.grad(grad, z, v, retain_graph=j < k - 1)
+            cols.append(hv)
+    h = torch.stack(cols, -1).detach()
+    return torch.nan_to_num(0.5 * (h + h.transpose(-1, -2)), nan=0.0)
+
+
+def _log_joint(model, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        lp = model.log_joint(z, x)
+    return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, -math.inf))
+
+
+def _adam(model, x, z, steps: int, lr: float) -> torch.Tensor:
+    if steps == 0:
+        return z
+    with torch.enable_grad():
+        z = z.clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        for _ in range(steps):
+            opt.zero_grad()
+            (-model.log_joint(z, x).nan_to_num(nan=-1e300).sum()).backward()
+            opt.step()
+            sched.step()
+    return z.detach()
+
+
+def _newton(model, x, z, steps: int, radius: float) -> torch.Tensor:
+    r"""Saddle-free Newton ascent on every sub-problem of ``z`` ``(L, N, K)`` at once, in a trust
+    region: a step is at most ``r`` long (``r`` doubles after a step taken, shrinks fourfold
+    after one refused) and is taken only when :math:`\log p` improves at its end and stays
+    above its start at ``SEGMENT_POINTS`` points along it, so that no step tunnels through a
+    valley into another mode."""
+    lp = _log_joint(model, z, x)
+    r = torch.full(lp.shape, radius, dtype=z.dtype)
+    t = torch.arange(1, SEGMENT_POINTS + 1, dtype=z.dtype) / SEGMENT_POINTS  # ends at the step's end
+    for _ in range(steps):
+        with torch.enable_grad():
+            zg = z.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(model.log_joint(zg, x).sum(), zg)
+        grad = grad.nan_to_num(0.0)
+        evals, evecs = torch.linalg.eigh(curvature(model, x, z))
+        inv = 1.0 / evals.abs().clamp_min(EIG_FLOOR)
+        step = (evecs @ (inv[..., None] * (evecs.transpose(-1, -2) @ grad[..., None])))[..., 0]
+        norm = step.norm(dim=-1)
+        step = step * (r / norm.clamp_min(1e-300)).clamp_max(1.0)[..., None]
+        path = _log_joint(model, z + t[:, None, None, None] * step, x)  # (T, L, N)
+        take = (path[-1] > lp) & (path.amin(0) >= lp)
+        z = torch.where(take[..., None], z + step, z)
+        lp = torch.where(take, path[-1], lp)
+        r = torch.where(take, 2.0 * r, 0.25 * r)
+    return z
+
+
+def _distinct(model, x, z, lp, dip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best first, the end points ``z`` ``(L, N, K)`` that are not the same maximum as a better
+    one by the persistence rule: ``(z (N, J, K), log_joint (N, J), valid (N, J))``."""
+    n_cand, n, k = z.shape
+    order = lp.argsort(0, descending=True)
+    z = z.gather(0, order[..., None].expand(-1, -1, k))
+    lp = lp.gather(0, order)
+    kept_z = torch.zeros(n, n_cand, k, dtype=z.dtype)
+    kept_lp = torch.full((n, n_cand), -math.inf, dtype=z.dtype)
+    count = torch.zeros(n, dtype=torch.long)
+    rows = torch.arange(n)
+    t = torch.arange(1, SEGMENT_POINTS + 1, dtype=z.dtype) / (SEGMENT_POINTS + 1)
+    for j in range(n_cand):
+        c, lc = z[j], lp[j]  # (N, K), (N,)
+        ok = torch.isfinite(lc)
+        width = max(1, int(count.max()))
+        other = kept_z[:, :width]  # (N, W, K)
+        seg = other[None] + t[:, None, None, None] * (c[None, :, None] - other[None])  # (T, N, W, K)
+        low = _log_joint(model, seg.transpose(1, 2), x).transpose(1, 2).amin(0)  # (T, W, N) -> (N, W)
+        floor = torch.minimum(kept_lp[:, :width], lc[:, None]) + math.log(dip)
+        same = (torch.arange(width) < count[:, None]) & (low >= floor)
+        new = ok & ~same.any(-1)
+        slot = count.clamp_max(n_cand - 1)
+        kept_z[rows[new], slot[new]] = c[new]
+        kept_lp[rows[new], slot[new]] = lc[new]
+        count = count + new.long()
+    width = max(1, int(count.max()))
+    valid = torch.arange(width) < count[:, None]
+    return kept_z[:, :width], kept_lp[:, :width], valid
+
+
+@torch.no_grad()
+def find_maxima(
+    model,
+    x: torch.Tensor,
+    *,
+    candidates: int = 32,
+    extra: torch.Tensor | None = None,
+    steps: int = 200,
+    lr: float = 0.05,
+    newton_steps: int = NEWTON_STEPS,
+    dip: float = 0.5,
+    seed: int = 0,
+) -> Maxima:
+    """The distinct local maxima of :math:`\\log p(x, z)` at every row of ``x`` and their Laplace
+    masses (module docstring).
+
+    :param candidates: over-dispersed starts per point, quasi-random :math:`\\mathcal N(0, 4 I)`.
+    :param extra: further starts ``(L, N, K)`` (a trained guide's draws, say).
+    :param steps: Adam steps (learning rate ``lr``, cosine-annealed) before ``newton_steps``
+        damped Newton steps.
+    :param dip: two end points are one maximum unless :math:`p(x, z)` between them falls below
+        ``dip`` times the lower one.
+    """
+    candidates = check_positive_int("candidates", candidates, minimum=0)
+    n, k = x.shape[0], model.latent_dim
+    # a scrambled Sobol sequence pushed through 2 * Phi^-1: over-dispersed, and stratified, so
+    # that no region of the prior is left without a start by chance
+    sobol = torch.quasirandom.SobolEngine(k, scramble=True, seed=int(seed))
+    sobol = sobol.draw(candidates, dtype=torch.float64)
+    base = 2.0 * torch.special.ndtri(sobol.clamp(1e-9, 1 - 1e-9)).to(x.dtype)
+    starts = [base[:, None, :].expand(candidates, n, k)]
+    if extra is not None:
+        extra = torch.as_tensor(extra)
+        if extra.dim() != 3 or tuple(extra.shape[1:]) != (n, k):
+            raise UsageError(f"extra candidates have shape {tuple(extra.shape)}; expected (L, {n}, {k})")
+        starts.append(extra.detach().to(x.dtype))
+    z = torch.cat(starts)
+    if z.shape[0] == 0:
+        raise UsageError("find_maxima needs at least one candidate: candidates=0 and no extra")
+    z = torch.where(torch.isfinite(z), z, torch.zeros_like(z))
+    z = _newton(model, x, _adam(model, x, z, steps, lr), newton_steps, lr)
+    z_max, lp, valid = _distinct(model, x, z, _log_joint(model, z, x), dip)
+    evals, evecs = torch.linalg.eigh(curvature(model, x, z_max.transpose(0, 1)).transpose(0, 1))
+    evals = evals.abs().clamp_min(EIG_FLOOR)
+    log_mass = lp + 0.5 * k * math.log(2 * math.pi) - 0.5 * evals.log().sum(-1)
+    cov = (evecs * evals.reciprocal()[..., None, :]) @ evecs.transpose(-1, -2)  # H^-1
+    eye = torch.eye(k, dtype=x.dtype)
+    cov = torch.where(valid[..., None, None], 0.5 * (cov + cov.transpose(-1, -2)), eye)
+    tril = torch.linalg.cholesky(cov)
+    log_mass = log_mass.masked_fill(~valid, -math.inf)
+    return Maxima(z_max, lp.masked_fill(~valid, -math.inf), log_mass, tril, valid)
+
+
+def starting_points(
+    maxima: Maxima, num_chains: int, max_chains: int, *, min_share: float = 0.005, seed: int = 0
+) -> torch.Tensor:
+    """Chain starts ``(C, N, K)`` by Laplace mass: one chain at every maximum whose share of
+    the mass is at least ``min_share`` (heaviest first), the remaining chains shared among them
+    in proportion to mass (D'Hondt's rule). ``C`` is the same for every point: at least
+    ``num_chains``, at most ``max_chains``, and otherwise the largest number of maxima of
+    non-negligible mass any point has. The first chain at a maximum starts on it; further ones
+    at a draw of its Laplace approximation, so that chains in one mode start dispersed.
+
+    Example:
+        >>> import torch
+        >>> m = Maxima(torch.tensor([[[0.0], [3.0]]]), torch.zeros(1, 2), torch.tensor([[0.0, -1.0]]),
+        ...            torch.ones(1, 2, 1, 1), torch.ones(1, 2, dtype=torch.bool))
+        >>> starting_points(m, 2, 8)[:, 0, 0].tolist()
+        [0.0, 3.0]
+    """
+    n, j, k = maxima.z.shape
+    share = maxima.shares()
+    big = maxima.valid & (share >= min_share)
+    big[:, 0] |= maxima.valid[:, 0]  # the best maximum always counts
+    c = min(max(num_chains, int(big.sum(-1).max())), max_chains)
+    gen = torch.Generator().manual_seed(int(seed) + 11)
+    count = torch.zeros(n, j, dtype=share.dtype)
+    rows = torch.arange(n)
+    out = []
+    for _ in range(c):
+        # unvisited maxima of non-negligible mass first (by mass), then D'Hondt quotients
+        prio = torch.where(count == 0, 2.0 + share, share / (count + 1)).masked_fill(~big, -math.inf)
+        pick = prio.argmax(-1)
+        jitter = count[rows, pick] > 0
+        eps = torch.randn(n, k, generator=gen, dtype=maxima.z.dtype)
+        shift = (maxima.tril[rows, pick] @ eps[..., None])[..., 0]
+        out.append(maxima.z[rows, pick] + jitter[:, None] * shift)
+        count[rows, pick] += 1
+    return torch.stack(out)
