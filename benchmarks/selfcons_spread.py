@@ -100,6 +100,10 @@ def _encoder_report(name, model, guide, parts, plain, seed, probe_steps) -> dict
     return out
 
 
+def _tag(pairing: str) -> str:
+    return "" if pairing == "independent" else f" {pairing}"
+
+
 def part_a(args) -> dict:
     parts = load_splits("digits", binarize=True, seed=args.seed)
     common = dict(
@@ -114,13 +118,14 @@ def part_a(args) -> dict:
     t0 = time.time()
     fits = {"plain": pf.fit(parts.train.x, objective="elbo", steps=args.steps, **common)}
     for rho in args.rhos_scratch:
-        fits[f"self_consistent rho={rho:g}"] = pf.fit(
-            parts.train.x,
-            objective="self_consistent",
-            objective_options={"rho": rho},
-            steps=args.steps,
-            **common,
-        )
+        for pairing in args.pairings:
+            fits[f"self_consistent rho={rho:g}{_tag(pairing)}"] = pf.fit(
+                parts.train.x,
+                objective="self_consistent",
+                objective_options={"rho": rho, "pairing": pairing},
+                steps=args.steps,
+                **common,
+            )
     plain = fits["plain"]
     post_common = dict(
         model=plain.model,
@@ -136,9 +141,13 @@ def part_a(args) -> dict:
     x_like = plain.model.sample(10, seed=0).x  # only its width is read
     fits["posthoc elbo"] = pf.fit(x_like, objective="elbo", **post_common)
     for rho in args.rhos:
-        fits[f"posthoc rho={rho:g}"] = pf.fit(
-            x_like, objective="self_consistent", objective_options={"rho": rho}, **post_common
-        )
+        for pairing in args.pairings:
+            fits[f"posthoc rho={rho:g}{_tag(pairing)}"] = pf.fit(
+                x_like,
+                objective="self_consistent",
+                objective_options={"rho": rho, "pairing": pairing},
+                **post_common,
+            )
     train_seconds = time.time() - t0
     reports, base = [], None
     for name, fit in fits.items():
@@ -245,7 +254,7 @@ def _line_fit(truth_name, prior, s, seed, args, data):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 2)
         plain_bound = SpreadELBO(0.0).per_point(fit.model, fit.guide, data["test"], 20).mean()
-        spread_bound = SpreadELBO(args.spread).per_point(fit.model, fit.guide, data["test"], 20).mean()
+        spread_bound = SpreadELBO(s).per_point(fit.model, fit.guide, data["test"], 20).mean()
     with torch.no_grad():
         lv = fit.model.log_variance(z_grid)
     return {
@@ -266,10 +275,12 @@ def _line_fit(truth_name, prior, s, seed, args, data):
 
 def part_b(args) -> dict:
     out = []
-    for truth_name, prior in (("degenerate_line", "bernoulli"), ("degenerate_line_continuous", "gaussian")):
+    priors = {"degenerate_line": "bernoulli", "degenerate_line_continuous": "gaussian"}
+    for truth_name in args.truths:
+        prior = priors[truth_name]
         d = zoo.model(truth_name).sample(2000, seed=args.seed)
         data = {"train": d.x[:1000], "val": d.x[1000:1500], "test": d.x[1500:]}
-        for s in (0.0, args.spread):
+        for s in (0.0, *args.spread):
             for seed in args.seeds:
                 t0 = time.time()
                 rec = _line_fit(truth_name, prior, s, seed, args, data)
@@ -367,6 +378,80 @@ def _print_a(res):
         print(f"| {r['name']} | " + " | ".join(cells) + " |")
 
 
+def _paired_seeds(values_a: list[float], values_b: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the per-seed differences a - b."""
+    d = torch.tensor(values_a, dtype=torch.float64) - torch.tensor(values_b, dtype=torch.float64)
+    return float(d.mean()), (float(d.std() / math.sqrt(d.numel())) if d.numel() > 1 else float("nan"))
+
+
+def _seed_summary(values: list[float]) -> tuple[float, float]:
+    v = torch.tensor(values, dtype=torch.float64)
+    return float(v.mean()), (float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan"))
+
+
+def _late_slope(trace: dict) -> float:
+    """Least-squares slope of the empty axis's log variance over the second half of the
+    recorded steps, per 1000 steps: a collapse keeps falling, a bounded variance levels off."""
+    t = torch.tensor(trace["step"], dtype=torch.float64)
+    v = torch.tensor(trace["log_var_empty"], dtype=torch.float64)
+    keep = t >= t[-1] / 2
+    t, v = t[keep], v[keep]
+    tc = t - t.mean()
+    return float((tc * (v - v.mean())).sum() / (tc**2).sum() * 1000)
+
+
+def _print_b(res):
+    """Per truth and s: the empty axis's learned log-variance at recorded steps (mean ± standard
+    error over seeds), divergences, and where the samples lie."""
+    rows = res["line"]
+    for truth in dict.fromkeys(r["truth"] for r in rows):
+        mine = [r for r in rows if r["truth"] == truth]
+        spreads = list(dict.fromkeys(r["spread"] for r in mine))
+        steps = mine[0]["trace"]["step"]
+        picks = sorted({0, len(steps) // 4, len(steps) // 2, len(steps) - 1})
+        print(f"\n{truth}: log variance of the empty axis at step (mean ± s.e. over seeds)\n")
+        print(
+            "| s | "
+            + " | ".join(f"step {steps[i]}" for i in picks)
+            + " | slope, last half (per 1000 steps) | final line-axis log var | diverged |"
+        )
+        print("|---|" + "---|" * (len(picks) + 3))
+        for s in spreads:
+            rs = [r for r in mine if r["spread"] == s]
+            cells = []
+            for i in picks:
+                vals = [r["trace"]["log_var_empty"][i] for r in rs if i < len(r["trace"]["log_var_empty"])]
+                cells.append(_pm(*_seed_summary(vals), 2) if vals else "—")
+            line = _pm(*_seed_summary([r["final_log_var_line"] for r in rs]), 2)
+            div = sum(r["diverged_at"] is not None for r in rs)
+            slope = _pm(*_seed_summary([_late_slope(r["trace"]) for r in rs]), 2)
+            print(f"| {s:g} | " + " | ".join(cells) + f" | {slope} | {line} | {div}/{len(rs)} |")
+        print(f"\n{truth}: the un-spread model's samples (mean ± s.e. over seeds)\n")
+        print(
+            "| s | mean abs(x2) | share within 0.3 of a cluster | W1 to the test positions "
+            "| test ELBO (s=0) | test spread bound |"
+        )
+        print("|---|---|---|---|---|---|")
+        for s in spreads:
+            rs = [r for r in mine if r["spread"] == s]
+            cols = [
+                [r["sample_abs_x2"][0] for r in rs],
+                [r["sample_near_clusters"][0] for r in rs],
+                [r["sample_w1_line"] for r in rs],
+                [r["test_plain_elbo"][0] for r in rs],
+                [r["test_spread_bound"][0] for r in rs],
+            ]
+            print(f"| {s:g} | " + " | ".join(_pm(*_seed_summary(c), 3) for c in cols) + " |")
+        base = [r for r in mine if r["spread"] == 0.0]
+        for s in spreads[1:]:
+            rs = [r for r in mine if r["spread"] == s]
+            if [r["seed"] for r in rs] == [r["seed"] for r in base]:
+                d = _paired_seeds(
+                    [r["final_log_var_empty"] for r in rs], [r["final_log_var_empty"] for r in base]
+                )
+                print(f"\nfinal empty-axis log variance, s={s:g} minus s=0 (paired by seed): {_pm(*d, 2)}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.selfcons_spread", description=__doc__)
     p.add_argument("--part", default="A", choices=["A", "A-zoo", "B", "B-digits"])
@@ -378,10 +463,24 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--rhos", type=float, nargs="+", default=[0.5, 0.8, 0.95])
     p.add_argument("--rhos-scratch", type=float, nargs="+", default=[0.8])
+    p.add_argument(
+        "--pairings",
+        nargs="+",
+        default=["independent"],
+        choices=["independent", "paired"],
+        help="the self_consistent objective's pairing option(s) (A)",
+    )
     p.add_argument("--probe-steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--spread", type=float, default=0.1)
+    p.add_argument("--spread", type=float, nargs="+", default=[0.1], help="the s of the spread fits (B)")
+    p.add_argument(
+        "--truths",
+        nargs="+",
+        default=["degenerate_line", "degenerate_line_continuous"],
+        choices=["degenerate_line", "degenerate_line_continuous"],
+        help="the processes of part B",
+    )
     p.add_argument("--spread-digits", type=float, default=1.0)
     p.add_argument("--hidden-line", type=int, nargs="+", default=[20])
     p.add_argument("--lr-line", type=float, default=1e-2)
@@ -390,7 +489,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch-digits", type=int, default=100)
     p.add_argument("--records", type=int, default=15)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument(
+        "--tables", default=None, metavar="JSON", help="print the tables of a saved --out and exit"
+    )
     args = p.parse_args(argv)
+    if args.tables:
+        with open(args.tables) as f:
+            saved = json.load(f)
+        _print_a(saved) if "digits" in saved else _print_b(saved)
+        return 0
     torch.set_num_threads(1)
     run = {"A": part_a, "A-zoo": part_a_zoo, "B": part_b, "B-digits": part_b_digits}[args.part]
     t0 = time.time()
@@ -399,6 +506,8 @@ def main(argv=None) -> int:
     res["args"] = vars(args)
     if args.part == "A":
         _print_a(res)
+    elif args.part == "B":
+        _print_b(res)
     else:
         print(json.dumps(res, indent=1)[:20000])
     if args.out:

@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_list(str),
         metavar="NAMES",
         help="training procedures, comma-separated: joint (the usual VAE training), libi "
-        "(likelihood before inference) (see --list)",
+        "(likelihood before inference), posthoc_self_consistency (train the VAE by the ELBO, then "
+        "retrain its encoder on the model's own samples by the run's objective) (see --list)",
     )
     p.add_argument("--restarts", type=int, metavar="R", help="restarts per job (vectorised)")
     p.add_argument("--steps", type=int, metavar="N", help="Adam steps per job")

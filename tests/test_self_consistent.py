@@ -11,7 +11,12 @@ import pyrofail as pf
 from pyrofail import zoo
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.models import LinearGaussian
-from pyrofail.objectives.self_consistent import SelfConsistentELBO, consistency_term, coupling
+from pyrofail.objectives.self_consistent import (
+    SelfConsistentELBO,
+    consistency_term,
+    coupling,
+    coupling_given,
+)
 from pyrofail.training import build
 from tests.guides.exact import ExactPosteriorGuide
 
@@ -29,6 +34,35 @@ def test_closed_form_coupling_matches_monte_carlo():
     draws = dist.Normal(rho * z, math.sqrt(c)).to_event(1).log_prob(z_t).double()
     se = float(draws.std() / math.sqrt(n))
     assert abs(float(coupling(mu, var, mu_t, var_t, rho)) - float(draws.mean())) < 4 * se
+
+
+def test_paired_coupling_given_z_matches_monte_carlo():
+    """E_z~ log N(z~; rho z, (1 - rho^2) I) for a fixed z and Gaussian z~, against 400k draws,
+    and the paired term differs from the independent one by rho^2 (var + (z - mu)^2 terms)."""
+    g = torch.Generator().manual_seed(1)
+    k, rho = 2, 0.9
+    z, mu_t = torch.randn(k, generator=g), torch.randn(k, generator=g)
+    var_t = torch.rand(k, generator=g) + 0.1
+    n = 400_000
+    z_t = mu_t + var_t.sqrt() * torch.randn(n, k, generator=g)
+    draws = dist.Normal(rho * z, math.sqrt(1 - rho**2)).to_event(1).log_prob(z_t).double()
+    se = float(draws.std() / math.sqrt(n))
+    assert abs(float(coupling_given(z, mu_t, var_t, rho)) - float(draws.mean())) < 4 * se
+    # a point mass at z for q: the independent closed form equals the paired one
+    tiny = torch.full((k,), 1e-12)
+    assert torch.allclose(coupling(z, tiny, mu_t, var_t, rho), coupling_given(z, mu_t, var_t, rho), atol=1e-6)
+
+
+def test_paired_term_uses_the_draw_that_made_x_tilde():
+    q = dist.Normal(torch.zeros(4, 1), 1.0).to_event(1)
+    q_t = dist.Normal(torch.full((4, 1), 0.5), 0.3).to_event(1)
+    z = torch.tensor([[-1.0], [0.0], [1.0], [2.0]])
+    rho, c = 0.6, 1 - 0.36
+    by_hand = -(0.09 + (0.5 - rho * z[:, 0]) ** 2) / (2 * c) - 0.5 * math.log(2 * math.pi * c)
+    got = consistency_term(q, q_t, rho, z=z)
+    assert torch.allclose(got, by_hand + q_t.entropy(), atol=1e-6)
+    with pytest.raises(pf.UsageError, match="pairing='both' is not allowed"):
+        SelfConsistentELBO(pairing="both")
 
 
 class _NotGaussian(AmortizedGuide):

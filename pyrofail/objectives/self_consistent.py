@@ -35,6 +35,16 @@ reparameterised draws: :math:`\log \mathcal N(\tilde z; \rho z', (1 - \rho^2) I)
 :math:`z` that makes :math:`\tilde x` is drawn as :math:`\mu + \sigma \varepsilon` by the guide's
 own ``rsample`` (the released code scales :math:`\varepsilon` by the variance; we do not).
 
+**Pairing.** The closed form treats :math:`z'` and :math:`\tilde z` as independent, so the
+kernel's centre :math:`\rho z'` does not know which draw :math:`z` made :math:`\tilde x`: it
+asks :math:`\tilde\mu \approx \rho\mu` (the re-encoding near the shrunk encoding mean), not
+:math:`\tilde\mu \approx \rho z`. With ``pairing="paired"`` the kernel is centred on that
+:math:`z` itself, :math:`\mathbb E_{\tilde z} \log \mathcal N(\tilde z; \rho z, (1 - \rho^2)
+I) = -\sum_j (\tilde\sigma_j^2 + (\tilde\mu_j - \rho z_j)^2) / (2(1 - \rho^2)) - \frac K2
+\log(2\pi(1 - \rho^2))` (:func:`coupling_given`), the coupling as the issue writes it, with
+:math:`z` one draw per point and step. ``pairing="independent"`` (the default) is the authors'
+closed form.
+
 The ELBO part is :class:`~pyrofail.objectives.elbo.ELBO` (stratified for mixture guides); the
 term adds one draw of :math:`z` per point and step and two more passes of the encoder. The term
 needs a continuous latent and a model with ``mean(z)``.
@@ -56,9 +66,10 @@ from pyrofail.objectives.elbo import ELBO
 from pyrofail.objectives.spread import enumerate_latent, latent_site
 from pyrofail.zoo import register
 
-__all__ = ["SelfConsistentELBO", "consistency_term", "coupling", "self_consistent"]
+__all__ = ["SelfConsistentELBO", "consistency_term", "coupling", "coupling_given", "self_consistent"]
 
 LOG_2PI = math.log(2 * math.pi)
+PAIRINGS = ("independent", "paired")
 TERM_BUDGET = 2**22  # decoded numbers held at once by term_per_point
 
 
@@ -89,6 +100,29 @@ def coupling(mu, var, mu_t, var_t, rho: float) -> torch.Tensor:
     return -sq / (2 * c) - 0.5 * k * math.log(2 * math.pi * c)
 
 
+def coupling_given(z, mu_t, var_t, rho: float) -> torch.Tensor:
+    r""":math:`\mathbb E_{\tilde z} \log \mathcal N(\tilde z; \rho z, (1 - \rho^2) I)` for a
+    given ``z`` and :math:`\tilde z` with mean ``mu_t`` and variances ``var_t``: the coupling
+    with ``pairing="paired"``, ``(...)``.
+
+    Example:
+        >>> z = torch.zeros(1, 2)
+        >>> round(float(coupling_given(z, z, z, 0.0)), 4)  # log N(0; 0, I_2)
+        -1.8379
+    """
+    k = z.shape[-1]
+    c = 1.0 - rho * rho
+    sq = (var_t + (mu_t - rho * z) ** 2).sum(-1)
+    return -sq / (2 * c) - 0.5 * k * math.log(2 * math.pi * c)
+
+
+def check_pairing(value) -> str:
+    """``value`` if it is ``"independent"`` or ``"paired"``, else :class:`UsageError`."""
+    if value not in PAIRINGS:
+        raise UsageError(f"pairing={value!r} is not allowed; choose one of: {', '.join(PAIRINGS)}")
+    return value
+
+
 def _is_gaussian(q) -> bool:
     while isinstance(q, torch.distributions.Independent):
         q = q.base_dist
@@ -110,11 +144,15 @@ def _entropy(q, z_t: torch.Tensor) -> torch.Tensor:
         return -q.log_prob(z_t)
 
 
-def consistency_term(q, q_t, rho: float, z_t: torch.Tensor | None = None) -> torch.Tensor:
+def consistency_term(
+    q, q_t, rho: float, z_t: torch.Tensor | None = None, z: torch.Tensor | None = None
+) -> torch.Tensor:
     r"""The term added to the ELBO, per element, given :math:`q(z \mid x)` and :math:`q(z \mid
     \tilde x)`: the closed forms for Gaussian ``q`` and ``q_t``; otherwise one draw of
     :math:`z' \sim q` and the draw ``z_t`` of ``q_t`` (drawn here when ``None``), both
-    reparameterised.
+    reparameterised. With ``z`` (``pairing="paired"``) the kernel is centred on that draw, the
+    one that made :math:`\tilde x`, instead of an independent :math:`z'` (closed form in
+    :math:`\tilde z` for a Gaussian ``q_t``, :func:`coupling_given`).
 
     Example:
         >>> import pyro.distributions as dist
@@ -123,12 +161,15 @@ def consistency_term(q, q_t, rho: float, z_t: torch.Tensor | None = None) -> tor
         ...     + q.entropy()[0])
         True
     """
-    if _is_gaussian(q) and _is_gaussian(q_t):
+    if z is not None and _is_gaussian(q_t):
+        return coupling_given(z, q_t.mean, q_t.variance, rho) + q_t.entropy()
+    if z is None and _is_gaussian(q) and _is_gaussian(q_t):
         return coupling(q.mean, q.variance, q_t.mean, q_t.variance, rho) + q_t.entropy()
     z_t = q_t.rsample() if z_t is None else z_t
-    # q_t may carry leading sample dimensions left of q's batch: draw z' for each of them
-    extra = z_t.dim() - len(q.batch_shape) - len(q.event_shape)
-    z = q.rsample(z_t.shape[:extra])
+    if z is None:
+        # q_t may carry leading sample dimensions left of q's batch: draw z' for each of them
+        extra = z_t.dim() - len(q.batch_shape) - len(q.event_shape)
+        z = q.rsample(z_t.shape[:extra])
     c = 1.0 - rho * rho
     log_kernel = -0.5 * ((z_t - rho * z) ** 2).sum(-1) / c - 0.5 * z.shape[-1] * math.log(2 * math.pi * c)
     return log_kernel + _entropy(q_t, z_t)
@@ -150,8 +191,11 @@ class SelfConsistentELBO(ELBO):
     :param eval_samples: samples per point for :meth:`per_point` (validation and test).
     """
 
-    def __init__(self, rho: float = 0.8, num_particles: int = 1, eval_samples: int = 100):
+    def __init__(
+        self, rho: float = 0.8, num_particles: int = 1, eval_samples: int = 100, pairing: str = "independent"
+    ):
         self.rho = check_rho(rho)
+        self.pairing = check_pairing(pairing)
         super().__init__(num_particles=num_particles, eval_samples=eval_samples)
 
     def _term(self, model, guide, args) -> torch.Tensor:
@@ -163,7 +207,8 @@ class SelfConsistentELBO(ELBO):
         with torch.no_grad():
             x_t = decoder.mean(first["value"])
         second = latent_site(prune_subsample_sites(poutine.trace(guide).get_trace(x_t)))
-        term = consistency_term(first["fn"], second["fn"], self.rho, second["value"])
+        z = first["value"] if self.pairing == "paired" else None
+        term = consistency_term(first["fn"], second["fn"], self.rho, second["value"], z=z)
         return scale_and_mask(term, second["scale"], second["mask"]).sum()
 
     def loss(self, model, guide, *args, **kwargs) -> float:
@@ -191,8 +236,9 @@ class SelfConsistentELBO(ELBO):
         # draws in chunks of about `budget` decoded points: (S, [R,] N, D) at once
         chunk = max(1, TERM_BUDGET // max(1, x.shape[-2] * model.data_dim * (model.restarts or 1)))
         for start in range(0, s, chunk):
-            x_t = model.mean(q.rsample((min(chunk, s - start),)))
-            values.append(consistency_term(q, guide.distribution(x_t), self.rho))
+            z = q.rsample((min(chunk, s - start),))
+            pair = z if self.pairing == "paired" else None
+            values.append(consistency_term(q, guide.distribution(model.mean(z)), self.rho, z=pair))
         v = torch.cat(values)
         err = v.std(0) / math.sqrt(s) if s > 1 else torch.zeros_like(v[0])
         return Estimate(v.mean(0), err)
@@ -211,10 +257,11 @@ class SelfConsistentELBO(ELBO):
         return self.per_point(model, guide, x)
 
     def trained_on(self, guide) -> str:
-        return f"{super().trained_on(guide)} + self-consistency term (rho = {self.rho:g})"
+        paired = ", paired" if self.pairing == "paired" else ""
+        return f"{super().trained_on(guide)} + self-consistency term (rho = {self.rho:g}{paired})"
 
     def options(self) -> dict:
-        return {"rho": self.rho, **super().options()}
+        return {"rho": self.rho, "pairing": self.pairing, **super().options()}
 
 
 @register(
@@ -223,6 +270,11 @@ class SelfConsistentELBO(ELBO):
     summary="ELBO + re-encoding of the decoder's mean coupled by an AR(1) kernel (autoencoding VAE)",
     keywords=("self-consistency", "robust-representation", "avae"),
 )
-def self_consistent(rho: float = 0.8, num_particles: int = 1, eval_samples: int = 100) -> SelfConsistentELBO:
-    """The self-consistent ELBO objective (:class:`SelfConsistentELBO`), option ``rho``."""
-    return SelfConsistentELBO(rho=rho, num_particles=num_particles, eval_samples=eval_samples)
+def self_consistent(
+    rho: float = 0.8, num_particles: int = 1, eval_samples: int = 100, pairing: str = "independent"
+) -> SelfConsistentELBO:
+    """The self-consistent ELBO objective (:class:`SelfConsistentELBO`), options ``rho`` and
+    ``pairing``."""
+    return SelfConsistentELBO(
+        rho=rho, num_particles=num_particles, eval_samples=eval_samples, pairing=pairing
+    )
