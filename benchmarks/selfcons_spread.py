@@ -389,12 +389,12 @@ def _seed_summary(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), (float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else float("nan"))
 
 
-def _late_slope(trace: dict) -> float:
+def _late_slope(trace: dict, key: str = "log_var_empty") -> float:
     """Least-squares slope of the empty axis's log variance over the second half of the
     recorded steps, per 1000 steps: a collapse keeps falling, a bounded variance levels off."""
     t = torch.tensor(trace["step"], dtype=torch.float64)
-    v = torch.tensor(trace["log_var_empty"], dtype=torch.float64)
-    keep = t >= t[-1] / 2
+    v = torch.tensor([float("nan") if a is None else a for a in trace[key]], dtype=torch.float64)
+    keep = (t >= t[-1] / 2) & v.isfinite()
     t, v = t[keep], v[keep]
     tc = t - t.mean()
     return float((tc * (v - v.mean())).sum() / (tc**2).sum() * 1000)
@@ -442,6 +442,10 @@ def _print_b(res):
                 [r["test_spread_bound"][0] for r in rs],
             ]
             print(f"| {s:g} | " + " | ".join(_pm(*_seed_summary(c), 3) for c in cols) + " |")
+        print("\ntraining loss per point, slope over the last half (per 1000 steps; mean ± s.e. over seeds):")
+        for s in spreads:
+            rs = [r for r in mine if r["spread"] == s]
+            print(f"- s={s:g}: {_pm(*_seed_summary([_late_slope(r['trace'], 'loss') for r in rs]), 2)}")
         base = [r for r in mine if r["spread"] == 0.0]
         for s in spreads[1:]:
             rs = [r for r in mine if r["spread"] == s]
@@ -450,6 +454,15 @@ def _print_b(res):
                     [r["final_log_var_empty"] for r in rs], [r["final_log_var_empty"] for r in base]
                 )
                 print(f"\nfinal empty-axis log variance, s={s:g} minus s=0 (paired by seed): {_pm(*d, 2)}")
+                d = _paired_seeds(
+                    [_late_slope(r["trace"]) for r in rs], [_late_slope(r["trace"]) for r in base]
+                )
+                print(f"its slope over the last half, s={s:g} minus s=0 (paired by seed): {_pm(*d, 2)}")
+                d = _paired_seeds(
+                    [_late_slope(r["trace"], "loss") for r in rs],
+                    [_late_slope(r["trace"], "loss") for r in base],
+                )
+                print(f"the training loss's slope over the last half, s={s:g} minus s=0: {_pm(*d, 2)}")
 
 
 def main(argv=None) -> int:
