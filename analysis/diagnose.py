@@ -14,8 +14,9 @@ Gaussian (MFG) VAE fails:
 This module decides each condition from measured numbers. *How hard a posterior is for a
 mean-field Gaussian* is KL*, the smallest reverse KL any mean-field Gaussian reaches at that
 point (:func:`pyrofail.analysis.hardness.best_mean_field`). Cx1 holds when the share of test
-points with :math:`\mathrm{KL}^*_{GT}(x) >` :data:`HARD_KL` is at least :func:`cx1_share`
-of the run's measured standard error of the test −ELBO.
+points with :math:`\mathrm{KL}^*_{GT}(x) >` :data:`HARD_KL` is at least :func:`cx1_share`:
+the share whose measured cost (the mean KL* at those points times the share) reaches two of
+the run's measured standard errors of the test −ELBO.
 
 *Whether the MFG-VAE traded* is read off its learned model :math:`p_\theta`: its posteriors
 are simpler when :math:`\overline{\mathrm{KL}^*_{GT}} - \overline{\mathrm{KL}^*_\theta}` exceeds
@@ -46,17 +47,21 @@ from pyrofail.numbers import number, percent
 __all__ = ["conclude", "cx1_share", "diagnose", "evidence", "side_summary"]
 
 
-def cx1_share(elbo_stderr: float) -> float:
+def cx1_share(elbo_stderr: float, hard_kl_mean: float = HARD_KL) -> float:
     r"""The share of points Cx1 asks for ("a large proportion of x"): the share at which the
-    cost the truth imposes on any mean-field encoder, at least share × :data:`HARD_KL` nats,
-    reaches two standard errors of the test −ELBO as the run measured it (``elbo_stderr``, its
-    Monte Carlo error); below it the hard posteriors cannot move the objective measurably.
+    cost the truth imposes on any mean-field encoder at its hard points, share ×
+    ``hard_kl_mean`` nats (the mean KL* over the points with KL* > :data:`HARD_KL`, so at least
+    share × :data:`HARD_KL`), reaches two standard errors of the test −ELBO as the run measured
+    it (``elbo_stderr``, its Monte Carlo error); below it the hard posteriors cannot move the
+    objective measurably.
 
     Example:
-        >>> round(cx1_share(0.005), 3)  # a test -ELBO known to 0.005 nats
+        >>> round(cx1_share(0.005), 3)  # a test -ELBO known to 0.005 nats, posteriors just hard
         0.095
+        >>> round(cx1_share(0.005, hard_kl_mean=0.7), 3)  # far from mean-field where hard
+        0.014
     """
-    return 2.0 * float(elbo_stderr) / HARD_KL
+    return 2.0 * float(elbo_stderr) / max(float(hard_kl_mean), HARD_KL)
 
 
 # Differences of p(x) (MLEO) or of posterior cost (KL*) below this are not attributed to
@@ -125,7 +130,9 @@ def evidence(
         "n_points": int(kl_gt.numel()),
         "hard_kl": HARD_KL,
         "elbo_stderr": float(mean_field["elbo_stderr"]),
-        "cx1_share": cx1_share(mean_field["elbo_stderr"]),
+        "cx1_share": cx1_share(
+            mean_field["elbo_stderr"], float(kl_gt[hard].mean()) if bool(hard.any()) else HARD_KL
+        ),
         "margin_nats": MARGIN_NATS,
         "truth": {"kl_mean": float(kl_gt.mean()), "share_hard": float(hard.double().mean())},
         "reference": reference,
@@ -290,6 +297,15 @@ def conclude(ev: dict, *, learn_noise: bool = False) -> dict:
     }
 
 
+def _dtype(*modules, default: torch.dtype) -> torch.dtype:
+    """The floating dtype of the first parameter or buffer of ``modules``, else ``default``."""
+    for m in modules:
+        for t in (*m.parameters(), *m.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+    return default
+
+
 def diagnose(
     truth,
     x: torch.Tensor,
@@ -329,7 +345,9 @@ def diagnose(
             model, guide, x, ref, truth, truth_reference=ref_gt, modes=modes, truth_modes=modes_gt, seed=seed
         )
         best = best_mean_field(model, x, ref, modes=modes, seed=seed)
-        elbo_stderr = metrics.negative_elbo(model, guide, x, num_samples=1000, seed=seed)["stderr"]
+        # the ELBO in the fit's own precision: a float32 network takes no float64 input
+        x_fit = x.to(_dtype(guide, model, default=x.dtype))
+        elbo_stderr = metrics.negative_elbo(model, guide, x_fit, num_samples=1000, seed=seed)["stderr"]
         sides.append(side_summary(label, cmp, best, elbo_stderr))
     out = conclude(evidence(truth_best["kl"], sides[0], sides[1]), learn_noise=learn_noise)
     out["truth_best"] = truth_best

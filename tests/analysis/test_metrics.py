@@ -152,3 +152,26 @@ def test_mutual_information_per_point_contributions_average_to_the_estimate():
     per = metrics.mutual_information(guide, x, per_point=True)
     assert per.shape == (500, 1)
     assert torch.allclose(per.mean(0), metrics.mutual_information(guide, x))
+
+
+def test_aggregate_posterior_kl_against_closed_forms():
+    from pyrofail.analysis.metrics import aggregate_posterior_kl
+    from pyrofail.models import LinearGaussian
+
+    # one point: the aggregate is its posterior N(m, s^2); KL to N(0, 1) in closed form
+    m = LinearGaussian(latent_dim=1, data_dim=2, weight=[[1.5], [-0.5]], noise_scale=0.7)
+    x = torch.tensor([[0.8, 0.3]])
+    q = m.posterior(x)
+    mu, var = float(q.loc), float(q.covariance_matrix)
+    exact = 0.5 * (var + mu**2 - 1 - math.log(var))
+    assert aggregate_posterior_kl(m, x) == pytest.approx(exact, abs=1e-4)
+    # K = 2 on its coarser grid
+    m2 = LinearGaussian()
+    x2 = torch.tensor([[0.5, -0.2, 0.9]])
+    q2 = m2.posterior(x2)
+    cov, loc = q2.covariance_matrix[0].double(), q2.loc[0].double()
+    exact2 = 0.5 * (torch.trace(cov) + loc @ loc - 2 - torch.logdet(cov))
+    assert aggregate_posterior_kl(m2, x2) == pytest.approx(float(exact2), abs=5e-3)
+    # many points drawn from the model: the aggregate posterior is its prior (KL -> 0)
+    many = m.sample(4000, seed=0).x
+    assert aggregate_posterior_kl(m, many) < 0.01
