@@ -5,6 +5,7 @@ A guide is an amortized :class:`AmortizedGuide` whose only family-specific part 
 """
 
 from pyrofail.guides.base import AmortizedGuide
+from pyrofail.guides.bernoulli_latent import BernoulliLatentGuide
 from pyrofail.guides.flow import FlowGuide
 from pyrofail.guides.full_rank import FullRankGuide
 from pyrofail.guides.m2 import M2Guide
@@ -13,6 +14,7 @@ from pyrofail.guides.mixture import MixtureGuide, MixtureOfDiagNormals
 
 __all__ = [
     "AmortizedGuide",
+    "BernoulliLatentGuide",
     "FlowGuide",
     "FullRankGuide",
     "M2Guide",

@@ -6,7 +6,9 @@ Importing this package registers the zoo entries.
 """
 
 from pyrofail.models.clusters import Clusters
+from pyrofail.models.degenerate_line import DegenerateLine, DegenerateLineContinuous
 from pyrofail.models.figure8 import Figure8
+from pyrofail.models.heteroscedastic_decoder import HeteroscedasticDecoder
 from pyrofail.models.latent_bernoulli import LatentBernoulli
 from pyrofail.models.latent_gaussian import Dataset, LatentGaussian
 from pyrofail.models.linear_gaussian import LinearGaussian
@@ -20,9 +22,12 @@ __all__ = [
     "Bimodal",
     "Clusters",
     "Dataset",
+    "DegenerateLine",
+    "DegenerateLineContinuous",
     "Diabetes",
     "Figure8",
     "Heteroscedastic",
+    "HeteroscedasticDecoder",
     "LabelledLatentGaussian",
     "LatentBernoulli",
     "LatentGaussian",

@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_list(str),
         metavar="NAMES",
         help="training procedures, comma-separated: joint (the usual VAE training), libi "
-        "(likelihood before inference) (see --list)",
+        "(likelihood before inference), posthoc_self_consistency (train the VAE by the ELBO, then "
+        "retrain its encoder on the model's own samples by the run's objective) (see --list)",
     )
     p.add_argument("--restarts", type=int, metavar="R", help="restarts per job (vectorised)")
     p.add_argument("--steps", type=int, metavar="N", help="Adam steps per job")
@@ -160,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[OBJECTIVE.]KEY=VALUE",
         help="an option of the objective, e.g. iwae.num_particles=50, or alpha=0.1 (every objective "
         "in --objective); repeatable; VALUE is read as JSON or else as text",
+    )
+    p.add_argument(
+        "--procedure-option",
+        action="append",
+        metavar="[PROCEDURE.]KEY=VALUE",
+        help="an option of the procedure, e.g. posthoc_self_consistency.samples=20000 or "
+        "libi.penalty=10 (every procedure in --procedure that has it); repeatable",
     )
     p.add_argument(
         "--labelled-fraction",
@@ -371,6 +379,10 @@ def resolve(args: argparse.Namespace) -> dict:
             raise UsageError("--truth-option describes a ground-truth process; --data has none")
         for model, key, value in _option(text, "model", options["model"], _model_keys, flag="--truth-option"):
             options["truth_options"].setdefault(model, {})[key] = value
+    options["procedure_options"] = {k: dict(v) for k, v in options.get("procedure_options", {}).items()}
+    for text in given.get("procedure_option", []):
+        for procedure, key, value in _option(text, "procedure", options["procedure"], _procedure_keys):
+            options["procedure_options"].setdefault(procedure, {})[key] = value
     validate(options)
     options["preset"] = args.preset
     return options
@@ -413,10 +425,15 @@ def _objective_keys(name: str) -> list[str]:
     return keys
 
 
+def _procedure_keys(name: str) -> list[str]:
+    return list(zoo.entry("procedure", name).meta.get("options", ()))
+
+
 def _option(text: str, kind: str, chosen: list[str], keys, flag: str | None = None):
-    """``(name, key, value)`` for every guide, objective or model a ``[NAME.]KEY=VALUE``
-    option applies to (``kind``: ``"guide"``, ``"objective"`` or ``"model"``; ``chosen``: the
-    run's names; ``flag``: the option's name, ``--<kind>-option`` unless given)."""
+    """``(name, key, value)`` for every guide, objective, procedure or model a
+    ``[NAME.]KEY=VALUE`` option applies to (``kind``: ``"guide"``, ``"objective"``,
+    ``"procedure"`` or ``"model"``; ``chosen``: the run's names; ``flag``: the option's name,
+    ``--<kind>-option`` unless given)."""
     flag = flag or f"--{kind}-option"
     if "=" not in text:
         raise UsageError(f"{flag} {text!r} is not KEY=VALUE or {kind.upper()}.KEY=VALUE")
@@ -432,6 +449,8 @@ def _option(text: str, kind: str, chosen: list[str], keys, flag: str | None = No
             raise UsageError(f"{flag} {text!r}: {kind} {target!r} is not in --{kind} ({', '.join(chosen)})")
     for one in [target] if target else chosen:
         allowed = keys(one)
+        if not allowed:
+            raise UsageError(f"{flag} {text!r}: {one} takes no options")
         if key not in allowed:
             raise UsageError(
                 f"{flag} {text!r}: {one} has no option {key!r}; choose one of: {', '.join(allowed)}"
@@ -467,6 +486,14 @@ def validate(options: dict) -> None:
     for opts in options["objective_options"].values():
         if "num_particles" in opts:
             check_positive_int("--num-particles", opts["num_particles"])
+    for name, given in options.get("procedure_options", {}).items():
+        check = zoo.entry("procedure", name).meta.get("check")
+        if check is not None:
+            check(given)
+    for name in options["objective"]:  # the objectives check their option values when built
+        given = options["objective_options"].get(name, {})
+        plain = inspect.signature(zoo.entry("objective", name).factory).parameters
+        zoo.objective(name, **{k: v for k, v in given.items() if k in plain})
     if str(options["device"]).startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {options['device']}: CUDA is not available here; use cpu")

@@ -151,7 +151,7 @@ def test_resume_of_a_finished_run_recomputes_nothing(tiny_run, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--model", "figure9"], "unknown model 'figure9'; choose one of: clusters, figure8"),
+        (["--model", "figure9"], "unknown model 'figure9'; choose one of: clusters, degenerate_line, "),
         (["--latent-dim", "0"], "--latent-dim=0 is not allowed; expected an integer >= 1"),
         (["--guide", "gauss"], "unknown guide 'gauss'"),
         (["--objective", "kl"], "unknown objective 'kl'"),
@@ -165,6 +165,21 @@ def test_resume_of_a_finished_run_recomputes_nothing(tiny_run, capsys):
         (["--reference", "grid", "--latent-dim", "3"], "--reference grid needs latent dimensions <= 2"),
         (["--reference", "grid", "--no-reference"], "--reference and --no-reference exclude each other"),
         (["--reference-points", "0"], "--reference-points=0 is not allowed"),
+        (["--objective", "self_consistent", "--objective-option", "rho=1.5"], "rho=1.5 is not allowed"),
+        (["--objective", "spread", "--objective-option", "spread=-1"], "spread=-1 is not allowed"),
+        (
+            ["--objective", "self_consistent", "--objective-option", "pairing=both"],
+            "pairing='both' is not allowed; choose one of: independent, paired",
+        ),
+        (
+            ["--procedure", "posthoc_self_consistency", "--procedure-option", "samples=0"],
+            "samples=0 is not allowed",
+        ),
+        (
+            ["--procedure", "posthoc_self_consistency", "--procedure-option", "data=1"],
+            "posthoc_self_consistency has no option 'data'; choose one of: samples, val_samples",
+        ),
+        (["--procedure-option", "samples=5"], "joint takes no options"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
@@ -185,7 +200,7 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "unknown model 'nope'; choose one of: clusters, figure8" in lines[0]
+    assert len(lines) == 1 and "unknown model 'nope'; choose one of: clusters, degenerate_line, " in lines[0]
 
 
 def test_help_documents_every_option(capsys):
@@ -215,3 +230,22 @@ def test_list_prints_the_registry(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "figure8" in out and "mean_field" in out and "iwae" in out
+
+
+def test_degenerate_line_with_spread_and_posthoc_runs_to_a_report(tmp_path):
+    """Data on a line: no reference posterior (the truth has no density), and the post-hoc
+    procedure trains the VAE first, then its encoder on the model's samples."""
+    out = tmp_path / "line"
+    argv = ["--model", "degenerate_line", "--objective", "spread", "--objective-option", "spread=0.1"]
+    argv += ["--procedure", "joint,posthoc_self_consistency", "--noise-per-feature", "--n-train", "200"]
+    assert main(TINY + argv + ["--out", str(out)]) == 0
+    assert not (out / "truth" / "degenerate_line" / "reference.nc").exists()
+    post = json.loads(
+        (
+            out / "jobs" / "degenerate_line-K1-mean_field-spread-posthoc_self_consistency" / "metrics.json"
+        ).read_text()
+    )
+    assert post["config"]["procedure"] == "posthoc_self_consistency"
+    assert len(post["history"]["pretrained"]["restarts"]) == 2  # stage one: the VAE on the data
+    report = (out / "report.md").read_text()
+    assert "degenerate_line-K1-mean_field-spread-posthoc_self_consistency" in report

@@ -42,7 +42,7 @@ class _Evil:
 
 # Command-line inputs: (arguments, text that the one-line message must contain)
 CLI_CASES = [
-    (["--model", "figure9"], "unknown model 'figure9'; choose one of: clusters, figure8"),
+    (["--model", "figure9"], "unknown model 'figure9'; choose one of: clusters, degenerate_line, "),
     (["--guide", "gauss"], "unknown guide 'gauss'; choose one of:"),
     (["--objective", "kl"], "unknown objective 'kl'; choose one of:"),
     (["--latent-dim", "0"], "--latent-dim=0 is not allowed; expected an integer >= 1"),

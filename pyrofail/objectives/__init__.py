@@ -9,5 +9,18 @@ this package registers them.
 from pyrofail.objectives.elbo import ELBO, elbo
 from pyrofail.objectives.iwae import IWAE, iwae
 from pyrofail.objectives.m2 import M2ELBO, M2IWAE
+from pyrofail.objectives.self_consistent import SelfConsistentELBO, self_consistent
+from pyrofail.objectives.spread import SpreadELBO, spread
 
-__all__ = ["ELBO", "IWAE", "M2ELBO", "M2IWAE", "elbo", "iwae"]
+__all__ = [
+    "ELBO",
+    "IWAE",
+    "M2ELBO",
+    "M2IWAE",
+    "SelfConsistentELBO",
+    "SpreadELBO",
+    "elbo",
+    "iwae",
+    "self_consistent",
+    "spread",
+]

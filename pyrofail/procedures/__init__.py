@@ -13,6 +13,6 @@ Example:
 """
 
 # the modules register their procedures; zoo.procedure(name) returns the function
-from pyrofail.procedures import joint, libi
+from pyrofail.procedures import joint, libi, posthoc
 
-__all__ = ["joint", "libi"]
+__all__ = ["joint", "libi", "posthoc"]

@@ -138,6 +138,7 @@ def _likelihood_by_iwae(config: FitConfig, problem: Problem, opts: dict):
     "libi",
     summary="likelihood before inference: fit the decoder by exact likelihood, then the guide to it",
     keywords=("libi", "two-stage", "non-identifiability"),
+    options=("penalty", "spacing", "particles"),
 )
 def libi(config: FitConfig, problem: Problem) -> FitResult:
     """Likelihood before inference (module docstring): the decoder of the exact likelihood

@@ -136,7 +136,10 @@ def has_reference(config: dict) -> bool:
     """Whether the run computes a reference for this job's learned model."""
     if config.get("data") is not None:
         return config["latent_dim"] <= MAX_K_WITHOUT_TRUTH
-    return getattr(truth_of(config), "num_classes", None) is None  # not for the semi-supervised model
+    truth = truth_of(config)
+    if not getattr(truth, "has_density", True):
+        return False  # data on a manifold (degenerate_line): no posterior reference to compare with
+    return getattr(truth, "num_classes", None) is None  # not for the semi-supervised model
 
 
 def _dispatch(fn, args):

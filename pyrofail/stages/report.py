@@ -83,7 +83,7 @@ class Results:
 
     @property
     def has_posterior(self) -> bool:
-        return self.settings is not None and self.diagnosis is not None
+        return self.settings is not None and self.diagnosis is not None and bool(self.posterior)
 
 
 def results_table(results: list[dict]) -> str:
@@ -272,7 +272,7 @@ def guides_compared(results: list[dict], points: dict) -> str | None:
     for r in results:
         c = r["config"]
         if "log_px" in points.get(r["job"], {}):
-            groups.setdefault((process_id(c), c["latent_dim"], c["objective"]), []).append(r)
+            groups.setdefault((process_id(c), c["latent_dim"], _trained_by(c)), []).append(r)
     lines = []
     for (model, k, objective), rs in sorted(groups.items()):
         if len({r["config"]["guide"] for r in rs}) < 2:
@@ -462,6 +462,12 @@ def section_training(res: Results) -> list[str]:
     ]
 
 
+def _trained_by(config: dict) -> str:
+    """The objective, and the procedure where it is not the usual joint training."""
+    procedure = config.get("procedure", "joint")
+    return config["objective"] if procedure == "joint" else f"{config['objective']} ({procedure})"
+
+
 def choosing_k(results: list[dict], points: dict) -> list[str]:
     """Rows of the table that shows which latent dimension each objective would choose: per
     process, guide and objective run at several K, the test −ELBO and −log p(x) at each K, and
@@ -470,7 +476,7 @@ def choosing_k(results: list[dict], points: dict) -> list[str]:
     for r in results:
         c = r["config"]
         if "log_px" in points.get(r["job"], {}):
-            groups.setdefault((process_id(c), c["guide"], c["objective"]), []).append(r)
+            groups.setdefault((process_id(c), c["guide"], _trained_by(c)), []).append(r)
     rows = []
     for (process, guide, objective), rs in sorted(groups.items()):
         if len(rs) < 2:
