@@ -57,7 +57,7 @@ class Clusters(LatentGaussian):
     :math:`p(x)` (Cx2), and that is what the mean-field VAE learns.
 
     Constants: the paper does not state them. :math:`\sigma = 1.05`, :math:`s = 5` are
-    calibrated against its Table 1 (docs/results-calibration.md): the truth's entropy
+    calibrated against its Table 1 (docs/results.md): the truth's entropy
     :math:`H = -\mathbb E \log p(x) = 4.26` matches the IWAE test bound at K = 1
     (:math:`4.287 \pm 0.047`), and its :math:`I(x; z) = 1.32` lies between the paper's IWAE and
     VAE values. Only :math:`s/\sigma` changes the shape of the problem; :math:`s` shifts every

@@ -57,7 +57,7 @@ class Figure8(LatentGaussian):
     wrong :math:`p(x)`.
 
     Constants: the paper does not state them. :math:`\sigma = 0.06`, :math:`s = 0.6` are
-    calibrated against its Table 1 (docs/results-calibration.md): the truth's entropy
+    calibrated against its Table 1 (docs/results.md): the truth's entropy
     :math:`H = -\mathbb E \log p(x) = -0.41` matches the IWAE test bound at K = 1
     (:math:`-0.388 \pm 0.044`), and its :math:`I(x; z) = 2.38` lies between the paper's IWAE and
     VAE values. Only :math:`s/\sigma` (here 10) changes the shape of the problem; :math:`s`

@@ -52,7 +52,7 @@ PRESETS = {
     # finish in about two minutes on two CPU cores. Clusters, not Figure-8: at its calibrated
     # constants only ~10% of Figure-8's points have posteriors hard for a mean-field Gaussian
     # (mean KL* 0.044 nats, below the diagnosis's 0.05-nat margin), so no run of this size can
-    # show its failure decisively; Clusters' are hard at 96% (docs/results-calibration.md).
+    # show its failure decisively; Clusters' are hard at 96% (docs/results.md).
     "default": {
         **BASE,
         "model": ["clusters"],

@@ -91,7 +91,7 @@ def test_scale_multiplies_the_decoder_and_shifts_log_px_by_d_log_scale(name):
     [("figure8", 0.06, 0.6, -0.405), ("clusters", 1.05, 5.0, 4.258)],
 )
 def test_defaults_are_the_calibrated_constants(name, noise, scale, entropy):
-    """The defaults calibrated against Table 1 of Yacoby et al. (docs/results-calibration.md):
+    """The defaults calibrated against Table 1 of Yacoby et al. (docs/results.md):
     the truth's entropy H = -E log p(x) by quadrature, which a well-fit IWAE's test bound reaches."""
     from pyrofail.analysis import grid
 
