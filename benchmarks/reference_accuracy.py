@@ -1,4 +1,4 @@
-"""The NUTS reference against the exact grid, at full size: the analysis issue's criteria.
+"""The NUTS reference against the exact grid, at full size: the reference's accuracy targets.
 
 For ``quadratic`` and ``figure8`` (K = 1) and a K = 2 process with bimodal posteriors
 (f(z) = ((Phi(z_1) - 1/2)^2, z_2), sigma = 0.02, symmetric in z_1), on N points each:

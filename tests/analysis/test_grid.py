@@ -8,7 +8,7 @@ from pyrofail import zoo
 from pyrofail.analysis.grid import build_mesh, grid_posterior
 from pyrofail.models import LatentGaussian, LinearGaussian
 
-TOL = 1e-3  # posterior mean and variance, stated by the analysis issue
+TOL = 1e-3  # posterior mean and variance: the grid's accuracy target
 
 
 @pytest.mark.parametrize("k,d,sigma", [(1, 1, 0.05), (1, 2, 0.1), (2, 3, 0.5), (2, 2, 0.2)])

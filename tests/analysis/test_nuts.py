@@ -1,10 +1,10 @@
 """The NUTS reference against exact answers: the grid (K <= 2) and closed forms (K = 3).
 
 Sizes are small (tens of points, chains of 300 draws after 200 of warm-up), so the tolerances
-are those of the analysis issue where they are statements about many points (mode masses within
+are the reference's accuracy targets where they are statements about many points (mode masses within
 0.05 and log p(x) within 0.02 nats for at least 95% of points), while R-hat, whose noise at 300
 draws per chain is about 0.01, is held to 1.02 at the median and 1.05 for 90% of points; the
-issue's R-hat <= 1.01 is measured at full size by ``benchmarks/reference_accuracy.py``.
+target R-hat <= 1.01 is measured at full size by ``benchmarks/reference_accuracy.py``.
 """
 
 import math
