@@ -751,11 +751,15 @@ def section_libi(res: Results) -> list[str]:
         "LiBI minus the joint fit, paired over the test points (a difference within two standard "
         "errors is a tie); aggregate KL: KL of the model's aggregate exact posterior from p(z).",
         "",
-        "| job | MLEO | Δ MLEO (LiBI − this) | PMO gap | aggregate KL | avg I(x; z_i) |",
-        "|---|---|---|---|---|---|",
     ]
     words = {"greater": "LiBI worse", "less": "LiBI better", "tie": "tie"}
-    for rows in table.values():
+    for libi, rows in table.items():
+        lines += [
+            f"### {libi}",
+            "",
+            "| job | MLEO | Δ MLEO (LiBI − this) | PMO gap | aggregate KL | avg I(x; z_i) |",
+            "|---|---|---|---|---|---|",
+        ]
         for r, diff in rows:
             m = r["metrics"]
             delta = "—"
@@ -765,7 +769,7 @@ def section_libi(res: Results) -> list[str]:
                 f"| {r['job']} | {number(m.get('mleo'))} | {delta} | {number(m.get('pmo_gap'))} "
                 f"| {number(m.get('aggregate_kl'))} | {number(m.get('avg_mutual_information'))} |"
             )
-    lines.append("")
+        lines.append("")
     return lines
 
 
