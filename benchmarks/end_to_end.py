@@ -1,7 +1,7 @@
 """End to end: the default ``python -m pyrofail.analyze`` and the ``table1`` preset, as a user
 runs them (a fresh process each), with wall time and peak memory.
 
-Targets from the performance issue: the default under two minutes and ``--preset table1`` under
+Targets: the default under two minutes and ``--preset table1`` under
 30 minutes on two CPU cores; the table reports the core count beside them.
 """
 
