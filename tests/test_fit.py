@@ -184,3 +184,10 @@ def test_custom_process_without_registration():
     learned = LatentGaussian(MLP((1, 8, 2)), 1, 2, 0.1)
     fit = pf.fit(data.x, model=learned, learn_model=True, **SMALL)
     assert all(r["init"] == "given" for r in fit.restarts)
+
+
+def test_libi_refuses_labels():
+    truth = zoo.model("semicircle")
+    data = truth.sample(60, seed=0)
+    with pytest.raises(UsageError, match="procedure='libi' takes no labels"):
+        pf.fit(data.x, y=data.y, truth=truth, procedure="libi", restarts=1, steps=2)

@@ -22,18 +22,7 @@ def batched_objects(config: FitConfig, problem: Problem):
     r = config.restarts
     model = problem.model
     if config.learn_model and model is None:
-        bmodel = build.learned_model(
-            config.latent_dim,
-            config.data_dim,
-            config.noise_scale,
-            hidden=config.hidden,
-            activation=config.activation,
-            learn_noise=config.learn_noise,
-            likelihood=config.likelihood,
-            noise_per_feature=config.noise_per_feature,
-            num_classes=config.num_classes,
-            restarts=r,
-        )
+        bmodel = build.learned_model_for(config, restarts=r)
     else:
         if model.restarts is not None:
             raise UsageError("model= must be un-batched (one restart)")

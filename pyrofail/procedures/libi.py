@@ -77,17 +77,7 @@ def _likelihood_by_quadrature(config: FitConfig, problem: Problem, opts: dict):
     selected un-batched model and the stage's history."""
     r, dev = config.restarts, torch.device(config.device)
     pyro.set_rng_seed(config.seed)
-    bmodel = build.learned_model(
-        config.latent_dim,
-        config.data_dim,
-        config.noise_scale,
-        hidden=config.hidden,
-        activation=config.activation,
-        learn_noise=config.learn_noise,
-        likelihood=config.likelihood,
-        noise_per_feature=config.noise_per_feature,
-        restarts=r,
-    ).to(dev)
+    bmodel = build.learned_model_for(config, restarts=r).to(dev)
     x, x_val = problem.x.to(dev), problem.x_val.to(dev)
     z, log_w = quadrature.nodes(config.latent_dim, opts["spacing"], dtype=x.dtype, device=dev)
     if config.init != "random" and problem.truth is not None:
@@ -145,6 +135,8 @@ def libi(config: FitConfig, problem: Problem) -> FitResult:
     (with the aggregate-posterior penalty), then the guide fitted to it by the objective."""
     if not config.learn_model:
         raise UsageError("procedure='libi' learns the model; use procedure='joint' with learn_model=False")
+    if config.num_classes is not None:
+        raise UsageError("procedure='libi' takes no labels; fit labelled data with procedure='joint'")
     opts = _options(config)
     saved = None if problem.checkpoint is None else problem.checkpoint.with_suffix(".likelihood.pt")
     key = config.key(problem.x, problem.x_val)
@@ -152,16 +144,7 @@ def libi(config: FitConfig, problem: Problem) -> FitResult:
     if saved is not None and saved.exists():
         state = load_checkpoint(saved)
         if state.get("key") == key:
-            model = build.learned_model(
-                config.latent_dim,
-                config.data_dim,
-                config.noise_scale,
-                hidden=config.hidden,
-                activation=config.activation,
-                learn_noise=config.learn_noise,
-                likelihood=config.likelihood,
-                noise_per_feature=config.noise_per_feature,
-            )
+            model = build.learned_model_for(config)
             model.load_state_dict(state["model"])
             stage_one, picked = state["history"], state["best"]
     if model is None:

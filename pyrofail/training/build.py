@@ -17,7 +17,7 @@ from pyrofail.models.m2 import m2_model
 from pyrofail.nn import MLP, Batched
 from pyrofail.objectives.m2 import M2ELBO, M2IWAE
 
-__all__ = ["LIKELIHOODS", "guide", "learned_model", "objective", "check_stackable"]
+__all__ = ["LIKELIHOODS", "guide", "learned_model", "learned_model_for", "objective", "check_stackable"]
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 
@@ -64,6 +64,23 @@ def learned_model(
         noise_scale,
         learn_noise=learn_noise,
         noise_per_feature=noise_per_feature,
+        restarts=restarts,
+    )
+
+
+def learned_model_for(config, restarts: int | None = None):
+    """:func:`learned_model` with every setting from a resolved fit configuration
+    (:class:`~pyrofail.training.config.FitConfig`)."""
+    return learned_model(
+        config.latent_dim,
+        config.data_dim,
+        config.noise_scale,
+        hidden=config.hidden,
+        activation=config.activation,
+        learn_noise=config.learn_noise,
+        likelihood=config.likelihood,
+        noise_per_feature=config.noise_per_feature,
+        num_classes=config.num_classes,
         restarts=restarts,
     )
 
