@@ -10,7 +10,14 @@ import torch
 from pyrofail.analysis.semisupervised import counterfactual_error
 from pyrofail.runs import atomic_write_bytes
 
-__all__ = ["class_curves_figure", "failure_map_figure", "job_figures", "robustness_figure", "save"]
+__all__ = [
+    "class_curves_figure",
+    "failure_map_figure",
+    "job_figures",
+    "noise_figure",
+    "robustness_figure",
+    "save",
+]
 
 
 def _pyplot():
@@ -191,6 +198,60 @@ def robustness_figure(path, process: str, records: dict) -> Path:
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.set_title(f"{process}: the encoder under attack (dashed: the exact posterior, same δ)", fontsize=8)
+    return save(fig, path)
+
+
+def probe_figure(path, name: str, records: dict) -> Path:
+    """The robustness curve of a representation: per job, the test accuracy of a linear
+    classifier on the encoder means under the encoder attack of radius ε (± two standard
+    errors of a proportion; ε = 0 is the clean accuracy)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for i, (job, rec) in enumerate(sorted(records.items())):
+        if "probe" not in rec:
+            continue
+        probe = rec["probe"]
+        ax.errorbar(
+            probe["eps"], probe["accuracy"], yerr=[2 * s for s in probe["stderr"]], marker="o", capsize=3,
+            color=f"C{i % 10}", label=job,
+        )  # fmt: skip
+    ax.set_xlabel("attack radius ε (ℓ∞, data units)")
+    ax.set_ylabel("test accuracy of a linear probe")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{name}: the representation under attack", fontsize=8)
+    return save(fig, path)
+
+
+def noise_figure(path, process: str, learned: dict) -> Path:
+    """Signal and noise: the learned σ over the latent dimension K, one line per family and
+    objective (the mean over the restarts ± two standard errors; ×: the selected fit's σ), the
+    truth's σ dashed. Below the line, part of the noise is modelled as signal.
+
+    :param learned: ``{job: (config, record)}`` with each record from
+        :func:`pyrofail.stages.downstream.learned_noise`.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    lines: dict[tuple, list] = {}
+    truth = None
+    for config, rec in learned.values():
+        lines.setdefault((config["guide"], config["objective"]), []).append((config["latent_dim"], rec))
+        truth = rec["truth"]
+    for i, ((guide, objective), rows) in enumerate(sorted(lines.items())):
+        rows.sort(key=lambda row: row[0])
+        ks = [k + 0.04 * (i - len(lines) / 2) for k, _ in rows]  # side by side at each K
+        err = [2 * (rec["stderr"] or 0.0) for _, rec in rows]
+        mean = [rec["selected"] if rec["mean"] is None else rec["mean"] for _, rec in rows]
+        ax.errorbar(
+            ks, mean, yerr=err, marker="o", capsize=3, color=f"C{i % 10}", label=f"{guide} / {objective}",
+        )  # fmt: skip
+        ax.scatter(ks, [rec["selected"] for _, rec in rows], marker="x", color=f"C{i % 10}", zorder=3)
+    ax.axhline(truth, color="k", ls="--", lw=1, label="the truth's σ")
+    ax.set_xlabel("latent dimension K")
+    ax.set_ylabel("learned σ")
+    ax.set_xticks(sorted({c["latent_dim"] for c, _ in learned.values()}))
+    ax.legend(fontsize=7)
+    ax.set_title(f"{process}: the learned noise over K", fontsize=8)
     return save(fig, path)
 
 

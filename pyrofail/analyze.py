@@ -24,7 +24,7 @@ from pyrofail import loaders, stages, zoo
 from pyrofail.analysis import grid
 from pyrofail.analysis.reference import METHODS
 from pyrofail.bnn.inference import METHODS as BNN_METHODS
-from pyrofail.data import check_binary, load_splits
+from pyrofail.data import check_binary, check_fractions, load_splits
 from pyrofail.errors import (
     AllRestartsDiverged,
     UsageError,
@@ -464,6 +464,8 @@ def validate(options: dict) -> None:
     if options.get("data") is None:
         kinds.insert(0, ("model", "model"))
     else:
+        if options["data_options"].get("fractions") is not None:  # named as the flag the user typed
+            check_fractions(options["data_options"]["fractions"], "--split")
         splits = load_splits(options["data"], **options["data_options"], seed=options["seed"])
         if options.get("likelihood") == "bernoulli":
             check_binary(splits.train.x, f"--data {options['data']}")

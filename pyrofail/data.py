@@ -25,6 +25,7 @@ __all__ = [
     "Splits",
     "Standardizer",
     "check_binary",
+    "check_fractions",
     "is_binary",
     "load",
     "load_splits",
@@ -117,6 +118,21 @@ def check_binary(x: torch.Tensor, name: str = "x") -> torch.Tensor:
     return x
 
 
+def check_fractions(fractions: Sequence[float], name: str | None = None) -> tuple[float, float, float]:
+    """``fractions`` as three floats in (0, 1) that sum to 1 (train, validation, test), else a
+    :class:`UsageError` naming them as ``name`` (default ``fractions=(...)``)."""
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or not all(0 < f < 1 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        shown = (
+            f"fractions={fractions}" if name is None else f"{name} {','.join(f'{f:g}' for f in fractions)}"
+        )
+        raise UsageError(
+            f"{shown} is not allowed; expected three numbers in (0, 1) for train, validation and "
+            "test that sum to 1, e.g. 0.6,0.2,0.2"
+        )
+    return fractions
+
+
 def split_sizes(n: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tuple[int, int, int]:
     r"""Rows of the train, validation and test parts of ``n`` rows: validation and test get
     :math:`\lfloor f N + \tfrac12 \rfloor` (at least 1), training the rest (at least
@@ -126,12 +142,7 @@ def split_sizes(n: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tuple
         >>> split_sizes(442)
         (266, 88, 88)
     """
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or not all(0 < f < 1 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-        raise UsageError(
-            f"fractions={fractions} is not allowed; expected three numbers in (0, 1) for train, "
-            "validation and test that sum to 1"
-        )
+    fractions = check_fractions(fractions)
     n_val = max(1, math.floor(fractions[1] * n + 0.5))
     n_test = max(1, math.floor(fractions[2] * n + 0.5))
     n_train = n - n_val - n_test

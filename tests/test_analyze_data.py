@@ -50,7 +50,7 @@ def test_a_csv_runs_end_to_end_without_a_ground_truth(table, tmp_path):
         (["--data", "{table}", "--labels", "nope"], "labels column 'nope' is not in {table}"),
         (
             ["--data", "{table}", "--columns", "a,b,c", "--split", "0.5,0.6"],
-            "expected three numbers in (0, 1)",
+            "--split 0.5,0.6 is not allowed; expected three numbers in (0, 1)",
         ),
         (["--data", "{table}", "--columns", "a,b", "--likelihood", "bernoulli"], "needs 0/1 data"),
         (["--data", "wine2"], "unknown data set 'wine2'; choose one of: breast_cancer, diabetes"),

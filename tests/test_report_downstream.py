@@ -1,5 +1,7 @@
 """The report's downstream section, from a downstream.json record of the shape the stage writes."""
 
+import pytest
+
 from pyrofail.stages.report import Results, section_downstream
 
 
@@ -55,3 +57,47 @@ def test_every_row_has_the_header_columns_and_dci_carries_its_errors():
     assert "0.000 / 1.000 / 0.264 ± 0.047 |" in table[2]
     assert table[3].startswith("| the truth's exact posterior") and "0.934 ± 0.032 /" in table[3]
     assert "0.001 ± 0.001 (0.200)" in table[2]  # the attack's KL beside the truth's mean shift
+
+
+def _data_job(name, cons, correct):
+    return {
+        "job": name,
+        "total_mutual_information": {"mean": 2.0, "stderr": 0.1},
+        "consistency": {"per_point": cons, "mean": sum(cons) / len(cons), "stderr": 0.01},
+        "probe": {
+            "eps": [0.0, 0.1],
+            "accuracy": [sum(c) / len(c) for c in correct],
+            "stderr": [0.02, 0.03],
+            "correct": correct,
+        },
+    }
+
+
+def test_a_data_set_is_compared_with_the_plain_vae_paired_over_draws_and_test_points():
+    from pyrofail.stages.downstream import baseline_job, compare_data_jobs
+
+    plain = _data_job("d-K2-mean_field-elbo", [1.0, 1.2, 1.1, 0.9], [[1, 1, 1, 0], [1, 0, 0, 0]])
+    post = _data_job("d-K2-mean_field-elbo-posthoc", [0.5, 0.7, 0.6, 0.4], [[1, 1, 1, 0], [1, 0, 1, 0]])
+    records = {plain["job"]: plain, post["job"]: post}
+    group = [
+        {"job": post["job"], "config": {"guide": "mean_field", "objective": "elbo", "latent_dim": 2,
+                                        "procedure": "posthoc_self_consistency"}},
+        {"job": plain["job"], "config": {"guide": "mean_field", "objective": "elbo", "latent_dim": 2}},
+    ]  # fmt: skip
+    assert baseline_job(group, 2) == plain["job"]
+    assert baseline_job(group, 3) is None
+    against = compare_data_jobs(records, plain["job"])
+    row = against[post["job"]]
+    assert row["consistency"]["mean"] == pytest.approx(-0.5) and row["consistency"][
+        "stderr"
+    ] == pytest.approx(0)
+    assert row["accuracy_eps0"]["mean"] == 0.0
+    assert row["accuracy_eps0.1"]["mean"] == pytest.approx(0.25)
+    block = {"data": True, "baseline": plain["job"], "jobs": records, "against_baseline": against}
+    lines = section_downstream(Results(options={}, jobs=[], failed={}, downstream={"d": block}))
+    table = [line for line in lines if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1, table
+    said = next(line for line in lines if line.startswith(f"- {post['job']}"))
+    assert "self-consistency -0.500 ± 0.000 (better)" in said
+    assert "accuracy at ε=0.1 0.250 ± 0.250 (tie)" in said
+    assert "figures/representation-d.png" in lines[-2]

@@ -148,6 +148,9 @@ def joint(config: FitConfig, problem: Problem) -> FitResult:
         }
         for r in range(config.restarts)
     ]
+    if getattr(bmodel, "learn_noise", False):  # the spread of the learned sigma over restarts
+        for r, record in enumerate(records):
+            record["noise_scale"] = bmodel.noise_scale[r].tolist()
     return FitResult(
         model=take_restart(bmodel, best).requires_grad_(True).train(True),
         guide=take_restart(bguide, best),

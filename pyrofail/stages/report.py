@@ -792,6 +792,9 @@ def section_downstream(res: Results) -> list[str]:
         "",
     ]
     for process, block in res.downstream.items():
+        if block.get("data"):
+            lines += _data_downstream_lines(process, block)
+            continue
         jobs, truth = block["jobs"], block["truth"]
         eps = [r["eps"] for r in next(iter(jobs.values()))["robustness"]]
         lines += [f"### {process}", ""]
@@ -839,6 +842,79 @@ def section_downstream(res: Results) -> list[str]:
                 lines.append(f"- {who}: " + "; ".join(parts) + ".")
             lines.append("")
         lines += [f"![robustness of {process}](figures/robustness-{process}.png)", ""]
+        lines += _noise_lines(process, jobs)
+    return lines
+
+
+def _data_downstream_lines(name: str, block: dict) -> list[str]:
+    """The downstream table of a user's data set: compression, self-consistency and the
+    representation's robustness curve, each fit against the plain VAE."""
+    jobs = block["jobs"]
+    eps = next((rec["probe"]["eps"] for rec in jobs.values() if "probe" in rec), [])
+    lines = [
+        f"### {name}",
+        "",
+        "Self-consistency: ‖z − m(μθ(z))‖ over prior draws z, m the encoder mean and μθ the "
+        "decoder's mean (Cemgil et al. 2020; 0: the encoder inverts its own decoder). "
+        + ("Accuracy: a linear classifier on the encoder means, on clean test points and under "
+           "the encoder attack of radius ε (ℓ∞, the perturbation that moves the mean furthest)."
+           if eps else ""),
+        "",
+    ]  # fmt: skip
+    head = "| job | I(x; z) | self-consistency |" + "".join(f" accuracy at ε={e:g} |" for e in eps)
+    lines += [head, "|---" * (3 + len(eps)) + "|"]
+    for job, rec in sorted(jobs.items()):
+        mi, cons = rec["total_mutual_information"], rec["consistency"]
+        cells = [with_error(mi["mean"], mi["stderr"]), with_error(cons["mean"], cons["stderr"])]
+        if "probe" in rec:
+            cells += [with_error(a, s) for a, s in zip(rec["probe"]["accuracy"], rec["probe"]["stderr"])]
+        else:
+            cells += ["—"] * len(eps)
+        lines.append(f"| {job} | " + " | ".join(cells) + " |")
+    lines.append("")
+    against = block.get("against_baseline")
+    if against:
+        lines += [f"Against the plain VAE ({block['baseline']}), each fit minus it, paired:", ""]
+        for job, row in sorted(against.items()):
+            parts = [f"self-consistency {_against_mfg(row['consistency'], True)}"]
+            parts += [
+                f"accuracy at ε={key[len('accuracy_eps') :]} {_against_mfg(diff, False)}"
+                for key, diff in row.items()
+                if key.startswith("accuracy_eps")
+            ]
+            lines.append(f"- {job}: " + "; ".join(parts) + ".")
+        lines.append("")
+    if eps:
+        lines += [f"![representation under attack, {name}](figures/representation-{name}.png)", ""]
+    return lines
+
+
+def _noise_lines(process: str, jobs: dict) -> list[str]:
+    """Signal and noise: each job's learned σ against the truth's (``--learn-noise``)."""
+    learned = {job: rec["noise"] for job, rec in sorted(jobs.items()) if "noise" in rec}
+    if not learned:
+        return []
+    truth = next(iter(learned.values()))["truth"]
+    words = {
+        "less": "below: noise learned as signal",
+        "greater": "above: signal learned as noise",
+        "tie": "tie",
+    }
+    lines = [
+        f"Signal and noise: the learned σ against the truth's ({number(truth)}); the selected "
+        "fit's, and the mean ± standard error over the restarts (a mean within two standard "
+        "errors of the truth's is a tie).",
+        "",
+        "| job | learned σ | over restarts | learned / truth | against the truth |",
+        "|---|---|---|---|---|",
+    ]
+    for job, rec in learned.items():
+        spread, side = "—", "—"
+        if rec["mean"] is not None and rec["stderr"] is not None:
+            spread = f"{with_error(rec['mean'], rec['stderr'])} ({len(rec['restart_values'])})"
+            side = words[verdict({"mean": rec["mean"] - truth, "stderr": rec["stderr"]})]
+        lines.append(f"| {job} | {number(rec['selected'])} | {spread} | {number(rec['ratio'])} | {side} |")
+    lines += ["", f"![learned noise of {process}](figures/noise-{process}.png)", ""]
     return lines
 
 
