@@ -367,8 +367,12 @@ def resolve(args: argparse.Namespace) -> dict:
             "--columns, --labels, --split, --binarize and --no-standardize describe --data; give --data"
         )
     options["guide_options"] = {k: dict(v) for k, v in options.get("guide_options", {}).items()}
+    labelled = options.get("data") is None and any(
+        zoo.entry("model", m).meta.get("num_classes") for m in options["model"] if m in zoo.names("model")
+    )  # a semi-supervised process: its guides are M2 guides around the family
     for text in given.get("guide_option", []):
-        for guide, key, value in _option(text, "guide", options["guide"], _guide_keys):
+        keys = (lambda name: _guide_keys(name, labelled=True)) if labelled else _guide_keys
+        for guide, key, value in _option(text, "guide", options["guide"], keys):
             options["guide_options"].setdefault(guide, {})[key] = value
     for text in given.get("objective_option", []):
         for objective, key, value in _option(text, "objective", options["objective"], _objective_keys):
@@ -408,9 +412,12 @@ def _data_options(options: dict, given: dict) -> None:
         options["learn_noise"] = True
 
 
-def _guide_keys(name: str) -> list[str]:
+def _guide_keys(name: str, labelled: bool = False) -> list[str]:
     built = ("self", "latent_dim", "data_dim", "restarts", "hidden", "activation")  # set by the fit
-    return [p for p in inspect.signature(zoo.entry("guide", name).factory).parameters if p not in built]
+    keys = [p for p in inspect.signature(zoo.entry("guide", name).factory).parameters if p not in built]
+    if labelled:  # the M2 guide's own options: the classifier's width, whether q(z|x, y) reads y
+        keys += ["classifier_hidden", "label_in_encoder"]
+    return keys
 
 
 def _model_keys(name: str) -> list[str]:

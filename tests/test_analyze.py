@@ -180,6 +180,10 @@ def test_resume_of_a_finished_run_recomputes_nothing(tiny_run, capsys):
             "posthoc_self_consistency has no option 'data'; choose one of: samples, val_samples",
         ),
         (["--procedure-option", "samples=5"], "joint takes no options"),
+        (  # the M2 guide's option exists only where the guide is an M2 guide
+            ["--guide-option", "label_in_encoder=false"],
+            "mean_field has no option 'label_in_encoder'; choose one of: min_scale",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
@@ -249,3 +253,11 @@ def test_degenerate_line_with_spread_and_posthoc_runs_to_a_report(tmp_path):
     assert len(post["history"]["pretrained"]["restarts"]) == 2  # stage one: the VAE on the data
     report = (out / "report.md").read_text()
     assert "degenerate_line-K1-mean_field-spread-posthoc_self_consistency" in report
+
+
+def test_a_semi_supervised_run_takes_the_m2_guides_options():
+    from pyrofail.analyze import build_parser, resolve
+
+    argv = ["--model", "semicircle", "--guide-option", "label_in_encoder=false"]
+    options = resolve(build_parser().parse_args(argv))
+    assert options["guide_options"]["mean_field"] == {"label_in_encoder": False}

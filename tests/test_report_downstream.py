@@ -101,3 +101,33 @@ def test_a_data_set_is_compared_with_the_plain_vae_paired_over_draws_and_test_po
     assert "self-consistency -0.500 ± 0.000 (better)" in said
     assert "accuracy at ε=0.1 0.250 ± 0.250 (tie)" in said
     assert "figures/representation-d.png" in lines[-2]
+
+
+def test_the_semi_supervised_table_says_which_encoder_ignores_the_label():
+    from pyrofail.stages.report import section_semi_supervised
+
+    metrics = {
+        "separation_ratio": 0.0,
+        "counterfactual_error_model": 1.47,
+        "counterfactual_error_model_stderr": 0.01,
+        "counterfactual_error_guide": 1.47,
+        "counterfactual_error_guide_stderr": 0.01,
+        "mleo": 0.01,
+        "mleo_stderr": 0.004,
+        "mleo_class0": 0.18,
+        "mleo_class1": 0.14,
+        "accuracy": 0.7,
+        "accuracy_stderr": 0.01,
+        "bayes_accuracy": 0.71,
+    }
+    ignores_y = {"guide": "mean_field", "objective": "elbo", "guide_options": {"label_in_encoder": False}}
+    reads_y = {"guide": "flow", "objective": "elbo", "guide_options": {}}
+    jobs = [
+        {"job": "s-x", "metrics": metrics, "config": ignores_y},
+        {"job": "s-xy", "metrics": metrics, "config": reads_y},
+    ]
+    lines = section_semi_supervised(Results(options={}, jobs=jobs, failed={}))
+    table = [line.replace("\\|", "") for line in lines if line.startswith("|")]  # an escaped pipe is text
+    assert len({line.count("|") for line in table}) == 1, table
+    assert table[2].startswith("| s-x (q(z  x): the encoder does not read y) |")
+    assert table[3].startswith("| s-xy |")

@@ -935,13 +935,16 @@ def section_semi_supervised(res: Results) -> list[str]:
         "truth's own (Bayes) accuracy.",
         "",
         "| job | separation / truth | counterfactual error (model) | (guide) | MLEO p(x) "
-        "| MLEO p(x|y=0) / p(x|y=1) | accuracy (Bayes) |",
+        "| MLEO p(x \\| y=0) / p(x \\| y=1) | accuracy (Bayes) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in jobs:
         m = r["metrics"]
+        reads_y = r["config"].get("guide_options", {}).get("label_in_encoder", True)
+        encoder = "" if reads_y else " (q(z \\| x): the encoder does not read y)"  # \\|: a pipe in a cell
         lines.append(
-            f"| {r['job']} | {number(m['separation_ratio'], 2)} "
+            f"| {r['job']}{encoder} "
+            f"| {number(m['separation_ratio'], 2)} "
             f"| {with_error(m['counterfactual_error_model'], m['counterfactual_error_model_stderr'])} "
             f"| {with_error(m['counterfactual_error_guide'], m['counterfactual_error_guide_stderr'])} "
             f"| {with_error(m['mleo'], m['mleo_stderr'])} "
