@@ -98,14 +98,19 @@ def _strip(result: dict) -> dict:
     return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}
 
 
+def _job_record(folder: Path, seed: int, epsilons) -> tuple[dict, dict | None]:
+    """``(key, record)``: a job's downstream key and its saved record if that is current
+    (``None`` otherwise). "tasks" names this version of the record, so that a resumed run
+    recomputes an older one."""
+    key = {"job": job_id(read_json(folder / "config.json")), "seed": seed, "epsilons": list(epsilons)}
+    key["tasks"] = 2
+    return key, _current(folder / "downstream.json", key)
+
+
 def job_tasks(folder: Path, truth_folder: Path, seed: int) -> dict:
     """Every downstream task for one job (``downstream.json``)."""
     folder = Path(folder)
-    # "tasks" names this version's record, so that a resumed run recomputes an older one
-    key = {"job": job_id(read_json(folder / "config.json")), "seed": seed, "epsilons": list(EPSILONS)}
-    key["tasks"] = 2
-    done = folder / "downstream.json"
-    record = _current(done, key)
+    key, record = _job_record(folder, seed, EPSILONS)
     if record is not None:
         return record
     config, truth, model, guide = load_job(folder)
@@ -142,7 +147,7 @@ def job_tasks(folder: Path, truth_folder: Path, seed: int) -> dict:
         inside = outliers.outlier_scores(model, x, guide=guide)["per_point"]
         outside = outliers.outlier_scores(model, away, guide=guide)["per_point"]
         out["auroc"] = outliers.auroc(inside, outside)
-    atomic_write_json(done, out)
+    atomic_write_json(folder / "downstream.json", out)
     return out
 
 
@@ -152,10 +157,7 @@ def data_tasks(folder: Path, seed: int) -> dict:
     representation — a linear classifier on the encoder means, its test accuracy under the
     encoder attack over :data:`PROBE_EPSILONS` (:mod:`pyrofail.analysis.self_consistency`)."""
     folder = Path(folder)
-    key = {"job": job_id(read_json(folder / "config.json")), "seed": seed, "epsilons": list(PROBE_EPSILONS)}
-    key["tasks"] = 2
-    done = folder / "downstream.json"
-    record = _current(done, key)
+    key, record = _job_record(folder, seed, PROBE_EPSILONS)
     if record is not None:
         return record
     config, _, model, guide = load_job(folder)
@@ -175,7 +177,7 @@ def data_tasks(folder: Path, seed: int) -> dict:
         )
         out["probe"] = {k: probe[k] for k in ("eps", "accuracy", "stderr", "shift", "norm", "objective")}
         out["probe"]["correct"] = probe["correct"].to(torch.int8).tolist()
-    atomic_write_json(done, out)
+    atomic_write_json(folder / "downstream.json", out)
     return out
 
 
