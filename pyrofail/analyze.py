@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="option set to start from: 'default' (Clusters, ELBO vs IWAE, K=1, "
         "~2 min), 'table1' (Table 1 of Yacoby et al.: figure8 and clusters, "
         "K=1,2,3, ELBO vs IWAE, 10 restarts), 'failure-map' (figure8 and clusters over the "
-        "truth's noise scale), 'tiny' (seconds; a smoke test)",
+        "truth's noise scale), 'downstream' (the downstream tasks), 'bnn' (Bayesian neural networks "
+        "with latent input noise), 'tiny' (seconds; a smoke test)",
     )
     p.add_argument(
         "--model",
