@@ -16,6 +16,7 @@ import datetime as _dt
 import inspect
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -372,8 +373,9 @@ def resolve(args: argparse.Namespace) -> dict:
         zoo.entry("model", m).meta.get("num_classes") for m in options["model"] if m in zoo.names("model")
     )  # a semi-supervised process: its guides are M2 guides around the family
     for text in given.get("guide_option", []):
-        keys = (lambda name: _guide_keys(name, labelled=True)) if labelled else _guide_keys
-        for guide, key, value in _option(text, "guide", options["guide"], keys):
+        for guide, key, value in _option(
+            text, "guide", options["guide"], partial(_guide_keys, labelled=labelled)
+        ):
             options["guide_options"].setdefault(guide, {})[key] = value
     for text in given.get("objective_option", []):
         for objective, key, value in _option(text, "objective", options["objective"], _objective_keys):
