@@ -44,7 +44,16 @@ import torch
 
 from pyrofail.errors import UsageError, check_positive_int
 
-__all__ = ["Maxima", "curvature", "find_maxima", "starting_points"]
+__all__ = [
+    "Maxima",
+    "add_starts",
+    "along_segments",
+    "curvature",
+    "find_maxima",
+    "refine_maxima",
+    "starting_points",
+    "top_up_points",
+]
 
 EIG_FLOOR = 1e-2  # smallest |eigenvalue| of H used: a posterior sd of at most 10 prior sds
 SEGMENT_POINTS = 16  # points on the segment between two maxima where the persistence rule looks
@@ -212,7 +221,9 @@ def find_maxima(
     # a scrambled Sobol sequence pushed through 2 * Phi^-1: over-dispersed, and stratified, so
     # that no region of the prior is left without a start by chance
     sobol = torch.quasirandom.SobolEngine(k, scramble=True, seed=int(seed))
-    sobol = sobol.draw(candidates, dtype=torch.float64)
+    sobol = (
+        sobol.draw(candidates, dtype=torch.float64) if candidates else torch.zeros(0, k, dtype=torch.float64)
+    )
     base = 2.0 * torch.special.ndtri(sobol.clamp(1e-9, 1 - 1e-9)).to(device=x.device, dtype=x.dtype)
     starts = [base[:, None, :].expand(candidates, n, k)]
     if extra is not None:
@@ -273,3 +284,180 @@ def starting_points(
         out.append(maxima.z[rows, pick] + jitter[:, None] * shift)
         count[rows, pick] += 1
     return torch.stack(out)
+
+
+def _outside_draws(model, x, maxima: Maxima, num: int, top: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """Importance draws from half the prior, half Student-t's on the maxima' Laplace
+    approximations: the ``top`` heaviest draws ``(top, N, K)`` where the prior explains the
+    proposal density better than every maximum, and the share of the weight on such draws ``(N,)``."""
+    n, j, k = maxima.z.shape
+    dtype = maxima.z.dtype
+    share = maxima.shares()
+    mix = torch.where(maxima.valid, 0.8 * share + 0.2 / maxima.valid.sum(-1, keepdim=True), 0.0)
+    log_mix = torch.cat([(0.5 * mix).log(), torch.full((n, 1), math.log(0.5), dtype=dtype)], -1)
+    comp = torch.multinomial(log_mix.exp().float(), num, replacement=True, generator=gen).T  # (S, N)
+    eps = torch.randn(num, n, k, generator=gen, dtype=dtype)
+    chi2 = torch.randn(num, n, 4, generator=gen, dtype=dtype).pow(2).sum(-1)
+    rows = torch.arange(n).expand(num, n)
+    pick = comp.clamp_max(j - 1)
+    t_draw = (
+        maxima.z[rows, pick]
+        + (4.0 / chi2).sqrt()[..., None] * (maxima.tril[rows, pick] @ eps[..., None])[..., 0]
+    )
+    z = torch.where((comp == j)[..., None], eps, t_draw).to(x.device)
+    df = torch.tensor(4.0, dtype=dtype)
+    import pyro.distributions as dist
+
+    lt = dist.MultivariateStudentT(df, maxima.z, scale_tril=maxima.tril).log_prob(z[:, :, None, :])
+    lp0 = -0.5 * (z * z).sum(-1, keepdim=True) - 0.5 * k * math.log(2 * math.pi)
+    parts = torch.cat([lt, lp0], -1) + log_mix  # (S, N, J + 1)
+    lw = _log_joint(model, z, x) - torch.logsumexp(parts, -1)
+    lw = torch.where(torch.isfinite(lw), lw, torch.full_like(lw, -math.inf))
+    outside = parts.argmax(-1) == j
+    w = torch.softmax(lw, 0).nan_to_num(0.0)
+    share_out = (w * outside).sum(0)
+    best = lw.masked_fill(~outside, -math.inf).topk(min(top, num), dim=0).indices  # (top, N)
+    return z.gather(0, best[..., None].expand(-1, -1, k)), share_out
+
+
+@torch.no_grad()
+def refine_maxima(
+    model,
+    x: torch.Tensor,
+    maxima: Maxima,
+    *,
+    rounds: int = 2,
+    num: int = 2000,
+    top: int = 8,
+    threshold: float = 0.01,
+    steps: int = 200,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> Maxima:
+    r"""Look for maxima that the optimisation's starts missed: importance sampling from the
+    prior and the known maxima' Laplace approximations puts weight outside every known maximum
+    when posterior mass lies there; the ``top`` heaviest such draws of every point are new starts.
+    Repeated ``rounds`` times while any point has more than ``threshold`` of its weight outside.
+    The known maxima are kept (they are starts too), and :func:`find_maxima`'s persistence rule
+    keeps the new ones that are distinct.
+
+    Example:
+        >>> import torch
+        >>> from pyrofail.models import LinearGaussian
+        >>> truth = LinearGaussian(latent_dim=1, data_dim=2, noise_scale=0.5, seed=0).double()
+        >>> x = truth.sample(2, seed=0).x.double()
+        >>> m = find_maxima(truth, x, candidates=2, steps=20)
+        >>> refine_maxima(truth, x, m).valid.sum(-1).tolist()
+        [1, 1]
+    """
+    gen = torch.Generator().manual_seed(int(seed) + 23)
+    for _ in range(rounds):
+        starts, share_out = _outside_draws(model, x, maxima, num, top, gen)
+        need = share_out > threshold
+        if not bool(need.any()):
+            break
+        maxima = add_starts(model, x, maxima, starts, need.nonzero().flatten(), steps=steps, lr=lr, seed=seed)
+    return maxima
+
+
+def add_starts(model, x, maxima: Maxima, starts: torch.Tensor, rows: torch.Tensor, **options) -> Maxima:
+    """``maxima`` with the maxima that further ``starts`` ``(L, N, K)`` climb to added at the
+    points ``rows`` (the known maxima climb again with them, and the persistence rule keeps the
+    distinct ones); ``options`` go to :func:`find_maxima`."""
+    if rows.numel() == 0:
+        return maxima
+    known = maxima.z[rows].transpose(0, 1)  # (J, R, K): invalid slots repeat the best maximum
+    known = torch.where(maxima.valid[rows].T[..., None], known, known[:1])
+    extra = torch.cat([known, starts[:, rows].to(known.dtype)])
+    extra = torch.where(torch.isfinite(extra), extra, known[:1])
+    found = find_maxima(model, x[rows], candidates=0, extra=extra, **options)
+    return _replace_rows(maxima, rows, found)
+
+
+@torch.no_grad()
+def along_segments(model, x: torch.Tensor, segments, *, resolution: int = 1024, per_point: int = 16):
+    r"""Starts ``(L, N, K)`` from segments ``(point, start, end)`` (the divergent leapfrog steps of
+    :func:`pyrofail.analysis.nuts.sample_nuts`): on each, the best of ``resolution`` evenly
+    spaced points by :math:`\log p(x, z)`, at most ``per_point`` per point (NaN where a point
+    has fewer), and the points that have any ``(R,)``. A maximum narrower than any step the
+    sampler could take (a needle on a cliff) lies on the step that jumped across it, where no
+    gradient from an optimisation start far away would lead."""
+    n, k = x.shape[0], int(segments[0][1].shape[-1]) if segments else 0
+    if not segments:
+        return torch.zeros(0, n, k, dtype=x.dtype), torch.zeros(0, dtype=torch.long)
+    point = torch.cat([p for p, _, _ in segments])
+    a = torch.cat([b for _, b, _ in segments]).to(x.dtype)
+    b = torch.cat([e for _, _, e in segments]).to(x.dtype)
+    t = torch.linspace(0.0, 1.0, resolution, dtype=x.dtype)
+    best = torch.empty_like(a)
+    for i in range(0, a.shape[0], 256):  # bounds the memory at (resolution, 256, K)
+        sl = slice(i, i + 256)
+        line = a[sl][None] + t[:, None, None] * (b[sl] - a[sl])[None]  # (T, E, K)
+        lp = _log_joint(model, line, x[point[sl]]).nan_to_num(nan=-math.inf)  # (T, E)
+        best[sl] = line.gather(0, lp.argmax(0)[None, :, None].expand(1, -1, k))[0]
+    out = torch.full((per_point, n, k), math.nan, dtype=x.dtype)
+    seen = torch.zeros(n, dtype=torch.long)
+    for e in range(point.shape[0]):  # few: at most MAX_DIVERGENT_STEPS steps' culprits
+        p = int(point[e])
+        if seen[p] < per_point:
+            out[seen[p], p] = best[e]
+            seen[p] += 1
+    return out, (seen > 0).nonzero().flatten()
+
+
+def _replace_rows(maxima: Maxima, rows: torch.Tensor, found: Maxima) -> Maxima:
+    """``maxima`` with the points ``rows`` replaced by ``found`` (padded to a common ``J``)."""
+    j = max(maxima.z.shape[1], found.z.shape[1])
+
+    def pad(m: Maxima) -> Maxima:
+        extra = j - m.z.shape[1]
+        if extra == 0:
+            return m
+        n, _, k = m.z.shape
+        eye = torch.eye(k, dtype=m.z.dtype, device=m.z.device).expand(n, extra, k, k)
+        return Maxima(
+            torch.cat([m.z, m.z.new_zeros(n, extra, k)], 1),
+            torch.cat([m.log_joint, m.log_joint.new_full((n, extra), -math.inf)], 1),
+            torch.cat([m.log_mass, m.log_mass.new_full((n, extra), -math.inf)], 1),
+            torch.cat([m.tril, eye], 1),
+            torch.cat([m.valid, m.valid.new_zeros(n, extra)], 1),
+        )
+
+    out, new = pad(maxima), pad(found)
+    for name in ("z", "log_joint", "log_mass", "tril", "valid"):
+        getattr(out, name)[rows] = getattr(new, name)
+    return out
+
+
+def top_up_points(maxima: Maxima, uncovered: torch.Tensor, max_chains: int, *, min_share: float = 0.005):
+    """Starts ``(C, N, K)`` for chains at the maxima that no chain's draws cover (``uncovered``
+    ``(N, J)``), heaviest first, for every point with one of at least ``min_share`` of the
+    Laplace mass; ``C`` is the most any point needs, at most ``max_chains`` (``None`` when no
+    point needs one). A point's spare chains start at its heaviest maxima, where extra draws do no
+    harm.
+
+    Example:
+        >>> import torch
+        >>> m = Maxima(torch.tensor([[[0.0], [3.0]]]), torch.zeros(1, 2), torch.tensor([[0.0, -1.0]]),
+        ...            torch.ones(1, 2, 1, 1), torch.ones(1, 2, dtype=torch.bool))
+        >>> top_up_points(m, torch.tensor([[False, True]]), 4)[:, 0, 0].tolist()
+        [3.0]
+    """
+    share = maxima.shares()
+    j = min(maxima.z.shape[1], uncovered.shape[1])
+    need = (uncovered[:, :j] & maxima.valid[:, :j] & (share[:, :j] >= min_share)).clone()
+    c = min(int(need.sum(-1).max()) if need.numel() else 0, max_chains)
+    if c == 0:
+        return None
+    # per point: the uncovered maxima by mass, then the heaviest maxima again and again
+    by_mass = share[:, :j].masked_fill(~maxima.valid[:, :j], -1.0)
+    first = torch.where(need, 2.0 + by_mass, by_mass).argsort(-1, descending=True)
+    heaviest = by_mass.argsort(-1, descending=True)
+    count = need.sum(-1, keepdim=True)
+    slot = torch.arange(c)[None].expand(maxima.z.shape[0], c)
+    cycle = (slot - count).clamp_min(0) % maxima.valid[:, :j].sum(-1, keepdim=True).clamp_min(1)
+    pick = torch.where(
+        slot < count, first.gather(1, slot.clamp_max(j - 1)), heaviest.gather(1, cycle)
+    )  # (N, C)
+    rows = torch.arange(maxima.z.shape[0])[:, None]
+    return maxima.z[rows, pick].transpose(0, 1).contiguous()

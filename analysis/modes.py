@@ -25,6 +25,15 @@ with the basins found by quick shift (Vedaldi & Soatto 2008; Koontz, Narendra & 
    pass to (the nearest one when they have no edge to any);
 6. modes are numbered ``0, 1, ...`` by decreasing mass.
 
+**With the density along the way** (``segment``, as the NUTS reference gives it): a kernel
+bandwidth set by the ``k``-th neighbour spans the gap between clusters when every cluster is one
+chain's draws in its own mode, and the valleys between them hold no draw, so a pass read off
+the ends of an edge sees no valley. Then quick shift links a representative only to a higher
+neighbour that no valley separates from it (the density at interior points of the edge stays
+above ``dip`` times its own; the nearest ``LINK_TRIES`` are tried), passes are the least density
+along the edges between basins, and step 5 is skipped: a basin that step 4 leaves is a valley
+away from every other, a mode the draws visit little rather than a fluctuation of an estimate.
+
 Every step is a tensor operation over a chunk of data points at once: ``(N, S, K)`` draws give
 all ``N`` posteriors' modes without a Python loop over points or draws.
 
@@ -52,6 +61,9 @@ MIN_MASS = 0.02
 NEIGHBOURS = 0.1
 REACH = 3.0  # tau = REACH * h
 PILOT = 10  # neighbour rank of the pilot density
+SEGMENT_POINTS = 3  # interior points at which an edge between basins is checked for a valley
+SEGMENT_CHUNK = 2**14  # edges per call of the segment density
+LINK_TRIES = 4  # higher neighbours tried per representative before it counts as a peak
 EXACT = "donot_use_mm_for_euclid_dist"  # cdist by differences: exact for near points far from zero
 
 
@@ -114,11 +126,55 @@ def _merge_pair(state: dict, a: torch.Tensor, b: torch.Tensor, active: torch.Ten
 
 
 @torch.no_grad()
+def _segment_minima(y, nn_idx, cross, segment, rows) -> torch.Tensor:
+    """The least of ``segment``'s log density at :data:`SEGMENT_POINTS` interior points of
+    every edge where ``cross`` ``(n, M, L)``: ``(E,)``, in ``cross.nonzero()`` order."""
+    pn, pm, pl = cross.nonzero(as_tuple=True)
+    out = torch.empty(pn.shape[0], dtype=y.dtype, device=y.device)
+    t = torch.arange(1, SEGMENT_POINTS + 1, dtype=y.dtype, device=y.device) / (SEGMENT_POINTS + 1)
+    for start in range(0, pn.shape[0], SEGMENT_CHUNK):
+        sl = slice(start, start + SEGMENT_CHUNK)
+        a = y[pn[sl], pm[sl]]  # (E, K)
+        b = y[pn[sl], nn_idx[pn[sl], pm[sl], pl[sl]]]
+        seg = a[:, None] + t[:, None] * (b - a)[:, None]  # (E, T, K)
+        out[sl] = segment(seg, rows[pn[sl]]).double().nan_to_num(nan=-math.inf).amin(-1)
+    return out
+
+
+def _uphill_links(y, dens, nn_idx, cand, segment, rows, dip: float) -> torch.Tensor:
+    """Quick shift's links with the posterior's density along them: each representative links
+    to its nearest higher neighbour that no valley separates from it (the density along the edge
+    stays above ``dip`` times its own), trying the :data:`LINK_TRIES` nearest; none: a peak."""
+    n, m, _ = cand.shape
+    parent = torch.arange(m, device=y.device).expand(n, m).clone()
+    cand = cand.clone()
+    for _ in range(LINK_TRIES):
+        has = cand.any(-1)
+        if not bool(has.any()):
+            break
+        first = cand.float().argmax(-1)  # neighbours are sorted by distance
+        pick = torch.zeros_like(cand).scatter_(-1, first[..., None], True) & has[..., None]
+        low = _segment_minima(y, nn_idx, pick, segment, rows)
+        pn, pm, _ = pick.nonzero(as_tuple=True)
+        ok = low >= dens[pn, pm] + math.log(dip)
+        parent[pn[ok], pm[ok]] = nn_idx[pn[ok], pm[ok], first[pn[ok], pm[ok]]]
+        cand[pn[ok], pm[ok]] = False  # linked: done
+        cand[pn[~ok], pm[~ok], first[pn[~ok], pm[~ok]]] = False  # a valley: try the next
+    return parent
+
+
 def _modes_chunk(
-    y: torch.Tensor, log_density: torch.Tensor | None, dip: float, min_mass: float, neighbours: int | None
+    y: torch.Tensor,
+    log_density: torch.Tensor | None,
+    dip: float,
+    min_mass: float,
+    neighbours: int | None,
+    segment=None,
+    rows_global: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Labels ``(n, M)`` (by decreasing mass) of equally weighted representatives ``y``, with
-    the posterior's own log density at them when known (a kernel estimate otherwise)."""
+    the posterior's own log density at them when known (a kernel estimate otherwise), and
+    ``segment`` (``find_modes``) to look for valleys along the edges between basins."""
     n, m, k_dim = y.shape
     if m < 3:
         return torch.zeros(n, m, dtype=torch.long, device=y.device)
@@ -151,9 +207,12 @@ def _modes_chunk(
     idx = torch.arange(m, device=y.device)
     # quick shift: link to the nearest neighbour of higher density (ties by index)
     higher = (d_nb > dens[..., None]) | ((d_nb == dens[..., None]) & (nn_idx < idx[:, None]))
-    first = (higher & reach).float().argmax(-1)  # neighbours are sorted by distance
-    has = (higher & reach).any(-1)
-    parent = torch.where(has, nn_idx.gather(-1, first[..., None])[..., 0], idx.expand(n, m))
+    if segment is None:
+        first = (higher & reach).float().argmax(-1)  # neighbours are sorted by distance
+        has = (higher & reach).any(-1)
+        parent = torch.where(has, nn_idx.gather(-1, first[..., None])[..., 0], idx.expand(n, m))
+    else:
+        parent = _uphill_links(y, dens, nn_idx, higher & reach, segment, rows_global, dip)
     root = _root(parent)
     # compact basin ids 0..r-1 per point
     is_root = root == idx
@@ -170,6 +229,13 @@ def _modes_chunk(
     # passes between basins: the best min-density edge of the graph between them
     edge = torch.minimum(dens[..., None], d_nb).masked_fill(~reach, -math.inf)
     l_nb = labels.gather(1, nn_idx.reshape(n, -1)).reshape(nn_idx.shape)
+    if segment is not None:
+        # an edge between two basins can span a valley that no representative lies in (a chain
+        # per mode leaves the valleys empty): its pass is the least density along it, not at its ends
+        cross = reach & (l_nb != labels[..., None])
+        if bool(cross.any()):
+            low = _segment_minima(y, nn_idx, cross, segment, rows_global)
+            edge[cross] = torch.minimum(edge[cross], low)
     pair = (labels[..., None] * r + l_nb).reshape(n, -1)
     passes = torch.full((n, r * r), -math.inf, dtype=y.dtype, device=y.device)
     passes = passes.scatter_reduce_(1, pair, edge.reshape(n, -1), "amax").reshape(n, r, r)
@@ -187,8 +253,10 @@ def _modes_chunk(
         i, j = arg // r, arg % r
         keep_i = height[rows, i] >= height[rows, j]
         _merge_pair(state, torch.where(keep_i, i, j), torch.where(keep_i, j, i), active)
-    # 2. light basins join the basin they have the highest pass to (the nearest peak if none)
-    for _ in range(r - 1):
+    # 2. light basins join the basin they have the highest pass to (the nearest peak if none);
+    # not when the density along the edges is known: a basin left after step 1 is then a valley
+    # away from every other, a mode the draws visit little, not a fluctuation of the estimate
+    for _ in range(0 if segment is not None else r - 1):
         alive = mass > 0
         light = alive & (mass < min_mass)
         active = light.any(-1) & (alive.sum(-1) > 1)
@@ -217,6 +285,7 @@ def find_modes(
     k: int | None = None,
     dip: float = DIP,
     min_mass: float = MIN_MASS,
+    segment=None,
     seed: int = 0,
     chunk: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,6 +301,12 @@ def find_modes(
     :param dip: two basins are one mode unless the density between them falls below ``dip``
         times the lower peak.
     :param min_mass: basins lighter than this join a neighbour.
+    :param segment: with ``log_density``, a callable ``(z, point) -> log density`` for
+        ``z`` ``(E, T, K)`` and ``point`` ``(E,)`` the index of the posterior each row belongs to
+        (``log p(x_point, z)`` up to the same constant), returning ``(E, T)``. The pass along a
+        graph edge between two basins is then the least density at interior points of the edge,
+        not only at its ends: draws of separate chains in separate modes leave the valley between
+        them empty, and an edge spanning it would otherwise merge the modes.
     :returns: ``(centres, labels)``: ``centres`` ``([N,] M, K)`` are the representatives and
         ``labels`` ``([N,] M)`` their modes, numbered ``0..n_modes-1`` by decreasing mass. Pass
         them to :func:`assign` and :func:`mode_masses`.
@@ -256,7 +331,15 @@ def find_modes(
         ld = None if ld is None else ld.gather(1, idx)
     labels = torch.cat(
         [
-            _modes_chunk(z[i : i + chunk], None if ld is None else ld[i : i + chunk], dip, min_mass, k)
+            _modes_chunk(
+                z[i : i + chunk],
+                None if ld is None else ld[i : i + chunk],
+                dip,
+                min_mass,
+                k,
+                segment if ld is not None else None,
+                torch.arange(i, min(i + chunk, z.shape[0]), device=z.device),
+            )
             for i in range(0, z.shape[0], chunk)
         ]
     )

@@ -27,6 +27,21 @@ count ``C`` is the same for every point, the largest number any point needs, at 
 ``max_chains``. A maximum that still has no chain keeps a component in the importance proposal,
 so its mass is estimated and reported (``unrepresented_mass``).
 
+**Maxima the starts missed.** Importance draws from the prior and the maxima's Laplace
+approximations that no known maximum explains start the search again
+(:func:`~pyrofail.analysis.maxima.refine_maxima`), and so does the best point along every
+divergent leapfrog step of the sampler (:func:`~pyrofail.analysis.maxima.along_segments`): a
+peak narrower than any step, on a cliff no gradient from afar leads to, lies on a step that
+jumped across it.
+
+**Chains at the maxima the draws missed** (``top_up`` rounds). Warm-up's first steps are long,
+and a chain started at a maximum often leaves it for a neighbour before sampling starts, so a
+maximum of real mass can end with no draw. After the re-weighting, every maximum that no mode of
+the draws holds (:func:`pyrofail.analysis.reweight.cover`) and that has at least half a percent
+of the Laplace mass gets a further chain, started on it with the first round's step size, a
+diagonal mass matrix from its curvature and no warm-up (nothing adapted: the chain samples where
+it stands), and the draws of all chains are re-weighted together.
+
 The draws are then re-weighted so that every mode gets its posterior mass
 (:mod:`pyrofail.analysis.reweight`), which also gives :math:`\log p(x)` and the diagnostics.
 """
@@ -43,7 +58,15 @@ import pyro
 import torch
 from pyro.infer import MCMC, NUTS
 
-from pyrofail.analysis.maxima import curvature, find_maxima, starting_points
+from pyrofail.analysis.maxima import (
+    add_starts,
+    along_segments,
+    curvature,
+    find_maxima,
+    refine_maxima,
+    starting_points,
+    top_up_points,
+)
 from pyrofail.analysis.reference_data import provenance
 from pyrofail.analysis.reweight import from_draws
 from pyrofail.errors import UsageError, check_choice, check_positive_int
@@ -62,6 +85,7 @@ PRECONDITIONS = ("block", "diagonal")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 MAX_CHAINS = 16  # default cap on the chains per point that starting by mass may ask for
 START_SHARE = 0.005  # a maximum with this share of the Laplace mass gets a chain of its own
+MAX_DIVERGENT_STEPS = 256  # divergent leapfrog steps kept for the search of maxima along them
 
 
 # -- initialisation ------------------------------------------------------------------------
@@ -104,6 +128,10 @@ class _PointwiseNUTS(NUTS):
         self._group = group  # latents per sub-problem
         self._start = None
         self.point_divergences: list[tuple[int, torch.Tensor]] = []
+        # (sub-problems, positions before, positions after) of every divergent leapfrog step,
+        # warm-up included: a divergence marks a feature too sharp for the step size, and the
+        # segment it jumped across may hold a maximum no optimisation start came near
+        self.divergent_steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def _initialize_adapter(self):
         super()._initialize_adapter()
@@ -129,12 +157,18 @@ class _PointwiseNUTS(NUTS):
 
     def _build_basetree(self, z, r, z_grads, log_slice, direction, energy_current):
         tree = super()._build_basetree(z, r, z_grads, log_slice, direction, energy_current)
-        if tree.diverging and self._t >= self._warmup_steps and self._start is not None:
+        if tree.diverging and self._start is not None:
             d_energy = self._energies(tree.z_right, tree.r_right_unscaled) - self._energies(*self._start)
             d_energy = torch.nan_to_num(d_energy, nan=math.inf)
             culprit = d_energy >= 0.1 * float(d_energy.clamp_min(0).sum().clamp_max(1e300))
             culprit[d_energy.argmax()] = True
-            self.point_divergences.append((self._t - self._warmup_steps, culprit.nonzero().flatten()))
+            which = culprit.nonzero().flatten()
+            if self._t >= self._warmup_steps:
+                self.point_divergences.append((self._t - self._warmup_steps, which))
+            if len(self.divergent_steps) < MAX_DIVERGENT_STEPS:
+                (before,), (after,) = z.values(), tree.z_right.values()
+                before, after = before.reshape(-1, self._group), after.reshape(-1, self._group)
+                self.divergent_steps.append((which, before[which].detach(), after[which].detach()))
         return tree
 
 
@@ -197,12 +231,18 @@ def sample_nuts(
     max_tree_depth: int = 10,
     jit_compile: bool = False,
     precondition: str = "diagonal",
+    step_size: float | None = None,
+    segments: list | None = None,
     progress: bool = False,
 ):
     """Run Pyro's NUTS from ``z0`` ``(C, N, K)``; returns draws ``(C, S, N, K)``, divergence
     flags ``(C, S, N)`` and sampler statistics. ``precondition="block"`` samples :math:`u` in
     :math:`z = z_0 + L u` (:func:`block_preconditioner`); ``"diagonal"`` samples :math:`z`,
-    the warm-up starting from :func:`curvature_scales`."""
+    the warm-up starting from :func:`curvature_scales`. A ``step_size`` fixes the step size and
+    the mass matrix (at those scales): nothing is adapted, so ``num_warmup=0`` can start the
+    chains sampling where they stand. A list ``segments`` receives, per divergent leapfrog step,
+    ``(point, start, end)``: the points' indices ``(E,)`` and the step's ends ``(E, K)`` in
+    :math:`z`."""
     c, n, k = z0.shape
     if precondition == "block":
         tril = block_preconditioner(model, x, z0)
@@ -219,8 +259,9 @@ def sample_nuts(
         inverse_mass=inverse_mass,
         target_accept_prob=target_accept_prob,
         max_tree_depth=max_tree_depth,
-        adapt_step_size=True,
-        adapt_mass_matrix=True,
+        step_size=1.0 if step_size is None else float(step_size),
+        adapt_step_size=step_size is None,
+        adapt_mass_matrix=step_size is None,
         full_mass=False,
     )
     mcmc = MCMC(
@@ -241,6 +282,13 @@ def sample_nuts(
     for t, culprits in kernel.point_divergences:
         diverging.view(num_samples, c * n)[t, culprits] = True
     diverging = diverging.view(num_samples, c, n).transpose(0, 1)
+    if segments is not None:
+        for which, before, after in kernel.divergent_steps:
+            if tril is not None:  # back from u to z = z0 + L u, sub-problem by sub-problem
+                z0f, lf = z0.reshape(-1, k)[which], tril.reshape(-1, k, k)[which]
+                before = z0f + (lf @ before[..., None])[..., 0]
+                after = z0f + (lf @ after[..., None])[..., 0]
+            segments.append((which % n, before, after))
     stats = {
         "sampling_seconds": seconds,
         "num_grads": kernel.num_grads,
@@ -248,6 +296,29 @@ def sample_nuts(
         "divergent_transitions": len(kernel.point_divergences),
     }
     return z.contiguous(), diverging.contiguous(), stats
+
+
+def _sample_in_batches(model, x, z0, point_batch, *, step_sizes=None, segments=None, **options):
+    """:func:`sample_nuts` on batches of ``point_batch`` points (all at once when ``None``), the
+    draws joined along the points; ``step_sizes`` fixes each batch's step size (from an earlier
+    run on the same batches). Returns draws, divergences and the statistics summed over batches,
+    with ``step_sizes`` per batch (``step_size``: the smallest)."""
+    n = x.shape[0]
+    size = n if point_batch is None else point_batch
+    parts, stats = [], {"sampling_seconds": 0.0, "num_grads": 0, "divergent_transitions": 0, "step_sizes": []}
+    for b, lo in enumerate(range(0, n, size)):
+        hi = min(n, lo + size)
+        found = [] if segments is not None else None
+        fixed = None if step_sizes is None else step_sizes[b]
+        z, div, st = sample_nuts(model, x[lo:hi], z0[:, lo:hi], step_size=fixed, segments=found, **options)
+        parts.append((z, div))
+        for key in ("sampling_seconds", "num_grads", "divergent_transitions"):
+            stats[key] += st[key]
+        stats["step_sizes"].append(st["step_size"])
+        if segments is not None:
+            segments.extend((point + lo, a, e) for point, a, e in found)
+    stats["step_size"] = min(stats["step_sizes"])
+    return torch.cat([p[0] for p in parts], 2), torch.cat([p[1] for p in parts], 2), stats
 
 
 def nuts_reference(
@@ -269,6 +340,8 @@ def nuts_reference(
     num_importance: int = 4000,
     defensive: float = 0.1,
     dtype: str = "float64",
+    top_up: int = 1,
+    point_batch: int | None = None,
     progress: bool = False,
 ):
     r"""The reference posterior of ``model`` at every row of ``x`` by NUTS (module docstring).
@@ -298,6 +371,11 @@ def nuts_reference(
         :math:`\log p(x)`.
     :param defensive: weight :math:`\alpha` of the prior in the importance proposal.
     :param dtype: ``"float64"`` or ``"float32"``.
+    :param top_up: rounds of further chains at the maxima that no chain's draws cover
+        (module docstring); 0: none.
+    :param point_batch: sample this many points at a time (``None``: all at once). The points
+        of one run share a step size, so one point whose posterior needs tiny steps (a cliff)
+        slows every other point of its run to a crawl; smaller batches keep that to its batch.
     :param progress: show Pyro's progress bar.
     """
     num_draws = check_positive_int("num_draws", num_draws)
@@ -307,6 +385,9 @@ def nuts_reference(
     max_tree_depth = check_positive_int("max_tree_depth", max_tree_depth)
     init_candidates = check_positive_int("init_candidates", init_candidates)
     num_importance = check_positive_int("num_importance", num_importance, minimum=10)
+    top_up = check_positive_int("top_up", top_up, minimum=0)
+    if point_batch is not None:
+        point_batch = check_positive_int("point_batch", point_batch)
     if not 0 < target_accept_prob < 1:
         raise UsageError(
             f"target_accept_prob={target_accept_prob!r} is not allowed; expected a number in (0, 1)"
@@ -341,6 +422,8 @@ def nuts_reference(
         "num_importance": num_importance,
         "defensive": defensive,
         "dtype": dtype,
+        "top_up": top_up,
+        "point_batch": point_batch,
     }
     work = copy.deepcopy(model).to(DTYPES[dtype])
     work.requires_grad_(False)
@@ -351,37 +434,72 @@ def nuts_reference(
         torch.manual_seed(int(seed))
         with pyro.validation_enabled(False):
             maxima = find_maxima(work, x, candidates=init_candidates, extra=extra_candidates, seed=seed)
+            maxima = refine_maxima(work, x, maxima, seed=seed)
         if isinstance(init, torch.Tensor):
             z0 = init.detach().to(x.dtype)
         elif init == "prior":
             z0 = torch.randn(num_chains, n, k, dtype=x.dtype)
         else:
             z0 = starting_points(maxima, num_chains, max_chains, min_share=START_SHARE, seed=seed)
-        z, diverging, stats = sample_nuts(
+        segments = []
+        z, diverging, stats = _sample_in_batches(
             work,
             x,
             z0,
+            point_batch,
             num_samples=per_chain,
             num_warmup=num_warmup,
             target_accept_prob=target_accept_prob,
             max_tree_depth=max_tree_depth,
             jit_compile=jit_compile,
             precondition=precondition,
+            segments=segments,
             progress=progress,
         )
+        if top_up and segments:
+            starts, rows = along_segments(work, x, segments)
+            # Newton steps only: Adam's first steps are a fixed length, far wider than a needle
+            maxima = add_starts(work, x, maxima, starts, rows, steps=0, seed=seed)
     stats["chains"] = int(z0.shape[0])
     attrs = {**provenance("nuts", seed, options), "sampler": stats}
-    ref = from_draws(
-        work,
-        x,
-        z,
-        diverging=diverging,
-        num_importance=num_importance,
-        defensive=defensive,
-        seed=seed,
-        attrs=attrs,
-        maxima=maxima,
-    )
+    for round_ in range(top_up + 1):
+        coverage = {}
+        ref = from_draws(
+            work,
+            x,
+            z,
+            diverging=diverging,
+            num_importance=num_importance,
+            defensive=defensive,
+            seed=seed,
+            attrs=attrs,
+            maxima=maxima,
+            coverage=coverage,
+        )
+        starts = top_up_points(maxima, coverage["uncovered"], max_chains, min_share=START_SHARE)
+        if round_ == top_up or starts is None:
+            break
+        # chains at the maxima no chain's draws cover, with the first round's step size and no
+        # warm-up: the warm-up's early large steps are what carried the first chains out of them
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) + 1000 * (round_ + 1))
+            with pyro.validation_enabled(False):
+                z_more, div_more, more = _sample_in_batches(
+                    work,
+                    x,
+                    starts.to(x.dtype),
+                    point_batch,
+                    step_sizes=stats["step_sizes"],
+                    num_samples=per_chain,
+                    num_warmup=0,
+                    max_tree_depth=max_tree_depth,
+                    jit_compile=jit_compile,
+                )
+        z, diverging = torch.cat([z, z_more]), torch.cat([diverging, div_more])
+        stats["chains"] += int(starts.shape[0])
+        stats["top_up_chains"] = stats.get("top_up_chains", 0) + int(starts.shape[0])
+        for key in ("sampling_seconds", "num_grads", "divergent_transitions"):
+            stats[key] += more[key]
     stats["total_seconds"] = time.perf_counter() - start
     ref.posterior.attrs["sampler"] = json.dumps(stats)
     return ref

@@ -27,9 +27,11 @@ defensive component (``defensive`` = :math:`\alpha`). With ``num_importance`` dr
 
 * :math:`\log p(x) = \log \frac1S \sum_s w_s`, with the delta-method standard error
   :math:`\sqrt{(\overline{w^2}/\bar w^2 - 1)/S}`;
-* ``missing_mass`` :math:`= \sum_s \tilde w_s [\text{the prior component dominates } q(z_s)]`,
-  with :math:`\tilde w` the Pareto-smoothed normalised weights (``arviz.psislw``): posterior
-  mass outside every mode found;
+* ``missing_mass`` :math:`= \sum_s \tilde w_s [\text{the prior component dominates } q(z_s)
+  \text{ and } z_s \text{ is in no mode's basin}]`, with :math:`\tilde w` the Pareto-smoothed
+  normalised weights (``arviz.psislw``): posterior mass outside every mode found. A draw where
+  the prior component dominates but the way up from it to its nearest representative of a mode
+  never dips (below 0.9 of the lower end) is in the tail of that mode and counts for it;
 * :math:`P_m = \sum_s \tilde w_s\, [\text{not so}]\, r_m(z_s)`, :math:`r_m` the share of mode
   ``m``'s components in the proposal density at :math:`z_s`; so
   :math:`\sum_m P_m = 1 - \text{missing\_mass}`: mass no mode explains is never renormalised
@@ -64,6 +66,7 @@ import warnings
 import numpy as np
 import pyro.distributions as dist
 import torch
+from scipy.stats import chi2
 
 from pyrofail.analysis import stats
 from pyrofail.analysis.maxima import Maxima, find_maxima
@@ -78,6 +81,9 @@ LAPLACE_WEIGHT = 0.1  # of the Laplace components of the maxima a mode holds, wi
 FLOOR = 0.2  # share of the mode weights spread equally over the modes
 KERNELS = 64  # kernels per mode and latent dimension in the importance proposal
 COVER_POINTS = 16  # points on the segment from a maximum to the nearest draw
+BASIN_DIP = 0.9  # an importance draw is in a mode's basin when the way up to it never dips below this
+BASIN_REPS = 4  # representatives tried per importance draw for the way up
+COVER_QUANTILE = 0.999  # of the Laplace approximation: the ball in which a maximum's draws lie
 
 
 def _t_draw(loc, tril, eps, chi2):
@@ -87,26 +93,64 @@ def _t_draw(loc, tril, eps, chi2):
 def cover(model, x, pooled, lp, lab, maxima: Maxima, dip: float = DIP) -> torch.Tensor:
     r"""The mode of the draws that holds each maximum, ``(N, J)``, or ``-1`` where none does.
 
-    A maximum :math:`z^*` belongs to the mode of the draw nearest to it (in its Laplace metric)
-    when :math:`\log p(x, z)` on the segment between them never falls below ``dip`` times the
-    lower of the two ends (the persistence rule of :mod:`pyrofail.analysis.modes`): no valley
+    ``pooled`` ``(N, T, K)`` are the modes' labelled points (their representatives), ``lp`` their
+    :math:`\log p(x, z)` and ``lab`` their labels. A maximum :math:`z^*` belongs to the mode of
+    the point nearest to it (in its Laplace metric) when that point lies in the maximum's Laplace
+    ball (its 99.9% ellipsoid) and :math:`\log p(x, z)` on the segment between them never falls
+    below ``dip`` times the lower of the two ends (the persistence rule of
+    :mod:`pyrofail.analysis.modes`): no valley
     separates them. A maximum with no draw on its side of every valley is a mode no chain visited.
     """
     n, j_max, k = maxima.z.shape
     rows = torch.arange(n)
     nearest = torch.zeros(n, j_max, dtype=torch.long)
+    near_d2 = torch.zeros(n, j_max, dtype=pooled.dtype)
     for j in range(j_max):  # one maximum at a time bounds the memory at (N, T, K)
         diff = (pooled - maxima.z[:, j, None]).transpose(1, 2)  # (N, K, T)
         white = torch.linalg.solve_triangular(maxima.tril[:, j], diff, upper=False)
-        nearest[:, j] = white.square().sum(1).argmin(-1)
+        near_d2[:, j], nearest[:, j] = white.square().sum(1).min(-1)
     zd = pooled[rows[:, None], nearest]  # (N, J, K)
     t = torch.arange(1, COVER_POINTS + 1, dtype=pooled.dtype) / (COVER_POINTS + 1)
     seg = maxima.z[None] + t[:, None, None, None] * (zd - maxima.z)[None]  # (T, N, J, K)
     with torch.no_grad():
         low = model.log_joint(seg.transpose(1, 2), x).nan_to_num(nan=-math.inf).amin(0).T  # (N, J)
     ends = torch.minimum(maxima.log_joint, lp[rows[:, None], nearest])
-    covered = maxima.valid & (low >= ends + math.log(dip))
+    # and the point must lie in the maximum's Laplace ball: a point in the valley next to an
+    # unvisited maximum passes the segment test (the way down to it never dips below it) and
+    # belongs to the mode on the valley's other side
+    ball = float(chi2.ppf(COVER_QUANTILE, k))
+    covered = maxima.valid & (low >= ends + math.log(dip)) & (near_d2 <= ball)
     return torch.where(covered, lab[rows[:, None], nearest], torch.full_like(nearest, -1))
+
+
+def _basin_of_draws(model, x, zs, centres, labels, which, dip: float = BASIN_DIP) -> torch.Tensor:
+    r"""For the importance draws ``zs`` ``(M, N, K)`` where ``which``: the mode of the nearest of
+    the :data:`BASIN_REPS` nearest representatives (``centres`` ``(N, R, K)``, ``labels``
+    ``(N, R)``) that the draw climbs to: :math:`\log p(x, z)` along the segment from the draw to
+    it never falls below ``dip`` times the highest density already passed (the way is uphill, as
+    gradient ascent from the draw would go); else ``-1`` (``(M, N)``; ``-1`` wherever ``which`` is
+    false). ``dip`` is close to 1: a draw on the slope of a mode that no chain visited is not
+    handed to a mode beyond that mode's peak, or beyond a valley."""
+    out = torch.full(which.shape, -1, dtype=torch.long)
+    mi, ni = which.nonzero(as_tuple=True)
+    if mi.numel() == 0:
+        return out
+    z = zs[mi, ni]  # (E, K)
+    d = torch.cdist(z[:, None], centres[ni], compute_mode="donot_use_mm_for_euclid_dist")[:, 0]  # (E, R)
+    near = d.topk(min(BASIN_REPS, d.shape[-1]), dim=-1, largest=False).indices  # (E, B), nearest first
+    rep = centres[ni[:, None], near]  # (E, B, K)
+    t = torch.arange(1, COVER_POINTS + 1, dtype=z.dtype) / COVER_POINTS  # up to the representative
+    seg = z[None, :, None] + t[:, None, None, None] * (rep - z[:, None])[None]  # (T, E, B, K)
+    with torch.no_grad():
+        path = model.log_joint(seg, x[ni][:, None]).nan_to_num(nan=-math.inf)  # (T, E, B)
+        own = model.log_joint(z, x[ni])[None, :, None].expand(1, -1, path.shape[-1])
+    path = torch.cat([own, path])
+    # uphill all the way: never below the highest point passed (a mode in between is a descent)
+    ok = (path >= path.cummax(0).values + math.log(dip)).all(0)
+    first = ok.double().argmax(-1)  # the nearest that passes
+    hit = ok.any(-1)
+    out[mi[hit], ni[hit]] = labels[ni[hit], near[hit, first[hit]]]
+    return out
 
 
 class _Proposal:
@@ -275,7 +319,13 @@ def mode_masses_by_importance(
     az = arviz()
     n_modes = int(labels.max()) + 1
     gen = torch.Generator().manual_seed(int(seed) + 1)
-    group = None if maxima is None else cover(model, x, pooled, lp, lab, maxima)
+    group = None
+    if maxima is not None:
+        # the modes' representatives, not every draw: a draw that a chain left on its way across
+        # a valley carries the label of the nearest representative, on the far side of the valley
+        with torch.no_grad():
+            lp_centres = model.log_joint(centres.transpose(0, 1).to(x.dtype), x).T
+        group = cover(model, x, centres.to(x.dtype), lp_centres, labels, maxima)
     proposal = _Proposal(pooled, lab, lp, n_modes, maxima, group, defensive, gen)
     zs = proposal.sample(num_importance, gen)  # (M, N, K)
     comp = proposal.log_probs(zs)  # (M, N, 2G+J+1)
@@ -294,8 +344,21 @@ def mode_masses_by_importance(
     # elsewhere each importance draw belongs to the modes in proportion to their components' density
     outside = torch.softmax(comp, -1)[..., -1] > 0.5  # (M, N)
     resp = torch.softmax(proposal.group_log_density(comp), -1).nan_to_num(0.0)  # (M, N, G + U)
+    # ... unless the draw lies in the basin of a mode of the draws, in its tail where the prior
+    # component happens to outweigh the mode's own: no valley between it and the mode's nearest
+    # representative. Only a draw a valley away from every mode is mass no mode explains.
+    basin = _basin_of_draws(model, x, zs, centres.to(zs.dtype), labels, outside)  # (M, N)
+    inside = outside & (basin >= 0)
+    resp = torch.where(
+        inside[..., None],
+        torch.nn.functional.one_hot(basin.clamp_min(0), resp.shape[-1]).to(resp.dtype),
+        resp,
+    )
+    outside = outside & ~inside
     mass = torch.einsum("mn,mng->ng", w * ~outside, resp)
+    uncovered = None if group is None else maxima.valid & (group < 0)
     return {
+        "uncovered": uncovered if uncovered is not None else torch.zeros(x.shape[0], 0, dtype=torch.bool),
         "mode_mass": mass[:, :n_modes],
         "unrepresented": mass[:, n_modes:],
         "unrepresented_mass": mass[:, n_modes:].sum(-1),
@@ -321,6 +384,17 @@ def _log_joint_chunked(model, z: torch.Tensor, x: torch.Tensor, budget: int = 2*
     return out.reshape(*lead, x.shape[0])
 
 
+def _segment_density(model, x: torch.Tensor):
+    """``(z, point) -> log p(x_point, z)`` for :func:`pyrofail.analysis.modes.find_modes`:
+    ``z`` ``(E, T, K)``, ``point`` ``(E,)``, returning ``(E, T)``."""
+
+    def density(z, point):
+        with torch.no_grad():
+            return model.log_joint(z.transpose(0, 1).to(x.dtype), x[point]).transpose(0, 1)
+
+    return density
+
+
 def from_draws(
     model,
     x: torch.Tensor,
@@ -333,6 +407,7 @@ def from_draws(
     attrs: dict | None = None,
     budget: int = 2**18,
     maxima: Maxima | None | bool = None,
+    coverage: dict | None = None,
 ):
     r"""The reference layout (:mod:`pyrofail.analysis.reference`) from MCMC draws ``z``
     ``(C, S, N, K)`` of any sampler: modes, re-weighting, :math:`\log p(x)`, moments and
@@ -342,6 +417,8 @@ def from_draws(
         (:func:`pyrofail.analysis.maxima.find_maxima`), each of which gets a component in the
         importance proposal; ``None`` finds them here (seeded by ``seed``), ``False`` uses none
         (the draws and the prior component alone).
+    :param coverage: a dict to receive ``"uncovered"`` ``(N, J)``: the maxima that no mode of
+        the draws holds (:func:`cover`), for starting chains at them.
     """
     c, s, n, k = z.shape
     z = z.to(x.dtype)
@@ -352,7 +429,7 @@ def from_draws(
     lp = _log_joint_chunked(model, z, x, budget)  # (C, S, N)
     pooled = z.permute(2, 0, 1, 3).reshape(n, c * s, k)
     lp_pooled = lp.permute(2, 0, 1).reshape(n, c * s)
-    centres, labels = find_modes(pooled, log_density=lp_pooled, seed=seed)
+    centres, labels = find_modes(pooled, log_density=lp_pooled, segment=_segment_density(model, x), seed=seed)
     lab = assign(pooled, centres, labels)  # (N, CS)
     n_modes = int(labels.max()) + 1
     per = max(1, budget // num_importance)
@@ -365,10 +442,14 @@ def from_draws(
         for j, i in enumerate(_chunks(n, per))
     ]  # fmt: skip
     n_unrep = max(p["unrepresented"].shape[1] for p in parts)
+    n_max = max(p["uncovered"].shape[1] for p in parts)
     for p in parts:
-        for key, width in (("mode_mass", n_modes), ("unrepresented", n_unrep)):
+        for key, width in (("mode_mass", n_modes), ("unrepresented", n_unrep), ("uncovered", n_max)):
             p[key] = torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]))
     rw = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    uncovered = rw.pop("uncovered")
+    if coverage is not None:
+        coverage["uncovered"] = uncovered
     # every draw of mode m weighs P_m / (number of draws in m); normalised over the draws, these
     # weights leave out the missing and unrepresented mass, which the diagnostics report
     ones = torch.ones_like(lab, dtype=torch.float64)
@@ -409,7 +490,9 @@ def from_draws(
     point_ess = 1.0 / (share.pow(2) / mode_ess.clamp_min(1e-12)).sum(-1)
     if diverging is None:
         diverging = torch.zeros(c, s, n, dtype=torch.bool)
-    found = (labels.amax(-1) + 1) + (rw["unrepresented"] >= MIN_MASS).sum(-1)
+    # modes of non-negligible mass: the draws' light modes are kept apart (they are a valley away
+    # from the rest) but are not counted
+    found = (rw["mode_mass"] >= MIN_MASS).sum(-1) + (rw["unrepresented"] >= MIN_MASS).sum(-1)
     diagnostics = {
         "rhat": stats.rhat(zc).amax(-1),
         "rhat_within_modes": within,
