@@ -7,7 +7,8 @@ Doshi-Velez & Udluft, "Decomposition of uncertainty in Bayesian deep learning fo
 risk-sensitive learning" (ICML 2018), 750 points by default; ``diabetes`` is scikit-learn's
 bundled diabetes data (442 patients, 10 inputs; no download), with no ground truth.
 
-Every entry has ``splits(n_train, n_test, seed) -> RegressionData``; the synthetic ones also
+Every entry has ``splits(n_train, n_test, seed) -> RegressionData`` (``diabetes`` also
+``fold`` and ``folds``, for K-fold cross-validation); the synthetic ones also
 have ``sample(n, seed) -> (x, y)`` with ``x`` of shape ``(N, 1)`` and ``y`` of shape ``(N,)``,
 ``log_density(x, y)``, ``mean(x)`` and ``cdf(x, y)`` of the true conditional law.
 """
@@ -15,6 +16,7 @@ have ``sample(n, seed) -> (x, y)`` with ``x`` of shape ``(N, 1)`` and ``y`` of s
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -29,12 +31,16 @@ LOG_2PI = math.log(2 * math.pi)
 
 @dataclass
 class RegressionData:
-    """Train and test inputs ``(N, D)`` and outputs ``(N,)`` of one regression problem."""
+    """Train and test inputs ``(N, D)`` and outputs ``(N,)`` of one regression problem;
+    for a data set (``diabetes``), ``train_index`` and ``test_index`` are the rows of the
+    original data behind them (``None`` for the synthetic processes)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    train_index: torch.Tensor | None = None
+    test_index: torch.Tensor | None = None
 
 
 def _normal_log_prob(y: torch.Tensor, loc: torch.Tensor, scale) -> torch.Tensor:
@@ -195,10 +201,21 @@ class Bimodal(_Synthetic):
         )
 
 
-def load_diabetes(seed: int = 0, test_fraction: float = 0.2) -> RegressionData:
+def load_diabetes(
+    seed: int = 0, test_fraction: float = 0.2, *, fold: int | None = None, folds: int = 5
+) -> RegressionData:
     r"""scikit-learn's bundled diabetes data (Efron et al. 2004; 442 patients, 10 inputs), split
     at random (seeded) into train and test and standardised with the training statistics:
     :math:`\tilde x = (x - \bar x_{train}) / s_{x, train}` per column, likewise :math:`y`.
+
+    The 442 patients are put in the order of ``torch.randperm`` under a generator seeded with
+    ``seed``. Without ``fold``, the first ``round(test_fraction * 442)`` of them are the test
+    points and the rest the training points. With ``fold`` (K-fold cross-validation,
+    ``0 <= fold < folds``, ``folds >= 2``), that order is cut into ``folds`` contiguous blocks
+    of near-equal size (``torch.tensor_split``: the first ``442 % folds`` blocks one longer);
+    block ``fold`` is the test part and the other blocks, in order, the training part, so the
+    ``folds`` test parts of one ``seed`` partition the 442 points; ``test_fraction`` is then
+    not used.
 
     The raw (unscaled) features are read (``load_diabetes(scaled=False)``); nothing is downloaded.
 
@@ -206,6 +223,8 @@ def load_diabetes(seed: int = 0, test_fraction: float = 0.2) -> RegressionData:
         >>> d = load_diabetes(seed=0)
         >>> d.x_train.shape, d.x_test.shape, round(float(d.y_train.mean()), 6)
         (torch.Size([354, 10]), torch.Size([88, 10]), 0.0)
+        >>> [load_diabetes(seed=0, fold=k).x_test.shape[0] for k in range(5)]
+        [89, 89, 88, 88, 88]
     """
     from sklearn.datasets import load_diabetes as _sk_load
 
@@ -216,13 +235,33 @@ def load_diabetes(seed: int = 0, test_fraction: float = 0.2) -> RegressionData:
     x = torch.as_tensor(x_np, dtype=torch.get_default_dtype())
     y = torch.as_tensor(y_np, dtype=torch.get_default_dtype())
     n = x.shape[0]
-    n_test = max(1, round(test_fraction * n))
+    folds = check_positive_int("folds", folds, minimum=2)
+    if folds > n:
+        raise UsageError(
+            f"folds={folds} is not allowed; diabetes has {n} points, so expected 2 <= folds <= {n}"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-    test, train = perm[:n_test], perm[n_test:]
+    if fold is None:
+        n_test = max(1, round(test_fraction * n))
+        test, train = perm[:n_test], perm[n_test:]
+    else:
+        allowed = f"expected an integer in [0, {folds - 1}] for folds={folds}"
+        try:
+            index = None if isinstance(fold, bool) else operator.index(fold)
+        except TypeError:
+            index = None
+        if index is None:
+            raise UsageError(f"fold={fold!r} is not an integer; {allowed}")
+        fold = index
+        if not 0 <= fold < folds:
+            raise UsageError(f"fold={fold} is not allowed; {allowed}")
+        blocks = torch.tensor_split(perm, folds)
+        test = blocks[fold]
+        train = torch.cat([b for k, b in enumerate(blocks) if k != fold])
     x_loc, x_scale = x[train].mean(0), x[train].std(0)
     y_loc, y_scale = y[train].mean(), y[train].std()
     xs, ys = (x - x_loc) / x_scale, (y - y_loc) / y_scale
-    return RegressionData(xs[train], ys[train], xs[test], ys[test])
+    return RegressionData(xs[train], ys[train], xs[test], ys[test], train_index=train, test_index=test)
 
 
 @register(
@@ -246,20 +285,30 @@ class Diabetes:
 
     log_density = mean = cdf = None
 
-    def splits(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> RegressionData:
-        """The seeded 80/20 split of :func:`load_diabetes` (354 train, 88 test points); ``n_train``
-        and ``n_test``, when given, keep the first so many points of each part."""
-        data = load_diabetes(seed=seed)
+    def splits(
+        self,
+        n_train: int | None = None,
+        n_test: int | None = None,
+        seed: int = 0,
+        *,
+        fold: int | None = None,
+        folds: int = 5,
+    ) -> RegressionData:
+        """The seeded 80/20 split of :func:`load_diabetes` (354 train, 88 test points), or with
+        ``fold`` its ``fold``-th of ``folds`` cross-validation splits; ``n_train`` and ``n_test``,
+        when given, keep the first so many points of each part."""
+        data = load_diabetes(seed=seed, fold=fold, folds=folds)
         parts = {
-            "n_train": (n_train, data.x_train, data.y_train),
-            "n_test": (n_test, data.x_test, data.y_test),
+            "n_train": (n_train, data.x_train, data.y_train, data.train_index),
+            "n_test": (n_test, data.x_test, data.y_test, data.test_index),
         }
-        out = []
-        for name, (n, x, y) in parts.items():
+        out, index = [], []
+        for name, (n, x, y, i) in parts.items():
             if n is not None:
                 n = check_positive_int(name, n)
                 if n > x.shape[0]:
                     raise UsageError(f"{name}={n} is not allowed; diabetes has {x.shape[0]} points there")
-                x, y = x[:n], y[:n]
+                x, y, i = x[:n], y[:n], i[:n]
             out += [x, y]
-        return RegressionData(*out)
+            index.append(i)
+        return RegressionData(*out, train_index=index[0], test_index=index[1])

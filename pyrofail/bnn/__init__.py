@@ -9,7 +9,8 @@ Doshi-Velez, JMLR 2022, arXiv:1911.00569); this package fits the model three way
 (:func:`fit`: NUTS, mean-field VI, and VI with a penalty on the dependence between inputs and
 inferred noise, this project's reading of the paper's mitigation,
 :mod:`~pyrofail.bnn.noise_constrained`), measures prediction and that dependence
-(:func:`evaluate`), and compares them on the ``"regression"`` zoo (:func:`experiment`).
+(:func:`evaluate`), and compares them on the ``"regression"`` zoo (:func:`experiment`; on a
+data set, over K cross-validation folds with every point tested once: :func:`cross_validate`).
 
 Example:
     >>> import torch, pyrofail.bnn as bnn
@@ -20,6 +21,7 @@ Example:
     True
 """
 
+from pyrofail.bnn.crossval import CrossValidation, cross_validate, format_folds
 from pyrofail.bnn.experiment import Experiment, experiment, format_table
 from pyrofail.bnn.hsic import gaussian_gram, hsic_biased, hsic_jackknife, hsic_unbiased, median_bandwidth
 from pyrofail.bnn.inference import METHODS, fit
@@ -31,14 +33,17 @@ __all__ = [
     "BNNLV",
     "METHODS",
     "BNNPosterior",
+    "CrossValidation",
     "Estimate",
     "Evaluation",
     "Experiment",
     "Standardizer",
+    "cross_validate",
     "dependence_r2",
     "evaluate",
     "experiment",
     "fit",
+    "format_folds",
     "format_table",
     "gaussian_gram",
     "hsic_biased",

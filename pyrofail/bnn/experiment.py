@@ -21,7 +21,7 @@ from pyrofail.bnn.metrics import Estimate, Evaluation, evaluate, mean_estimate
 from pyrofail.bnn.posterior import BNNPosterior
 from pyrofail.errors import check_choice
 
-__all__ = ["Experiment", "experiment", "format_table"]
+__all__ = ["Experiment", "compare_on_split", "experiment", "format_table"]
 
 COLUMNS = (
     "test_ll",
@@ -85,7 +85,7 @@ def experiment(
     options = options or {}
     sizes = {k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v is not None}
     data = entry.factory().splits(seed=seed, **sizes)
-    rows, results, evaluations = [], {}, {}
+    rows = []
     truth = entry.factory()
     if truth.log_density is not None:
         ll = truth.log_density(data.x_test, data.y_test)
@@ -101,6 +101,20 @@ def experiment(
                 "rmse": Estimate(sq_err.value**0.5, sq_err.stderr / (2 * sq_err.value**0.5)),
             }
         )
+    fitted, results, evaluations = compare_on_split(data, methods, seed, hidden, num_z, options, network)
+    rows += fitted
+    return Experiment(process, rows, results, evaluations, data)
+
+
+def compare_on_split(
+    data, methods, seed: int, hidden, num_z: int, options: dict, network: dict
+) -> tuple[list[dict], dict[str, BNNPosterior], dict[str, Evaluation]]:
+    """Fit every method of ``methods`` (checked names) to ``data``'s training points and evaluate
+    it on its test points: the method rows of :func:`experiment` (``method``, ``seconds``,
+    ``lam``, the estimates of :func:`~pyrofail.bnn.metrics.evaluate` and ``paired_diff`` against
+    the first method), and the fits and evaluations by method. Shared by :func:`experiment` and
+    :func:`pyrofail.bnn.crossval.cross_validate`."""
+    rows, results, evaluations = [], {}, {}
     for method in methods:
         start = time.perf_counter()
         post = fit(
@@ -119,7 +133,7 @@ def experiment(
         base = evaluations[methods[0]].per_point["test_ll"]
         row["paired_diff"] = mean_estimate(ev.per_point["test_ll"] - base) if method != methods[0] else None
         rows.append(row)
-    return Experiment(process, rows, results, evaluations, data)
+    return rows, results, evaluations
 
 
 def format_table(rows: list[dict]) -> str:
