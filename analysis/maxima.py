@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pyro.distributions as dist
 import torch
 
 from pyrofail.errors import UsageError, check_positive_int
@@ -306,8 +307,6 @@ def _outside_draws(model, x, maxima: Maxima, num: int, top: int, gen) -> tuple[t
     )
     z = torch.where((comp == j)[..., None], eps, t_draw).to(x.device)
     df = torch.tensor(4.0, dtype=dtype)
-    import pyro.distributions as dist
-
     lt = dist.MultivariateStudentT(df, maxima.z, scale_tril=maxima.tril).log_prob(z[:, :, None, :])
     lp0 = -0.5 * (z * z).sum(-1, keepdim=True) - 0.5 * k * math.log(2 * math.pi)
     parts = torch.cat([lt, lp0], -1) + log_mix  # (S, N, J + 1)

@@ -38,9 +38,9 @@ jumped across it.
 and a chain started at a maximum often leaves it for a neighbour before sampling starts, so a
 maximum of real mass can end with no draw. After the re-weighting, every maximum that no mode of
 the draws holds (:func:`pyrofail.analysis.reweight.cover`) and that has at least half a percent
-of the Laplace mass gets a further chain, started on it with the first round's step size, a
-diagonal mass matrix from its curvature and no warm-up (nothing adapted: the chain samples where
-it stands), and the draws of all chains are re-weighted together.
+of the Laplace mass gets a further chain, started on it with a fixed step of a quarter of its
+Laplace scale (a diagonal mass matrix from its curvature) and no warm-up (nothing adapted: the
+chain samples where it stands), and the draws of all chains are re-weighted together.
 
 The draws are then re-weighted so that every mode gets its posterior mass
 (:mod:`pyrofail.analysis.reweight`), which also gives :math:`\log p(x)` and the diagnostics.
@@ -85,6 +85,7 @@ PRECONDITIONS = ("block", "diagonal")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 MAX_CHAINS = 16  # default cap on the chains per point that starting by mass may ask for
 START_SHARE = 0.005  # a maximum with this share of the Laplace mass gets a chain of its own
+TOP_UP_STEP = 0.25  # leapfrog step of the top-up chains, in units of the Laplace scale at their start
 MAX_DIVERGENT_STEPS = 256  # divergent leapfrog steps kept for the search of maxima along them
 
 
@@ -479,8 +480,9 @@ def nuts_reference(
         starts = top_up_points(maxima, coverage["uncovered"], max_chains, min_share=START_SHARE)
         if round_ == top_up or starts is None:
             break
-        # chains at the maxima no chain's draws cover, with the first round's step size and no
-        # warm-up: the warm-up's early large steps are what carried the first chains out of them
+        # chains at the maxima no chain's draws cover, with no warm-up (the warm-up's early large
+        # steps are what carried the first chains out of them): a fixed step in units of each
+        # chain's Laplace scale (the first round's can be tiny, from one point at a cliff)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed) + 1000 * (round_ + 1))
             with pyro.validation_enabled(False):
@@ -489,7 +491,7 @@ def nuts_reference(
                     x,
                     starts.to(x.dtype),
                     point_batch,
-                    step_sizes=stats["step_sizes"],
+                    step_sizes=[TOP_UP_STEP] * len(stats["step_sizes"]),
                     num_samples=per_chain,
                     num_warmup=0,
                     max_tree_depth=max_tree_depth,

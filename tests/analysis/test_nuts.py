@@ -215,6 +215,8 @@ def test_saved_and_reloaded(tiny, tmp_path):
         ({"init": torch.zeros(3, 2, 1)}, "init"),
         ({"dtype": "float16"}, "dtype"),
         ({"precondition": "dense"}, "precondition"),
+        ({"top_up": -1}, "top_up"),
+        ({"point_batch": 0}, "point_batch"),
     ],
 )
 def test_bad_options_are_usage_errors(options, match):

@@ -170,3 +170,20 @@ def test_many_modes_in_two_dimensions_against_the_grid():
     assert int(modes.num_modes(labels).min()) >= 4
     assert float(err.max()) < 0.05
     assert float((log_px(ref)[0] - log_px(grid)[0]).abs().max()) < 0.05
+
+
+def test_points_sampled_in_batches_each_adapt_their_own_step_size():
+    """``point_batch=2`` on five points: three runs, three step sizes, one reference; same
+    seed, same draws."""
+    import json
+
+    truth = LatentGaussian(Parabola(), 1, 1, 0.05).double()
+    x = truth.sample(5, seed=0).x.double()
+    options = {"num_chains": 2, "num_draws": 100, "num_warmup": 50, "num_importance": 500, "point_batch": 2}
+    ref = reference_posterior(truth, x, "nuts", seed=0, **options)
+    sampler = json.loads(ref.posterior.attrs["sampler"])
+    assert len(sampler["step_sizes"]) == 3 and ref.posterior.sizes["point"] == 5
+    again = reference_posterior(truth, x, "nuts", seed=0, **options)
+    assert torch.equal(
+        torch.as_tensor(ref.posterior["z"].values), torch.as_tensor(again.posterior["z"].values)
+    )
