@@ -163,6 +163,7 @@ def _uphill_links(y, dens, nn_idx, cand, segment, rows, dip: float) -> torch.Ten
     return parent
 
 
+@torch.no_grad()
 def _modes_chunk(
     y: torch.Tensor,
     log_density: torch.Tensor | None,
