@@ -123,14 +123,15 @@ def cover(model, x, pooled, lp, lab, maxima: Maxima, dip: float = DIP) -> torch.
     return torch.where(covered, lab[rows[:, None], nearest], torch.full_like(nearest, -1))
 
 
-def _basin_of_draws(model, x, zs, centres, labels, which, dip: float = BASIN_DIP) -> torch.Tensor:
-    r"""For the importance draws ``zs`` ``(M, N, K)`` where ``which``: the mode of the nearest of
-    the :data:`BASIN_REPS` nearest representatives (``centres`` ``(N, R, K)``, ``labels``
-    ``(N, R)``) that the draw climbs to: :math:`\log p(x, z)` along the segment from the draw to
-    it never falls below ``dip`` times the highest density already passed (the way is uphill, as
-    gradient ascent from the draw would go); else ``-1`` (``(M, N)``; ``-1`` wherever ``which`` is
-    false). ``dip`` is close to 1: a draw on the slope of a mode that no chain visited is not
-    handed to a mode beyond that mode's peak, or beyond a valley."""
+def _basin_of_draws(model, x, zs, lj, centres, labels, which, dip: float = BASIN_DIP) -> torch.Tensor:
+    r"""For the importance draws ``zs`` ``(M, N, K)`` (their :math:`\log p(x, z)`: ``lj``
+    ``(M, N)``) where ``which``: the mode of the nearest of the :data:`BASIN_REPS` nearest
+    representatives (``centres`` ``(N, R, K)``, ``labels`` ``(N, R)``) that the draw climbs to:
+    :math:`\log p(x, z)` along the segment from the draw to it never falls below ``dip`` times
+    the highest density already passed (the way is uphill, as gradient ascent from the draw would
+    go); else ``-1`` (``(M, N)``; ``-1`` wherever ``which`` is false). ``dip`` is close to 1: a
+    draw on the slope of a mode that no chain visited is not handed to a mode beyond that mode's
+    peak, or beyond a valley."""
     out = torch.full(which.shape, -1, dtype=torch.long)
     mi, ni = which.nonzero(as_tuple=True)
     if mi.numel() == 0:
@@ -143,7 +144,7 @@ def _basin_of_draws(model, x, zs, centres, labels, which, dip: float = BASIN_DIP
     seg = z[None, :, None] + t[:, None, None, None] * (rep - z[:, None])[None]  # (T, E, B, K)
     with torch.no_grad():
         path = model.log_joint(seg, x[ni][:, None]).nan_to_num(nan=-math.inf)  # (T, E, B)
-        own = model.log_joint(z, x[ni])[None, :, None].expand(1, -1, path.shape[-1])
+    own = lj[mi, ni][None, :, None].expand(1, -1, path.shape[-1])
     path = torch.cat([own, path])
     # uphill all the way: never below the highest point passed (a mode in between is a descent)
     ok = (path >= path.cummax(0).values + math.log(dip)).all(0)
@@ -330,7 +331,8 @@ def mode_masses_by_importance(
     zs = proposal.sample(num_importance, gen)  # (M, N, K)
     comp = proposal.log_probs(zs)  # (M, N, 2G+J+1)
     with torch.no_grad():
-        lw = model.log_joint(zs, x) - torch.logsumexp(comp, -1)  # (M, N)
+        lj = model.log_joint(zs, x)  # (M, N)
+    lw = lj - torch.logsumexp(comp, -1)
     lw = torch.where(torch.isfinite(lw), lw, torch.full_like(lw, -math.inf))
     lse1, lse2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
     log_px = lse1 - math.log(num_importance)
@@ -347,7 +349,7 @@ def mode_masses_by_importance(
     # ... unless the draw lies in the basin of a mode of the draws, in its tail where the prior
     # component happens to outweigh the mode's own: no valley between it and the mode's nearest
     # representative. Only a draw a valley away from every mode is mass no mode explains.
-    basin = _basin_of_draws(model, x, zs, centres.to(zs.dtype), labels, outside)  # (M, N)
+    basin = _basin_of_draws(model, x, zs, lj, centres.to(zs.dtype), labels, outside)  # (M, N)
     inside = outside & (basin >= 0)
     resp = torch.where(
         inside[..., None],
