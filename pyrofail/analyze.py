@@ -43,6 +43,7 @@ from pyrofail.runs import (
 )
 from pyrofail.stages import jobs, pool, report
 from pyrofail.stages.folder import RunFolder
+from pyrofail.stages.jobs import ABOVE_TRUE_K
 from pyrofail.stages.references import DEFAULT_POINTS
 from pyrofail.training import build
 
@@ -89,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="option set to start from: 'default' (Clusters, ELBO vs IWAE, K=1, "
         "~2 min), 'table1' (Table 1 of Yacoby et al.: figure8 and clusters, "
-        "K=1,2,3, ELBO vs IWAE, 10 restarts), 'failure-map' (figure8 and clusters over the "
-        "truth's noise scale), 'downstream' (the downstream tasks), 'bnn' (Bayesian neural networks "
-        "with latent input noise), 'tiny' (seconds; a smoke test)",
+        "K=1,2,3, ELBO vs IWAE, 10 restarts, the noise learned at K=2,3), 'failure-map' (figure8 "
+        "and clusters over the truth's noise scale), 'downstream' (the downstream tasks), 'bnn' "
+        "(Bayesian neural networks with latent input noise), 'tiny' (seconds; a smoke test)",
     )
     p.add_argument(
         "--model",
@@ -243,8 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--learn-noise",
-        action="store_true",
-        help="learn the noise scale instead of fixing it (starting at --noise-scale)",
+        nargs="?",
+        const="all",
+        metavar="WHICH",
+        help="learn the noise scale instead of fixing it (starting at --noise-scale): in every "
+        "job ('all', the default), 'above-true-k': only in jobs with more latent dimensions "
+        "than the ground truth, the jobs at the true K keeping the truth's (Table 1's GT model), "
+        "or 'none' (over a preset's)",
     )
     p.add_argument(
         "--reference",
@@ -411,6 +417,10 @@ def _data_options(options: dict, given: dict) -> None:
             data_options["binarize"] = True  # digits: pixels above half their range
     options["data_options"] = data_options
     options["init"] = "random"
+    if given.get("learn_noise") == "above-true-k":
+        raise UsageError("--learn-noise above-true-k needs a ground truth's K; --data has none")
+    if options.get("learn_noise") == ABOVE_TRUE_K:
+        options["learn_noise"] = False  # a preset's (table1): a user's data has no true K
     if options.get("likelihood", "gaussian") == "gaussian" and options.get("noise_scale") is None:
         options["learn_noise"] = True
 
@@ -522,6 +532,10 @@ def validate(options: dict) -> None:
             )
     for sigma in options.get("truth_noise") or []:
         check_positive_float("--truth-noise", sigma)
+    learn = options.get("learn_noise")
+    if isinstance(learn, str) and learn != ABOVE_TRUE_K:  # from the command line: all, above-true-k, none
+        check_choice("--learn-noise", learn, ("all", "above-true-k", "none"))
+        options["learn_noise"] = {"all": True, "none": False}.get(learn, ABOVE_TRUE_K)
     if options.get("noise_per_feature"):
         if options.get("likelihood") == "bernoulli":
             raise UsageError("--noise-per-feature needs --likelihood gaussian; a Bernoulli has no noise")

@@ -180,6 +180,14 @@ def test_resume_of_a_finished_run_recomputes_nothing(tiny_run, capsys):
             "posthoc_self_consistency has no option 'data'; choose one of: samples, val_samples",
         ),
         (["--procedure-option", "samples=5"], "joint takes no options"),
+        (
+            ["--learn-noise", "sometimes"],
+            "unknown --learn-noise 'sometimes'; choose one of: all, above-true-k, none",
+        ),
+        (
+            ["--data", "diabetes", "--learn-noise", "above-true-k"],
+            "--learn-noise above-true-k needs a ground truth's K; --data has none",
+        ),
         (  # the M2 guide's option exists only where the guide is an M2 guide
             ["--guide-option", "label_in_encoder=false"],
             "mean_field has no option 'label_in_encoder'; choose one of: min_scale",
@@ -261,3 +269,39 @@ def test_a_semi_supervised_run_takes_the_m2_guides_options():
     argv = ["--model", "semicircle", "--guide-option", "label_in_encoder=false"]
     options = resolve(build_parser().parse_args(argv))
     assert options["guide_options"]["mean_field"] == {"label_in_encoder": False}
+
+
+@pytest.mark.parametrize(
+    "argv, learned",
+    [
+        (["--latent-dim", "1,2,3"], {1: False, 2: False, 3: False}),
+        (["--latent-dim", "1,2,3", "--learn-noise"], {1: True, 2: True, 3: True}),
+        (["--latent-dim", "1,2,3", "--learn-noise", "above-true-k"], {1: False, 2: True, 3: True}),
+        (["--preset", "table1", "--objective", "elbo"], {1: False, 2: True, 3: True}),
+        (
+            ["--preset", "table1", "--objective", "elbo", "--learn-noise", "none"],
+            {1: False, 2: False, 3: False},
+        ),
+        (
+            ["--preset", "table1", "--model", "two_factor_smooth", "--objective", "elbo"],
+            {1: False, 2: False, 3: True},
+        ),
+    ],
+)
+def test_learn_noise_above_the_true_k_keeps_the_truths_sigma_at_the_true_k(argv, learned):
+    """Table 1's GT column is the truth's K with the truth's sigma; the larger K learn sigma
+    (two_factor_smooth has K = 2, so only K = 3 is above it)."""
+    from pyrofail.analyze import build_parser, resolve
+    from pyrofail.stages.jobs import expand
+
+    configs = expand(resolve(build_parser().parse_args(argv)))
+    got = {c["latent_dim"]: c["learn_noise"] for c in configs}
+    assert got == learned
+    assert all(type(c["learn_noise"]) is bool for c in configs)
+
+
+def test_a_users_data_learns_its_noise_under_the_table1_preset():
+    from pyrofail.analyze import build_parser, resolve
+
+    options = resolve(build_parser().parse_args(["--preset", "table1", "--data", "diabetes"]))
+    assert options["learn_noise"] is True

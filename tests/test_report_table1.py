@@ -58,3 +58,16 @@ def test_the_libi_section_pairs_mleo_with_the_joint_fits():
     assert "| figure8-K1-mean_field-iwae | 0.100 | 0.005 ± 0.001 (LiBI worse) |" in text
     assert "| figure8-K1-mean_field-elbo-libi | 0.100 | — | 0.050 | 0.010 |" in text
     assert section_libi(Results(options={}, jobs=[joint], failed={})) == []
+
+
+def test_learned_noise_gets_a_row_of_its_own():
+    """The paper's caption says the ELBO prefers more latent dimensions *and smaller noise*:
+    when the noise is learned, the selected restart's sigma is shown per cell."""
+    jobs = [_job("elbo", 1, -0.1, 2.0), _job("elbo", 2, -0.2, 1.0)]
+    for job, sigma, learned in zip(jobs, ([0.06], [0.03, 0.05]), (False, True)):
+        job["config"]["learn_noise"] = learned  # Table 1's GT column keeps the truth's sigma
+        job["metrics"]["noise_scale"] = sigma
+    text = table1(jobs, PAPER)
+    assert "| VAE σ | 0.060 (fixed) | 0.040 |" in text  # one per feature: their mean
+    jobs[1]["config"]["learn_noise"] = False
+    assert "VAE σ" not in table1(jobs, PAPER)  # no noise learned: every sigma is the truth's

@@ -147,7 +147,7 @@ def run(folder: RunFolder) -> None:
     if settings_of(folder.options) is None:
         return
     out = {}
-    learn_noise = bool(folder.options.get("learn_noise"))
+    learn_noise = folder.options.get("learn_noise") is True  # "above_true_k": not at the true K
     for name, group in folder.by_process().items():
         records = {}
         for r in group:

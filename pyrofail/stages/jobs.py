@@ -29,9 +29,13 @@ from pyrofail.stages.folder import RunFolder, job_id, truth_of
 from pyrofail.stages.pool import run_tasks
 from pyrofail.training import build
 
-__all__ = ["AXES", "expand", "job_data", "load_job", "run", "run_job"]
+__all__ = ["ABOVE_TRUE_K", "AXES", "expand", "job_data", "load_job", "run", "run_job"]
 
 AXES = ("model", "truth_noise", "latent_dim", "guide", "objective", "procedure")
+# ``learn_noise`` may name the jobs that learn sigma: those with more latent dimensions than
+# the ground truth. The jobs at the true K keep the truth's sigma: they are Table 1's "GT"
+# model, which the paper's ELBO is said to prefer less than larger K *and smaller sigma*.
+ABOVE_TRUE_K = "above_true_k"
 # Options of the later stages: they do not change a fit and stay out of a job's config.
 LATER_STAGE_OPTIONS = ("reference", "reference_points")
 
@@ -39,7 +43,9 @@ LATER_STAGE_OPTIONS = ("reference", "reference_points")
 def expand(options: dict) -> list[dict]:
     """The cartesian product over the list-valued axes (model, truth noise, latent_dim, guide,
     objective); per-guide, per-objective and per-model (``truth_options``) option tables are
-    resolved for each job. A truth noise of ``None`` keeps each process's own."""
+    resolved for each job. A truth noise of ``None`` keeps each process's own; ``learn_noise``
+    of :data:`ABOVE_TRUE_K` becomes ``True`` for jobs above the truth's latent dimension and
+    ``False`` for the others."""
     options = {"truth_noise": None, "procedure": ["joint"], **options}
     if options.get("data") is not None:  # a user's data set takes the place of the processes
         options["model"] = [None]
@@ -61,6 +67,8 @@ def expand(options: dict) -> list[dict]:
         cfg["objective_options"] = dict(options.get("objective_options", {}).get(objective, {}))
         cfg["lr"] = float(options.get("lr_by_guide", {}).get(guide, options["lr"]))
         cfg.pop("lr_by_guide", None)
+        if cfg.get("learn_noise") == ABOVE_TRUE_K:
+            cfg["learn_noise"] = int(k) > truth_of({**cfg, "truth_options": truth_options}).latent_dim
         cfg["format"] = RUN_FORMAT
         jobs.append(cfg)
     return jobs

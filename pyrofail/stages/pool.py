@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -34,6 +36,21 @@ def call(fn: Callable, args: tuple, threads: int | None):
 
 def _call(task):
     return call(*task)
+
+
+def _exit_with(parent: int) -> None:
+    """A worker's initializer: end the worker when ``parent`` (the run's process) is gone.
+
+    A killed run (``kill PID``, not Ctrl-C, which reaches the whole process group) would
+    otherwise leave its workers fitting on, writing into the run folder while a resumed or
+    new run writes the same jobs."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 @contextlib.contextmanager
@@ -81,7 +98,8 @@ def run_tasks(fn: Callable, tasks: Sequence[tuple], workers: int = 1, progress=N
     from concurrent.futures import ProcessPoolExecutor
 
     threads = threads_per_worker(workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    context = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, initializer=_exit_with, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_call, (fn, args, threads)) for args in tasks]
         out = []
         for i, fut in enumerate(futures):

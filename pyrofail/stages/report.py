@@ -116,12 +116,23 @@ def _table1_job(r: dict) -> bool:
     return r["config"]["guide"] == "mean_field" and r["config"].get("procedure", "joint") == "joint"
 
 
-def _index(results):
+def _index(results, metrics: bool = True):
+    """Table 1's jobs by (process, K, objective): their metrics, or the whole records."""
     return {
-        (process_id(r["config"]), r["config"]["latent_dim"], r["config"]["objective"]): r["metrics"]
+        (process_id(r["config"]), r["config"]["latent_dim"], r["config"]["objective"]): (
+            r["metrics"] if metrics else r
+        )
         for r in results
         if _table1_job(r)
     }
+
+
+def _noise_text(metrics: dict | None) -> str:
+    """The selected restart's noise scale (the mean over features if one per feature)."""
+    if metrics is None or metrics.get("noise_scale") is None:
+        return "—"
+    sigma = torch.as_tensor(metrics["noise_scale"], dtype=torch.float64).mean()
+    return with_error(float(sigma))
 
 
 def _within(value, ref) -> bool | None:
@@ -135,6 +146,10 @@ def table1(results: list[dict], paper: dict) -> str | None:
     """Table 1 of Yacoby et al. in its layout, ours beside the paper's; ``None`` if the run
     does not cover it."""
     idx = _index(results)
+    learned = {
+        key: bool(r["config"].get("learn_noise") or r["config"].get("noise_per_feature"))
+        for key, r in _index(results, metrics=False).items()
+    }
     models = [m for m in ("figure8", "clusters") if any(k[0] == m for k in idx)]
     if not models:
         return None
@@ -169,6 +184,13 @@ def table1(results: list[dict], paper: dict) -> str | None:
             ours = idx.get((m, k, obj))
             cells.append(with_error(ours["test_neg_log_px"]) if ours else "—")
         rows.append(f"| {label} test −log p(x) | " + " | ".join(cells) + " |")
+        if any(learned.get((m, k, obj)) for m, k in cols):
+            # The paper's caption: the ELBO prefers more latent dimensions *and smaller noise*.
+            cells = [
+                _noise_text(idx.get((m, k, obj))) + ("" if learned.get((m, k, obj)) else " (fixed)")
+                for m, k in cols
+            ]
+            rows.append(f"| {label} σ | " + " | ".join(cells) + " |")
     counts = [
         f"{sum(inside[m])} of {len(inside[m])} {what}"
         for m, what in (("neg_bound", "test bounds"), ("mi", "avg_i I(x; z_i) cells"))
