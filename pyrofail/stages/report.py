@@ -116,12 +116,10 @@ def _table1_job(r: dict) -> bool:
     return r["config"]["guide"] == "mean_field" and r["config"].get("procedure", "joint") == "joint"
 
 
-def _index(results, metrics: bool = True):
-    """Table 1's jobs by (process, K, objective): their metrics, or the whole records."""
+def _index(results):
+    """Table 1's jobs by (process, K, objective)."""
     return {
-        (process_id(r["config"]), r["config"]["latent_dim"], r["config"]["objective"]): (
-            r["metrics"] if metrics else r
-        )
+        (process_id(r["config"]), r["config"]["latent_dim"], r["config"]["objective"]): r
         for r in results
         if _table1_job(r)
     }
@@ -145,10 +143,11 @@ def _within(value, ref) -> bool | None:
 def table1(results: list[dict], paper: dict) -> str | None:
     """Table 1 of Yacoby et al. in its layout, ours beside the paper's; ``None`` if the run
     does not cover it."""
-    idx = _index(results)
+    jobs = _index(results)
+    idx = {key: r["metrics"] for key, r in jobs.items()}
     learned = {
         key: bool(r["config"].get("learn_noise") or r["config"].get("noise_per_feature"))
-        for key, r in _index(results, metrics=False).items()
+        for key, r in jobs.items()
     }
     models = [m for m in ("figure8", "clusters") if any(k[0] == m for k in idx)]
     if not models:
