@@ -69,5 +69,7 @@ def test_learned_noise_gets_a_row_of_its_own():
         job["metrics"]["noise_scale"] = sigma
     text = table1(jobs, PAPER)
     assert "| VAE σ | 0.060 (fixed) | 0.040 |" in text  # one per feature: their mean
+    iwae = _job("iwae", 3, -0.3, 0.5)  # a column the VAE has no job in: no sigma to show
+    assert "| VAE σ | 0.060 (fixed) | 0.040 | — |" in table1([*jobs, iwae], PAPER)
     jobs[1]["config"]["learn_noise"] = False
     assert "VAE σ" not in table1(jobs, PAPER)  # no noise learned: every sigma is the truth's

@@ -125,12 +125,13 @@ def _index(results):
     }
 
 
-def _noise_text(metrics: dict | None) -> str:
-    """The selected restart's noise scale (the mean over features if one per feature)."""
+def _noise_text(metrics: dict | None, learned: bool | None) -> str:
+    """The selected restart's noise scale (the mean over features if one per feature),
+    marked "(fixed)" where it was not learned; "—" for a cell the run has no job for."""
     if metrics is None or metrics.get("noise_scale") is None:
         return "—"
     sigma = torch.as_tensor(metrics["noise_scale"], dtype=torch.float64).mean()
-    return with_error(float(sigma))
+    return with_error(float(sigma)) + ("" if learned else " (fixed)")
 
 
 def _within(value, ref) -> bool | None:
@@ -185,10 +186,7 @@ def table1(results: list[dict], paper: dict) -> str | None:
         rows.append(f"| {label} test −log p(x) | " + " | ".join(cells) + " |")
         if any(learned.get((m, k, obj)) for m, k in cols):
             # The paper's caption: the ELBO prefers more latent dimensions *and smaller noise*.
-            cells = [
-                _noise_text(idx.get((m, k, obj))) + ("" if learned.get((m, k, obj)) else " (fixed)")
-                for m, k in cols
-            ]
+            cells = [_noise_text(idx.get((m, k, obj)), learned.get((m, k, obj))) for m, k in cols]
             rows.append(f"| {label} σ | " + " | ".join(cells) + " |")
     counts = [
         f"{sum(inside[m])} of {len(inside[m])} {what}"
