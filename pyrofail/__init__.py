@@ -15,10 +15,16 @@ Example:
 """
 
 import importlib
+from pathlib import Path
 
-from pyrofail import zoo
-from pyrofail.errors import UsageError
-from pyrofail.fit import FitResult, fit
+from pyrofail import _source_tree
+
+# from a checkout, models/, guides/ and analysis/ stand beside pyrofail/ (see _source_tree)
+_source_tree.install(Path(__file__).parent)
+
+from pyrofail import zoo  # noqa: E402
+from pyrofail.errors import UsageError  # noqa: E402
+from pyrofail.fit import FitResult, fit  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,10 @@ def test_ci_runs_the_readme_test_command():
     test_cmd = next(c for c in commands if "pytest" in c and c.startswith("pip install"))
     main_cmd = next(c for c in commands if "pyrofail.analyze" in c and c.startswith("pip install"))
     assert "-c constraints.txt" in test_cmd and "-c constraints.txt" in main_cmd
-    assert test_cmd in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_cmd in ci
+    # the first command too, as written (a plain install, from the root), on the smoke preset
+    assert f"{main_cmd} --preset tiny" in ci.replace("pip install --quiet", "pip install")
 
 
 def test_readme_python_example_runs():
