@@ -6,6 +6,17 @@ The entry points: :func:`reference_posterior` (the exact or NUTS posterior of an
 tasks, :func:`mig` and :func:`dci` (disentanglement) and :func:`attack_encoder` (adversarial
 robustness). Heavy libraries (ArviZ, matplotlib, scikit-learn) load only when a function needs
 them, and so do the submodules (``pf.analysis.metrics``, ...).
+
+The folder by concern:
+
+* ``reference/``: the reference-posterior engine (exact grid, NUTS with mode finding and
+  re-weighting, quality gate, storage as ArviZ ``InferenceData``);
+* the measures, one module each: ``metrics`` (Table 1's quantities), ``compare`` (a guide and
+  its model against a reference), ``hardness`` (KL*, the best mean-field Gaussian),
+  ``diagnose`` (the failure conditions), ``uncertainty`` (paired differences, ties),
+  ``semisupervised`` (the M2 model's measures);
+* ``downstream/``: what a failure costs (attacks, disentanglement, outliers, self-consistency);
+* ``figures/``: every figure of a run.
 """
 
 import importlib
@@ -17,9 +28,9 @@ from pyrofail.analysis.reference import reference_posterior
 
 # functions whose module loads on first use: name -> module
 _LAZY = {
-    "attack_encoder": "pyrofail.analysis.attacks",
-    "dci": "pyrofail.analysis.disentanglement",
-    "mig": "pyrofail.analysis.disentanglement",
+    "attack_encoder": "pyrofail.analysis.downstream.attacks",
+    "dci": "pyrofail.analysis.downstream.disentanglement",
+    "mig": "pyrofail.analysis.downstream.disentanglement",
 }
 
 __all__ = ["attack_encoder", "compare", "dci", "diagnose", "mig", "reference_posterior"]

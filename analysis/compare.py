@@ -13,7 +13,7 @@ well. For every point it reports
   :math:`\mathrm{KL}(p \,\|\, q) = \mathbb E_p[\log p_\theta(x, z) - \log q(z \mid x)] - \log p_\theta(x)`,
   from the weighted reference draws; infinite where :math:`q` has no density at a draw;
 * the mode-mass error, the total variation between the masses that :math:`p` and :math:`q`
-  put on the modes of :math:`p` (:mod:`pyrofail.analysis.modes`):
+  put on the modes of :math:`p` (:mod:`pyrofail.analysis.reference.modes`):
   :math:`\tfrac12 \sum_m |q(M_m) - p(M_m)|`; 0.5 when :math:`q` sits on one of two equal
   modes (reverse KL alone hides a dropped mode, this does not);
 * the energy score of :math:`q` as a forecast of draws :math:`Z \sim p` (Gneiting & Raftery
@@ -50,10 +50,10 @@ import math
 import numpy as np
 import torch
 
-from pyrofail.analysis import modes as _modes
-from pyrofail.analysis import quality
 from pyrofail.analysis import reference as _reference
-from pyrofail.analysis.modes import reference_modes
+from pyrofail.analysis.reference import modes as _modes
+from pyrofail.analysis.reference import quality
+from pyrofail.analysis.reference.modes import reference_modes
 
 __all__ = ["compare", "pareto_k_threshold"]
 
@@ -199,7 +199,7 @@ def compare(
 ) -> dict:
     r"""Posterior bias of ``guide`` (and ``model``) at every row of ``x`` (module docstring).
 
-    Points where a reference fails its quality gate (:func:`pyrofail.analysis.quality.gate`:
+    Points where a reference fails its quality gate (:func:`pyrofail.analysis.reference.quality.gate`:
     this model's reference, and the truth's where the truth is compared) are left out of every
     mean and counted (``"usable"``, ``"excluded"``, ``"reasons"``); their per-point values are
     kept. ``gated=False`` uses every point; ``gate_options`` go to the gate.
@@ -211,7 +211,7 @@ def compare(
         true posterior (``truth_reference``, computed when not given).
     :param num_samples: guide draws per point (ELBO, forward terms, PSIS).
     :param modes, truth_modes: precomputed
-        :func:`~pyrofail.analysis.modes.reference_modes` of the two references.
+        :func:`~pyrofail.analysis.reference.modes.reference_modes` of the two references.
     :returns: ``{"n_points", "reference_method", "usable" (N,) bool, "excluded", "reasons",
         "model": {"per_point", "mean"}, "truth": {...} or None, "mleo": {"per_point", "mean",
         "stderr"} or None}``; ``per_point`` holds float64 tensors ``(N,)`` of every quantity,

@@ -40,7 +40,7 @@ from pyrofail.analysis import metrics
 from pyrofail.analysis import reference as _reference
 from pyrofail.analysis.compare import compare
 from pyrofail.analysis.hardness import HARD_KL, best_mean_field
-from pyrofail.analysis.modes import reference_modes
+from pyrofail.analysis.reference.modes import reference_modes
 from pyrofail.analysis.uncertainty import paired_difference
 from pyrofail.numbers import number, percent
 

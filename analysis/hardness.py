@@ -19,10 +19,10 @@ import math
 import numpy as np
 import torch
 
-from pyrofail.analysis import reference_data
-from pyrofail.analysis.grid import feature_sigma
-from pyrofail.analysis.modes import reference_modes
+from pyrofail.analysis.reference import idata as reference_data
 from pyrofail.analysis.reference import reference_posterior
+from pyrofail.analysis.reference.grid import feature_sigma
+from pyrofail.analysis.reference.modes import reference_modes
 
 __all__ = ["HARD_KL", "best_mean_field"]
 
@@ -157,7 +157,7 @@ def best_mean_field(
     :math:`\log p(x)` from the reference, the expectation by Gauss–Hermite quadrature
     (:data:`GH_NODES` per dimension; exact for polynomial log densities), minimised by Adam
     from :data:`BEST_INITS` starting points (the moment-matched Gaussian and the heaviest
-    reference modes, :mod:`pyrofail.analysis.modes`); the best per point is kept. The result
+    reference modes, :mod:`pyrofail.analysis.reference.modes`); the best per point is kept. The result
     is an upper bound on the true minimum, equal to it when a start lies in its basin. For a
     Gaussian posterior with precision :math:`\Lambda` it is
     :math:`\tfrac12(\sum_i \log\Lambda_{ii} - \log\det\Lambda)`.

@@ -6,7 +6,7 @@ samples from a private seed, so that the same call gives the same numbers.
 * test :math:`-\mathrm{ELBO}`: mean over points of the per-point ELBO estimate
   (:func:`pyrofail.bounds.elbo`), with its Monte Carlo standard error;
 * :math:`-\log p_\theta(x)`: exact quadrature for :math:`K \le 2`
-  (:mod:`pyrofail.analysis.grid`), otherwise importance sampling from the guide;
+  (:mod:`pyrofail.analysis.reference.grid`), otherwise importance sampling from the guide;
 * :math:`\operatorname{avg}_i I(x; z_i)`: see :func:`mutual_information`;
 * MLEO: :math:`\mathrm{KL}(p_{GT}(x) \,\|\, p_\theta(x))` on fresh ground-truth samples.
 """
@@ -18,7 +18,7 @@ import math
 import torch
 
 from pyrofail import bounds, quadrature
-from pyrofail.analysis import grid
+from pyrofail.analysis.reference import grid
 
 __all__ = [
     "aggregate_posterior_kl",

@@ -6,7 +6,7 @@ points :math:`(x, y)` (Yacoby, Pan & Doshi-Velez, arXiv:2007.07124, semi-supervi
 
 * :func:`class_mleo`: :math:`\mathrm{KL}(p_{GT}(x \mid y) \,\|\, p_\theta(x \mid y))` per class and
   :func:`mleo`: :math:`\mathrm{KL}(p_{GT}(x) \,\|\, p_\theta(x))`, both by quadrature
-  (:mod:`pyrofail.analysis.grid`, on the model at each label) averaged over the test points;
+  (:mod:`pyrofail.analysis.reference.grid`, on the model at each label) averaged over the test points;
 * :func:`accuracy` of :math:`q(y \mid x)`, beside :func:`bayes_accuracy`, that of the truth's own
   :math:`p_{GT}(y \mid x)` (no classifier does better on average);
 * :func:`curve_separation` and :func:`collapse`: how far apart the two learned class curves are;
@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from pyrofail.analysis import grid
+from pyrofail.analysis.reference import grid
 from pyrofail.errors import UsageError
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
 
 
 def quadrature_log_px(model, x: torch.Tensor, **options) -> torch.Tensor:
-    r""":math:`\log p(x)` per point by :func:`pyrofail.analysis.grid.grid_posterior` (float64):
+    r""":math:`\log p(x)` per point by :func:`pyrofail.analysis.reference.grid.grid_posterior` (float64):
     for a :class:`~pyrofail.models.m2.LabelView`, :math:`\log p(x \mid y)`; for a labelled model
     itself, the label summed out (uniform mesh on its ``log_joint``).
 

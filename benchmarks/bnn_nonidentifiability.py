@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
 
     from pyrofail import bnn
-    from pyrofail.analysis.bnn_plots import predictive_bands
+    from pyrofail.analysis.figures.bnn import predictive_bands
 
     hidden = tuple(int(h) for h in args.hidden.split(","))
     vi = {"steps": args.steps}

@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from pyrofail import zoo
-from pyrofail.analysis import grid
 from pyrofail.analysis.hardness import best_mean_field
+from pyrofail.analysis.reference import grid
 from pyrofail.presets import PAPER_TABLE1, PRESETS
 from pyrofail.stages.jobs import expand, run_job
 

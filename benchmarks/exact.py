@@ -1,6 +1,6 @@
 """Decoders built to make a reference posterior fail, and their exact posteriors.
 
-For K <= 2 the grid (:mod:`pyrofail.analysis.grid`) is exact. For K >= 3 a decoder that acts on
+For K <= 2 the grid (:mod:`pyrofail.analysis.reference.grid`) is exact. For K >= 3 a decoder that acts on
 each latent coordinate separately, f(z) = (g_1(z_1), ..., g_K(z_K)), makes the posterior a
 product of one-dimensional posteriors: the prior and the isotropic likelihood both factorise,
 
@@ -9,7 +9,7 @@ product of one-dimensional posteriors: the prior and the isotropic likelihood bo
 with p_k the process z_k ~ N(0, 1), x_k | z_k ~ N(g_k(z_k), sigma^2 I). Each factor is a 1-D grid,
 so draws (independent per coordinate) and log p(x) are exact: :func:`exact_reference` stores
 them in the reference layout, to be compared with the NUTS reference by
-``pyrofail.analysis.modes.reference_mass_error`` and ``log_px``.
+``pyrofail.analysis.reference.modes.reference_mass_error`` and ``log_px``.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def factorised_model(parts, sigma: float):
 def exact_reference(parts, sigma: float, x: torch.Tensor, *, num_draws: int = 8000, seed: int = 0):
     """The exact reference of the factorised process at ``x``: independent exact draws of every
     coordinate from its 1-D grid, ``log p(x)`` the sum of the coordinates' (method ``"exact"``)."""
-    from pyrofail.analysis.grid import grid_posterior
-    from pyrofail.analysis.reference_data import build_inference_data, provenance
+    from pyrofail.analysis.reference.grid import grid_posterior
+    from pyrofail.analysis.reference.idata import build_inference_data, provenance
     from pyrofail.models import LatentGaussian
 
     x = x.double()

@@ -7,12 +7,12 @@ Figure-8 points: the posterior is then the product of three 1-D posteriors, each
 (:mod:`benchmarks.exact`), so both samplers are measured against the exact answer. The weights
 are saved in the run folder and given to NumPyro (the MLP forward written in ``jax.numpy``).
 Both samplers run the same problem: C chains per point from the same starting points (by mass:
-:func:`pyrofail.analysis.nuts.initial_points`), the same warm-up and draw
+:func:`pyrofail.analysis.reference.nuts.initial_points`), the same warm-up and draw
 counts, the same target acceptance and tree depth, diagonal mass matrices, float64. NumPyro
 runs its standard program: a model with a ``data`` plate and ``num_chains=C`` vectorised chains
 (each chain one joint NUTS over all N points); Pyro runs the reference's single chain over the
 replicated plate. NumPyro's draws then go through the same re-weighting and diagnostics
-(:func:`pyrofail.analysis.reweight.from_draws`), timed and counted for it too.
+(:func:`pyrofail.analysis.reference.reweight.from_draws`), timed and counted for it too.
 
 Measured, per sampler: wall time (with NumPyro's compilation), the effective sample size of
 the worst data point (the reference's per-point ``ess``), its ESS per second, and mode-mass
@@ -109,7 +109,7 @@ def _numpyro(model, x, z0, *, warmup: int, draws: int, accept: float, depth: int
 
 def _mode_accuracy(ref, gold, tol=0.05):
     """Share of points with mode masses within ``tol`` of the exact ones, and the worst error."""
-    from pyrofail.analysis import modes
+    from pyrofail.analysis.reference import modes
 
     err, _ = modes.reference_mass_error(ref, gold)
     return float((err <= tol).double().mean()), float(err.max())
@@ -136,8 +136,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from benchmarks.exact import exact_reference, factorised_model
-    from pyrofail.analysis import nuts, reweight
-    from pyrofail.analysis.reference import reference_posterior, save
+    from pyrofail.analysis.reference import nuts, reference_posterior, reweight, save
     from pyrofail.runs import atomic_torch_save, atomic_write_json, versions
 
     torch.set_num_threads(args.threads)

@@ -41,8 +41,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import pyrofail as pf
-    from pyrofail.analysis import modes
-    from pyrofail.analysis.reference import log_px, reference_posterior
+    from pyrofail.analysis.reference import log_px, modes, reference_posterior
     from pyrofail.models import LatentGaussian
 
     torch.set_num_threads(args.threads)

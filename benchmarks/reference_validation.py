@@ -15,7 +15,7 @@ Cases (decoders in :mod:`benchmarks.exact`):
 Exact answers: the grid for K <= 2, the product of 1-D grids for the factorised K = 3 case. Per
 point, the reference is *right* when its draws' mode masses are within 0.05 of the exact ones
 (``modes.reference_mass_error`` on the exact reference's modes) and its log p(x) within 0.05
-nats; *flagged* when :func:`pyrofail.analysis.quality.gate` fails it. Target: at least 95% of
+nats; *flagged* when :func:`pyrofail.analysis.reference.quality.gate` fails it. Target: at least 95% of
 points right and every wrong point flagged.
 
     python -m benchmarks --only reference             # the full size (N = 50 points per case)
@@ -79,8 +79,7 @@ def _cases(points: int, seed: int):
 
 def evaluate(model, x, exact, *, seed: int = 0, **options) -> dict:
     """One case: the NUTS reference against ``exact``, and the gate."""
-    from pyrofail.analysis import modes, quality
-    from pyrofail.analysis.reference import log_px, reference_posterior
+    from pyrofail.analysis.reference import log_px, modes, quality, reference_posterior
 
     start = time.perf_counter()
     ref = reference_posterior(model, x, "nuts", seed=seed, **options)

@@ -36,7 +36,7 @@ from scipy.stats import wasserstein_distance
 import pyrofail as pf
 from pyrofail import zoo
 from pyrofail.analysis import metrics
-from pyrofail.analysis.self_consistency import (
+from pyrofail.analysis.downstream.self_consistency import (
     chain_drift,
     consistency,
     elbo_cost,

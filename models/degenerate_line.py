@@ -29,7 +29,7 @@ discrete process keeps the rest of it:
 * The likelihood is :class:`DegenerateNormal`: a Normal on the line times a point mass at 0
   across it, a density with respect to Lebesgue measure on the first axis times counting
   measure on the second. Its ``noise_scale`` is therefore ``(0.1, 0.0)``. The quadrature of
-  ``pyrofail.analysis.grid`` whitens by :math:`\sigma_d` and does not apply; the exact
+  ``pyrofail.analysis.reference.grid`` whitens by :math:`\sigma_d` and does not apply; the exact
   posterior is :meth:`DegenerateLine.posterior_probability` (two states) and, for the
   continuous variant, a one-dimensional integral of ``log_joint`` with the second axis left out.
 

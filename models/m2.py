@@ -19,7 +19,7 @@ sums :math:`y` out where it is ``-1`` (or everywhere when no labels are given):
     \log p(x, z) = \log \sum_y \pi_y\, \mathcal N(z; 0, I)\,
         \mathcal N\big(x; f(z, y), \sigma^2 I\big),
 
-which is the density that :func:`pyrofail.analysis.grid.grid_posterior` integrates for
+which is the density that :func:`pyrofail.analysis.reference.grid.grid_posterior` integrates for
 :math:`p(x)` and :math:`p(z \mid x)`; :meth:`~LabelledLatentGaussian.given_label` gives the
 process at a fixed label, an ordinary latent-Gaussian model whose quadrature gives
 :math:`p(x \mid y)` and :math:`p(z \mid x, y)`.
@@ -237,7 +237,7 @@ class LabelView(nn.Module):
     r"""A :class:`LabelledLatentGaussian` at a fixed label :math:`y`: the latent-Gaussian model
     :math:`p(z)\, p(x \mid z, y)`, with ``mean(z)`` :math:`= f(z, y)`, ``noise_scale`` and
     ``log_joint(z, x)`` :math:`= \log p(z) + \log p(x \mid z, y)` (no :math:`\log p(y)`), so
-    that :func:`pyrofail.analysis.grid.grid_posterior` gives :math:`\log p(x \mid y)` and
+    that :func:`pyrofail.analysis.reference.grid.grid_posterior` gives :math:`\log p(x \mid y)` and
     :math:`p(z \mid x, y)` on its mesh refined along the decoder.
 
     Example:

@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 from pyrofail import loaders, stages, zoo
-from pyrofail.analysis import grid
-from pyrofail.analysis.reference import METHODS
+from pyrofail.analysis.reference import METHODS, grid
 from pyrofail.bnn.inference import METHODS as BNN_METHODS
 from pyrofail.data import check_binary, check_fractions, load_splits
 from pyrofail.errors import (

@@ -10,7 +10,7 @@ with the nodes :math:`z_g` a regular grid of spacing :math:`h` on :math:`[-r, r]
 restarts, so the exact maximum-likelihood objective costs about as much as a batch of
 ELBO evaluations, and its gradient with respect to :math:`\theta` is exact for the rule. The
 rule is accurate where posteriors are wider than :math:`h` (the analysis measures with the
-adaptive mesh of :mod:`pyrofail.analysis.grid`, which refines where the decoder moves).
+adaptive mesh of :mod:`pyrofail.analysis.reference.grid`, which refines where the decoder moves).
 
 The same nodes give the exact posterior weights :math:`p(z_g \mid x)` and so the aggregate
 posterior :math:`\bar p(z) = \frac1N \sum_n p(z \mid x_n)` on the grid, and its divergence

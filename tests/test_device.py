@@ -13,7 +13,8 @@ import torch
 
 import pyrofail as pf
 from pyrofail import bounds
-from pyrofail.analysis import maxima, plots
+from pyrofail.analysis.figures import plots
+from pyrofail.analysis.reference import maxima
 from pyrofail.training import build, compiled
 
 FAKE = "meta"

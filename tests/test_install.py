@@ -37,7 +37,7 @@ def test_the_checkout_runs_from_its_root_without_an_editable_install(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "figure8" in done.stdout
     # and it was the copy that ran, not the repository's files
-    probe = HIDE_EDITABLE + "import pyrofail.analysis.grid as g\nprint(g.__file__)"
+    probe = HIDE_EDITABLE + "import pyrofail.analysis.reference.grid as g\nprint(g.__file__)"
     where = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
     assert Path(where.stdout.strip()).resolve().is_relative_to(tmp_path.resolve()), where.stderr
 

@@ -12,7 +12,7 @@ from pyro.infer import SVI
 from torch import nn
 
 from pyrofail import zoo
-from pyrofail.analysis import grid
+from pyrofail.analysis.reference import grid
 from pyrofail.analysis.semisupervised import class_log_likelihoods, log_px
 from pyrofail.errors import UsageError
 from pyrofail.guides.base import AmortizedGuide

@@ -8,7 +8,7 @@ import torch
 
 import pyrofail as pf
 from pyrofail import zoo
-from pyrofail.analysis.self_consistency import consistency, paired_difference
+from pyrofail.analysis.downstream.self_consistency import consistency, paired_difference
 from pyrofail.models import LatentGaussian
 from pyrofail.nn import MLP
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from pyrofail.analysis import posterior_plots as pp
-from pyrofail.analysis import quality, reference_data
 from pyrofail.analysis.compare import compare
+from pyrofail.analysis.figures import posterior as pp
 from pyrofail.analysis.hardness import best_mean_field
-from pyrofail.analysis.modes import reference_modes
+from pyrofail.analysis.reference import idata as reference_data
+from pyrofail.analysis.reference import quality
+from pyrofail.analysis.reference.modes import reference_modes
 from pyrofail.runs import atomic_write_json, read_json
 from pyrofail.stages.folder import RunFolder, job_id, process_id, truth_of
 from pyrofail.stages.jobs import load_job

@@ -18,7 +18,7 @@ Writes: ``diagnosis.json`` (``{process: verdict}``); with a noise sweep, ``failu
 from __future__ import annotations
 
 from pyrofail.analysis.diagnose import conclude, evidence
-from pyrofail.analysis.plots import failure_map_figure
+from pyrofail.analysis.figures.plots import failure_map_figure
 from pyrofail.runs import atomic_write_json, read_json
 from pyrofail.stages.folder import RunFolder, truth_of
 from pyrofail.stages.references import settings_of

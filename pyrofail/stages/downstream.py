@@ -7,13 +7,14 @@ Per job, on its test data (Yacoby, Pan & Doshi-Velez 2020, Section 6):
 * **signal and noise**: the learned σ against the truth's (with ``--learn-noise``), over K
   (:func:`learned_noise`; ``figures/noise-<process>.png``);
 * **disentanglement** (processes with K ≥ 2 factors): MIG and DCI of the encoder means
-  :math:`\\mathbb E_q[z \\mid x]` about the true factors (:mod:`pyrofail.analysis.disentanglement`);
+  :math:`\\mathbb E_q[z \\mid x]` about the true factors
+  (:mod:`pyrofail.analysis.downstream.disentanglement`);
 * **adversarial robustness**: the worst :math:`\\ell_\\infty` perturbation of each test point
   for the encoder, KL(q(z|x) ‖ q(z|x + δ)) over an ε sweep, the truth's exact posterior shift
   under the same δ (how sensitive an ideal encoder is), and the de-noising attack
-  (:mod:`pyrofail.analysis.attacks`);
+  (:mod:`pyrofail.analysis.downstream.attacks`);
 * **outlier detection**: the AUROC of log p_θ(x) between held-out points and off-manifold
-  points of the truth (:mod:`pyrofail.analysis.outliers`), against the truth's own.
+  points of the truth (:mod:`pyrofail.analysis.downstream.outliers`), against the truth's own.
 
 Per process, the truth's ceilings (its posterior means' MIG/DCI, its AUROC) and every job
 against the MFG-VAE, with paired standard errors.
@@ -29,8 +30,10 @@ from pathlib import Path
 
 import torch
 
-from pyrofail.analysis import attacks, disentanglement, grid, metrics, outliers, self_consistency
-from pyrofail.analysis.plots import noise_figure, probe_figure, robustness_figure
+from pyrofail.analysis import metrics
+from pyrofail.analysis.downstream import attacks, disentanglement, outliers, self_consistency
+from pyrofail.analysis.figures.plots import noise_figure, probe_figure, robustness_figure
+from pyrofail.analysis.reference import grid
 from pyrofail.analysis.uncertainty import paired_difference
 from pyrofail.runs import atomic_write_json, read_json
 from pyrofail.stages.folder import RunFolder, job_id, process_id, truth_of
@@ -155,7 +158,7 @@ def data_tasks(folder: Path, seed: int) -> dict:
     """The downstream tasks on a user's data set (no ground truth): compression, the
     self-consistency of the encoder for its own decoder, and with labels the robustness of the
     representation — a linear classifier on the encoder means, its test accuracy under the
-    encoder attack over :data:`PROBE_EPSILONS` (:mod:`pyrofail.analysis.self_consistency`)."""
+    encoder attack over :data:`PROBE_EPSILONS` (:mod:`pyrofail.analysis.downstream.self_consistency`)."""
     folder = Path(folder)
     key, record = _job_record(folder, seed, PROBE_EPSILONS)
     if record is not None:

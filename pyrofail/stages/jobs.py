@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from pyrofail.analysis import metrics, plots, semisupervised
+from pyrofail.analysis import metrics, semisupervised
+from pyrofail.analysis.figures import plots
 from pyrofail.data import load_splits, make_splits
 from pyrofail.errors import AllRestartsDiverged, UsageError
 from pyrofail.fit import fit

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from pyrofail.analysis import grid, reference_data
-from pyrofail.analysis.reference import reference_posterior
+from pyrofail.analysis.reference import grid, reference_posterior
+from pyrofail.analysis.reference import idata as reference_data
 from pyrofail.errors import UsageError
 from pyrofail.stages.folder import RunFolder, process_id, truth_of
 from pyrofail.stages.jobs import job_data, load_job

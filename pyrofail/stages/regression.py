@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyrofail.analysis.bnn_plots import predictive_bands
+from pyrofail.analysis.figures.bnn import predictive_bands
 from pyrofail.bnn import experiment
 from pyrofail.runs import atomic_write_json, read_json
 from pyrofail.stages.folder import RunFolder

@@ -618,7 +618,7 @@ def section_reference_quality(res: Results) -> list[str]:
         "## Reference quality",
         "",
         "Every reference posterior is checked point by point before anything is measured against "
-        "it (`pyrofail.analysis.quality`): for NUTS, the within-mode R-hat, the effective sample "
+        "it (`pyrofail.analysis.reference.quality`): for NUTS, the within-mode R-hat, the effective sample "
         "size, the Pareto k̂ of the importance weights behind log p(x) and the mode masses, the "
         "posterior mass outside every mode found (missing) or in modes no chain's draws cover "
         "(unrepresented), divergent transitions and the standard error of log p(x); for the grid, "

@@ -10,7 +10,7 @@ from torch.distributions import kl_divergence
 from pyrofail import zoo
 from pyrofail.analysis import compare, reference_posterior
 from pyrofail.analysis.compare import pareto_k_threshold
-from pyrofail.analysis.modes import reference_modes
+from pyrofail.analysis.reference.modes import reference_modes
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.models import LinearGaussian
 from tests.guides.exact import ExactPosteriorGuide
@@ -187,7 +187,7 @@ def test_truth_side_is_left_out_when_latent_dimensions_differ(one_d):
 
 
 def test_chosen_points_span_the_score():
-    from pyrofail.analysis.posterior_plots import choose_points
+    from pyrofail.analysis.figures.posterior import choose_points
 
     score = torch.tensor([0.3, 0.9, 0.1, 0.5, 0.7])
     assert choose_points(score, 3) == [1, 3, 2]  # highest, median, lowest
@@ -195,7 +195,7 @@ def test_chosen_points_span_the_score():
 
 
 def test_posterior_figures_are_written(one_d, tmp_path):
-    from pyrofail.analysis import posterior_plots as pp
+    from pyrofail.analysis.figures import posterior as pp
 
     truth, x, ref, _ = one_d
     guide = ExactPosteriorGuide(truth, scale_factor=1.3)

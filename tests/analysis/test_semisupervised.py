@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from pyrofail import zoo
-from pyrofail.analysis import grid, semisupervised
+from pyrofail.analysis import semisupervised
+from pyrofail.analysis.reference import grid
 from pyrofail.errors import UsageError
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.guides.m2 import M2Guide

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pyrofail.analysis.bnn_plots import predictive_bands
+from pyrofail.analysis.figures.bnn import predictive_bands
 from pyrofail.bnn import Estimate, experiment, format_table
 from pyrofail.errors import UsageError
 

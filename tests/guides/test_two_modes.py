@@ -17,7 +17,7 @@ import torch
 
 import pyrofail as pf
 from pyrofail import bounds
-from pyrofail.analysis import grid
+from pyrofail.analysis.reference import grid
 
 FIT = dict(restarts=2, steps=500, hidden=(32, 32), batch_size=100, seed=0)
 SAMPLES = 4000  # draws per point for its mass left of zero: standard error below 0.008

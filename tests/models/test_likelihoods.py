@@ -11,7 +11,7 @@ from pyro import poutine
 from scipy import integrate
 
 import pyrofail as pf
-from pyrofail.analysis import grid
+from pyrofail.analysis.reference import grid
 from pyrofail.errors import UsageError
 from pyrofail.models import LatentBernoulli, LatentGaussian, latent_bernoulli
 from pyrofail.models.linear_gaussian import Affine

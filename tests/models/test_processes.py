@@ -74,7 +74,7 @@ def test_linear_gaussian_closed_forms_match_samples():
 
 @pytest.mark.parametrize("name", ["figure8", "clusters"])
 def test_scale_multiplies_the_decoder_and_shifts_log_px_by_d_log_scale(name):
-    from pyrofail.analysis import grid
+    from pyrofail.analysis.reference import grid
 
     base = zoo.model(name, noise_scale=0.1, scale=1.0)
     scaled = zoo.model(name, noise_scale=0.3, scale=3.0)
@@ -93,7 +93,7 @@ def test_scale_multiplies_the_decoder_and_shifts_log_px_by_d_log_scale(name):
 def test_defaults_are_the_calibrated_constants(name, noise, scale, entropy):
     """The defaults calibrated against Table 1 of Yacoby et al. (docs/results.md):
     the truth's entropy H = -E log p(x) by quadrature, which a well-fit IWAE's test bound reaches."""
-    from pyrofail.analysis import grid
+    from pyrofail.analysis.reference import grid
 
     truth = zoo.model(name)
     assert float(truth.noise_scale) == pytest.approx(noise)

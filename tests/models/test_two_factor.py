@@ -10,8 +10,8 @@ from pyro import poutine
 
 from pyrofail import zoo
 from pyrofail.analysis import dci, mig
-from pyrofail.analysis.grid import grid_posterior
 from pyrofail.analysis.hardness import best_mean_field
+from pyrofail.analysis.reference.grid import grid_posterior
 from pyrofail.models import TwoFactorSmooth, TwoFactorSteps
 
 NAMES = ["two_factor_steps", "two_factor_smooth"]

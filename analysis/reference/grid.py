@@ -24,7 +24,7 @@ exceeds ``boundary_tol`` the mesh is rebuilt on a wider box.
 
 When refinement stops before every cell meets ``tol`` (``max_levels`` or ``max_nodes``
 reached), the grid warns (``UserWarning``) and reports, per point, the posterior mass in the
-cells left coarse (``unresolved_mass``), which :mod:`pyrofail.analysis.quality` gates on.
+cells left coarse (``unresolved_mass``), which :mod:`pyrofail.analysis.reference.quality` gates on.
 
 **Accuracy.** With the default ``tol = 0.5`` the quadrature's :math:`\log p(x)` is accurate to
 about :math:`10^{-3}` nats on ``figure8``, not better: measured as the difference from a mesh

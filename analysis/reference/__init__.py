@@ -2,13 +2,13 @@ r"""The reference posterior :math:`p(z \mid x)` of any model, as an ArviZ ``Infe
 
 ``reference_posterior(model, x, method)`` computes, for every row of ``x``:
 
-* ``"grid"``: exact quadrature (:mod:`pyrofail.analysis.grid`), :math:`K \le 2`; draws are
+* ``"grid"``: exact quadrature (:mod:`pyrofail.analysis.reference.grid`), :math:`K \le 2`; draws are
   independent and exactly weighted;
-* ``"nuts"``: Pyro's NUTS, any :math:`K` (:mod:`pyrofail.analysis.nuts`);
+* ``"nuts"``: Pyro's NUTS, any :math:`K` (:mod:`pyrofail.analysis.reference.nuts`);
 * ``"auto"``: the grid where :math:`K \le 2`, NUTS otherwise.
 The returned ``InferenceData`` has the same layout for every method
-(:mod:`pyrofail.analysis.reference_data`), so every consumer reads draws through
-:func:`~pyrofail.analysis.reference_data.draws` and never cares how they were made.
+(:mod:`pyrofail.analysis.reference.idata`), so every consumer reads draws through
+:func:`~pyrofail.analysis.reference.idata.draws` and never cares how they were made.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import copy
 import numpy as np
 import torch
 
-from pyrofail.analysis import grid, nuts
-from pyrofail.analysis.reference_data import (
+from pyrofail.analysis.reference import grid, nuts
+from pyrofail.analysis.reference.idata import (
     build_inference_data,
     draws,
     load,
@@ -78,8 +78,8 @@ def reference_posterior(
 
     ``num_draws`` per point defaults to 1000 for the grid (independent draws) and 2000 for NUTS
     (four chains of 500). ``options`` go to the method: for ``"grid"`` those of
-    :func:`pyrofail.analysis.grid.grid_posterior` (``tol``, ``radius``, ...); for ``"nuts"``
-    those of :func:`pyrofail.analysis.nuts.nuts_reference`.
+    :func:`pyrofail.analysis.reference.grid.grid_posterior` (``tol``, ``radius``, ...); for ``"nuts"``
+    those of :func:`pyrofail.analysis.reference.nuts.nuts_reference`.
     """
     if method not in METHODS:
         raise UsageError(f"unknown reference method {method!r}; choose one of: {', '.join(METHODS)}")

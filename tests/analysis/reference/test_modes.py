@@ -13,9 +13,8 @@ import torch
 from torch import nn
 
 from pyrofail import zoo
-from pyrofail.analysis import modes
-from pyrofail.analysis.grid import grid_posterior
-from pyrofail.analysis.reference import draws, reference_posterior
+from pyrofail.analysis.reference import draws, modes, reference_posterior
+from pyrofail.analysis.reference.grid import grid_posterior
 from pyrofail.errors import UsageError
 from pyrofail.models import LatentGaussian, LinearGaussian
 
@@ -51,7 +50,7 @@ def test_quadratic_has_two_modes_of_mass_one_half(quadratic_ref, use_density):
 
 def _exact_modes_1d(model, x, dip=modes.DIP, min_mass=modes.MIN_MASS):
     """Masses of the persistent modes of each 1-D posterior from its density on a fine grid,
-    by the definition of :mod:`pyrofail.analysis.modes` applied to the exact density."""
+    by the definition of :mod:`pyrofail.analysis.reference.modes` applied to the exact density."""
     z = torch.linspace(-8, 8, 32001, dtype=torch.float64)[:, None]
     dens = torch.softmax(model.double().log_joint(z[:, None, :], x.double()[None]).T, -1).numpy()
     out = []

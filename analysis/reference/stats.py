@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from pyrofail.analysis.reference_data import arviz
+from pyrofail.analysis.reference.idata import arviz
 
 __all__ = ["ess", "rhat", "rhat_within"]
 

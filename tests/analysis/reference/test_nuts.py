@@ -16,11 +16,22 @@ import torch
 from torch import nn
 
 from pyrofail import zoo
-from pyrofail.analysis import modes, nuts, quality, reweight, stats
-from pyrofail.analysis.reference import draws, load, log_px, method, reference_posterior, save
+from pyrofail.analysis.reference import (
+    draws,
+    load,
+    log_px,
+    method,
+    modes,
+    nuts,
+    quality,
+    reference_posterior,
+    reweight,
+    save,
+    stats,
+)
 from pyrofail.errors import UsageError
 from pyrofail.models import LatentGaussian, LinearGaussian
-from tests.analysis.test_modes import Fold
+from tests.analysis.reference.test_modes import Fold
 
 SMALL = {"num_chains": 4, "num_draws": 1200, "num_warmup": 200}
 
@@ -102,7 +113,7 @@ def test_three_latent_dimensions_against_the_closed_form():
 def _mode_chains(truth, x, chains_positive, s=500, seed=0):
     """Chains that each stay in one of quadratic's two modes (exact draws from the grid,
     restricted to the mode), as a sampler that never crosses would give: ``(C, S, N, 1)``."""
-    from pyrofail.analysis.grid import grid_posterior
+    from pyrofail.analysis.reference.grid import grid_posterior
 
     post = grid_posterior(truth, x, num_draws=20 * s, seed=seed)
     out = []
@@ -124,7 +135,7 @@ def test_reweighting_gives_modes_their_mass_not_their_chain_count():
     positive = (torch.softmax(lw, -1) * (zn[..., 0] > 0)).sum(-1)
     assert (positive - 0.5).abs().max() < 0.03  # unweighted, the pooled draws would say 0.75
     exact = zoo.model("quadratic")
-    from pyrofail.analysis.grid import grid_posterior
+    from pyrofail.analysis.reference.grid import grid_posterior
 
     assert (log_px(ref)[0] - grid_posterior(exact, x).log_px).abs().max() < 0.02
     # within modes the chains agree; over all chains they do not (3 in one mode, 1 in the other)
@@ -275,7 +286,7 @@ class Cubic(nn.Module):
 def _region_chains(model, x, keep, chains, s=300, seed=0):
     """Chains of exact posterior draws (from the grid) restricted to ``keep(z)``: what a sampler
     that never leaves that region gives, ``(C, S, N, 1)``."""
-    from pyrofail.analysis.grid import grid_posterior
+    from pyrofail.analysis.reference.grid import grid_posterior
 
     out = []
     for c in range(chains):
@@ -305,7 +316,7 @@ def test_a_narrow_mode_far_from_the_origin_keeps_its_log_marginal():
 def test_a_mode_no_chain_visits_keeps_its_mass():
     """Every chain in one of two narrow modes: the optimisation's maxima give the other one its
     component, its mass is estimated, and it is reported as mass no draw represents."""
-    from pyrofail.analysis.grid import grid_posterior
+    from pyrofail.analysis.reference.grid import grid_posterior
 
     model = LatentGaussian(Parabola(), 1, 1, 1e-3).double()
     x = torch.tensor([[3.5], [4.0], [4.5]], dtype=torch.float64)
@@ -323,7 +334,7 @@ def test_a_mode_no_chain_visits_keeps_its_mass():
 def test_mass_no_component_explains_is_missing_not_renormalised_away():
     """Draws in the two narrow peaks only and no maxima to add components: the broad heavy mode
     is found by the prior component alone, and the mode masses leave its share to missing_mass."""
-    from pyrofail.analysis.grid import grid_posterior
+    from pyrofail.analysis.reference.grid import grid_posterior
 
     model = LatentGaussian(Step(), 1, 1, 0.01).double()
     x = torch.tensor([[0.044], [0.046], [0.048]], dtype=torch.float64)
@@ -371,7 +382,7 @@ def test_more_modes_than_chains_each_get_a_chain():
 
 
 def test_extra_candidates_reach_a_mode_the_random_starts_miss():
-    from pyrofail.analysis.maxima import find_maxima
+    from pyrofail.analysis.reference.maxima import find_maxima
 
     model = LatentGaussian(Parabola(), 1, 1, 1e-3).double()
     x = torch.tensor([[4.0]], dtype=torch.float64)

@@ -18,7 +18,8 @@ import math
 import numpy as np
 import torch
 
-from pyrofail.analysis import grid, metrics
+from pyrofail.analysis import metrics
+from pyrofail.analysis.reference import grid
 from pyrofail.errors import UsageError, check_choice, check_positive_float, check_positive_int
 
 __all__ = ["auroc", "off_manifold", "outlier_scores"]

@@ -4,7 +4,7 @@ A reference (:func:`pyrofail.analysis.reference_posterior`) that is wrong at a p
 every measurement made against it there, and nothing in the measurement shows it. :func:`gate`
 reads the per-point diagnostics the reference stored and fails a point when any check fails:
 
-NUTS (:mod:`pyrofail.analysis.nuts`, :mod:`pyrofail.analysis.reweight`)
+NUTS (:mod:`pyrofail.analysis.reference.nuts`, :mod:`pyrofail.analysis.reference.reweight`)
 
 * ``rhat_within_modes`` :math:`> 1.05`: chains that sit in one mode disagree about it. The
   rank-normalised split :math:`\hat R` of Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021),
@@ -34,7 +34,7 @@ NUTS (:mod:`pyrofail.analysis.nuts`, :mod:`pyrofail.analysis.reweight`)
 * ``log_px_stderr`` :math:`> 0.02` nats: :math:`\log p(x)` itself too imprecise to compare
   models with (2.5 standard errors inside a 0.05-nat tolerance).
 
-Grid (:mod:`pyrofail.analysis.grid`)
+Grid (:mod:`pyrofail.analysis.reference.grid`)
 
 * ``boundary_mass`` :math:`> 10^{-4}`: posterior mass in the outermost ring of cells, i.e. the
   box cut the posterior (the grid's own ``boundary_tol``);
@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pyrofail.analysis.reference_data import method as _method
+from pyrofail.analysis.reference.idata import method as _method
 from pyrofail.errors import UsageError
 
 __all__ = [

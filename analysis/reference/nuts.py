@@ -19,9 +19,9 @@ from the identity.
 **Starting points, by mass.** The local maxima of :math:`\log p(x, z)` of every point are found
 by multi-start optimisation from ``init_candidates`` quasi-random over-dispersed starts and any
 ``extra_candidates`` (a trained guide's draws, say), and each gets its Laplace mass
-(:mod:`pyrofail.analysis.maxima`). Chains start by mass, not by peak height: one at every maximum
+(:mod:`pyrofail.analysis.reference.maxima`). Chains start by mass, not by peak height: one at every maximum
 holding at least half a percent of the Laplace mass, the rest shared in proportion to mass
-(:func:`~pyrofail.analysis.maxima.starting_points`), so that a broad heavy mode below a narrow
+(:func:`~pyrofail.analysis.reference.maxima.starting_points`), so that a broad heavy mode below a narrow
 peak gets a chain, and a point with more modes than ``num_chains`` gets more chains: the chain
 count ``C`` is the same for every point, the largest number any point needs, at most
 ``max_chains``. A maximum that still has no chain keeps a component in the importance proposal,
@@ -29,21 +29,21 @@ so its mass is estimated and reported (``unrepresented_mass``).
 
 **Maxima the starts missed.** Importance draws from the prior and the maxima's Laplace
 approximations that no known maximum explains start the search again
-(:func:`~pyrofail.analysis.maxima.refine_maxima`), and so does the best point along every
-divergent leapfrog step of the sampler (:func:`~pyrofail.analysis.maxima.along_segments`): a
+(:func:`~pyrofail.analysis.reference.maxima.refine_maxima`), and so does the best point along every
+divergent leapfrog step of the sampler (:func:`~pyrofail.analysis.reference.maxima.along_segments`): a
 peak narrower than any step, on a cliff no gradient from afar leads to, lies on a step that
 jumped across it.
 
 **Chains at the maxima the draws missed** (``top_up`` rounds). Warm-up's first steps are long,
 and a chain started at a maximum often leaves it for a neighbour before sampling starts, so a
 maximum of real mass can end with no draw. After the re-weighting, every maximum that no mode of
-the draws holds (:func:`pyrofail.analysis.reweight.cover`) and that has at least half a percent
+the draws holds (:func:`pyrofail.analysis.reference.reweight.cover`) and that has at least half a percent
 of the Laplace mass gets a further chain, started on it with a fixed step of a quarter of its
 Laplace scale (a diagonal mass matrix from its curvature) and no warm-up (nothing adapted: the
 chain samples where it stands), and the draws of all chains are re-weighted together.
 
 The draws are then re-weighted so that every mode gets its posterior mass
-(:mod:`pyrofail.analysis.reweight`), which also gives :math:`\log p(x)` and the diagnostics.
+(:mod:`pyrofail.analysis.reference.reweight`), which also gives :math:`\log p(x)` and the diagnostics.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ import pyro
 import torch
 from pyro.infer import MCMC, NUTS
 
-from pyrofail.analysis.maxima import (
+from pyrofail.analysis.reference.idata import provenance
+from pyrofail.analysis.reference.maxima import (
     add_starts,
     along_segments,
     curvature,
@@ -67,8 +68,7 @@ from pyrofail.analysis.maxima import (
     starting_points,
     top_up_points,
 )
-from pyrofail.analysis.reference_data import provenance
-from pyrofail.analysis.reweight import from_draws
+from pyrofail.analysis.reference.reweight import from_draws
 from pyrofail.errors import UsageError, check_choice, check_positive_int
 
 __all__ = [
@@ -104,8 +104,8 @@ def initial_points(
 ) -> torch.Tensor:
     """Starting points ``(C, N, K)`` by mass: the local maxima of :math:`\\log p(x, z)` from
     ``candidates`` quasi-random starts and the ``extra`` ones
-    (:func:`~pyrofail.analysis.maxima.find_maxima`), one chain at each of non-negligible Laplace
-    mass and the rest by mass (:func:`~pyrofail.analysis.maxima.starting_points`);
+    (:func:`~pyrofail.analysis.reference.maxima.find_maxima`), one chain at each of non-negligible Laplace
+    mass and the rest by mass (:func:`~pyrofail.analysis.reference.maxima.starting_points`);
     ``num_chains <= C <= max_chains``."""
     found = find_maxima(model, x, candidates=candidates, extra=extra, steps=steps, lr=lr, seed=seed)
     return starting_points(found, num_chains, max(num_chains, max_chains), min_share=START_SHARE, seed=seed)

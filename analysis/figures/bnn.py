@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pyrofail.analysis.plots import _pyplot, save
+from pyrofail.analysis.figures.plots import _pyplot, save
 from pyrofail.errors import UsageError
 
 __all__ = ["predictive_bands"]

@@ -18,11 +18,10 @@ import pytest
 import torch
 from torch import nn
 
-from pyrofail.analysis import maxima as mx
-from pyrofail.analysis import modes, reweight
-from pyrofail.analysis.reference import log_px, reference_posterior
+from pyrofail.analysis.reference import log_px, modes, reference_posterior, reweight
+from pyrofail.analysis.reference import maxima as mx
 from pyrofail.models import LatentGaussian
-from tests.analysis.test_nuts import Parabola, Step
+from tests.analysis.reference.test_nuts import Parabola, Step
 
 
 class Sines(nn.Module):

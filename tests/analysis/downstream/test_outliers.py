@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
-from pyrofail.analysis.outliers import auroc, off_manifold, outlier_scores
+from pyrofail.analysis.downstream.outliers import auroc, off_manifold, outlier_scores
 from pyrofail.errors import UsageError
 from pyrofail.models import LinearGaussian
 
@@ -114,7 +114,7 @@ def test_off_manifold_is_seeded_and_checks_its_input():
 def test_docstring_examples_run():
     import doctest
 
-    from pyrofail.analysis import outliers
+    from pyrofail.analysis.downstream import outliers
 
     result = doctest.testmod(outliers)
     assert result.attempted > 0 and result.failed == 0

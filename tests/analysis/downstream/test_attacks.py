@@ -7,7 +7,12 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyrofail.analysis.attacks import attack_denoiser, attack_encoder, encoder_shift, posterior_shift
+from pyrofail.analysis.downstream.attacks import (
+    attack_denoiser,
+    attack_encoder,
+    encoder_shift,
+    posterior_shift,
+)
 from pyrofail.errors import UsageError
 from pyrofail.guides import AmortizedGuide, FlowGuide, MeanFieldGuide, MixtureGuide
 from pyrofail.guides.mixture import MixtureOfDiagNormals
@@ -235,7 +240,7 @@ def test_bad_input_raises_usage_error(setup):
 def test_docstring_examples_run():
     import doctest
 
-    from pyrofail.analysis import attacks
+    from pyrofail.analysis.downstream import attacks
 
     result = doctest.testmod(attacks)
     assert result.attempted > 0 and result.failed == 0

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from pyrofail import zoo
-from pyrofail.analysis.grid import build_mesh, grid_posterior
+from pyrofail.analysis.reference.grid import build_mesh, grid_posterior
 from pyrofail.models import LatentGaussian, LinearGaussian
 
 TOL = 1e-3  # posterior mean and variance: the grid's accuracy target

@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 from pyrofail import zoo
-from pyrofail.analysis import quality, reweight
-from pyrofail.analysis.grid import grid_posterior
-from pyrofail.analysis.reference import reference_posterior
-from pyrofail.analysis.reference_data import build_inference_data
+from pyrofail.analysis.reference import quality, reference_posterior, reweight
+from pyrofail.analysis.reference.grid import grid_posterior
+from pyrofail.analysis.reference.idata import build_inference_data
 from pyrofail.errors import UsageError
 from pyrofail.models import LatentGaussian
 

@@ -3,7 +3,7 @@ r"""Re-weighting MCMC draws so that every mode has its posterior mass, and :math
 **Re-weighting.** A chain does not cross between well separated modes, so the pooled draws
 put mass on modes in proportion to the number of chains that found them, not to the modes'
 posterior masses. So the modes are found first, on the pooled draws and with the posterior's
-own density (:func:`pyrofail.analysis.modes.find_modes` with ``log_density``), and every
+own density (:func:`pyrofail.analysis.reference.modes.find_modes` with ``log_density``), and every
 mode's mass :math:`P_m` is estimated by importance sampling (defensive mixtures: Hesterberg
 1995, Owen & Zhou 2000; Pareto smoothing: Vehtari et al. 2024) with, per point, the proposal
 
@@ -17,7 +17,7 @@ mode's mass :math:`P_m` is estimated by importance sampling (defensive mixtures:
 for every mode ``m`` of the draws a Student-t, a kernel mixture on ``J`` of the mode's draws
 (Silverman's :math:`h`) and a Student-t on the Laplace approximation of every local maximum
 :math:`z^*_a` of :math:`\log p(x, z)` that the mode holds (``maxima``:
-:mod:`pyrofail.analysis.maxima`; :math:`\lambda_m = 0.1` when it holds any). A maximum that no
+:mod:`pyrofail.analysis.reference.maxima`; :math:`\lambda_m = 0.1` when it holds any). A maximum that no
 mode of the draws holds (:func:`cover`: no draw on its side of every valley, as when no chain
 visited it, or its chain wandered off) is a mode of its own, :math:`q_m = t_4(z; z^*_a,
 H_a^{-1})`: its mass is estimated all the same. Mode weights :math:`\pi_m` come from the
@@ -42,9 +42,9 @@ defensive component (``defensive`` = :math:`\alpha`). With ``num_importance`` dr
   draws follow the posterior with the right mode masses even when a chain crosses now and then.
   Normalised over the draws, these weights necessarily leave out ``missing_mass`` and
   ``unrepresented_mass``: the draws are off by about that much, which the quality gate
-  (:mod:`pyrofail.analysis.quality`) reads.
+  (:mod:`pyrofail.analysis.reference.quality`) reads.
 
-**Diagnostics** per point (``diagnostics`` group), computed by :mod:`pyrofail.analysis.stats`:
+**Diagnostics** per point (``diagnostics`` group), computed by :mod:`pyrofail.analysis.reference.stats`:
 ``rhat``, the rank-normalised split :math:`\hat R` (Vehtari et al. 2021), the larger of bulk and
 tail, largest over latents, over all chains (large wherever chains sit in different modes: by
 design, as chains start at every mode); ``rhat_within_modes``, the same within each mode over
@@ -68,10 +68,10 @@ import pyro.distributions as dist
 import torch
 from scipy.stats import chi2
 
-from pyrofail.analysis import stats
-from pyrofail.analysis.maxima import Maxima, find_maxima
-from pyrofail.analysis.modes import DIP, MIN_MASS, assign, find_modes
-from pyrofail.analysis.reference_data import arviz, build_inference_data
+from pyrofail.analysis.reference import stats
+from pyrofail.analysis.reference.idata import arviz, build_inference_data
+from pyrofail.analysis.reference.maxima import Maxima, find_maxima
+from pyrofail.analysis.reference.modes import DIP, MIN_MASS, assign, find_modes
 
 __all__ = ["cover", "from_draws", "mode_masses_by_importance"]
 
@@ -98,7 +98,7 @@ def cover(model, x, pooled, lp, lab, maxima: Maxima, dip: float = DIP) -> torch.
     the point nearest to it (in its Laplace metric) when that point lies in the maximum's Laplace
     ball (its 99.9% ellipsoid) and :math:`\log p(x, z)` on the segment between them never falls
     below ``dip`` times the lower of the two ends (the persistence rule of
-    :mod:`pyrofail.analysis.modes`): no valley
+    :mod:`pyrofail.analysis.reference.modes`): no valley
     separates them. A maximum with no draw on its side of every valley is a mode no chain visited.
     """
     n, j_max, k = maxima.z.shape
@@ -310,8 +310,8 @@ def mode_masses_by_importance(
 ) -> dict:
     r"""Mode masses, :math:`\log p(x)` and PSIS diagnostics (module docstring) for draws
     ``pooled`` ``(N, T, K)`` with log densities ``lp`` ``(N, T)`` and modes ``lab`` ``(N, T)``, the
-    modes being ``(centres, labels)`` of :func:`pyrofail.analysis.modes.find_modes`, and the
-    optimisation's ``maxima`` (:func:`pyrofail.analysis.maxima.find_maxima`) where known.
+    modes being ``(centres, labels)`` of :func:`pyrofail.analysis.reference.modes.find_modes`, and the
+    optimisation's ``maxima`` (:func:`pyrofail.analysis.reference.maxima.find_maxima`) where known.
 
     Returns ``mode_mass`` ``(N, G)`` of the draws' modes, ``unrepresented`` ``(N, U)`` of the
     maxima no draw covers, ``missing_mass``, ``unrepresented_mass``, ``log_px``,
@@ -387,7 +387,7 @@ def _log_joint_chunked(model, z: torch.Tensor, x: torch.Tensor, budget: int = 2*
 
 
 def _segment_density(model, x: torch.Tensor):
-    """``(z, point) -> log p(x_point, z)`` for :func:`pyrofail.analysis.modes.find_modes`:
+    """``(z, point) -> log p(x_point, z)`` for :func:`pyrofail.analysis.reference.modes.find_modes`:
     ``z`` ``(E, T, K)``, ``point`` ``(E,)``, returning ``(E, T)``."""
 
     def density(z, point):
@@ -416,7 +416,7 @@ def from_draws(
     diagnostics as in the module docstring.
 
     :param maxima: the local maxima of :math:`\log p(x, z)`
-        (:func:`pyrofail.analysis.maxima.find_maxima`), each of which gets a component in the
+        (:func:`pyrofail.analysis.reference.maxima.find_maxima`), each of which gets a component in the
         importance proposal; ``None`` finds them here (seeded by ``seed``), ``False`` uses none
         (the draws and the prior component alone).
     :param coverage: a dict to receive ``"uncovered"`` ``(N, J)``: the maxima that no mode of

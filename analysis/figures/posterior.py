@@ -1,7 +1,7 @@
 r"""Figures of posterior bias: posteriors at chosen points, and the PMO gap over data space.
 
 matplotlib is imported inside the functions (Agg backend, through
-:func:`pyrofail.analysis.plots.save`), never at module import.
+:func:`pyrofail.analysis.figures.plots.save`), never at module import.
 
 * :func:`posterior_figure`: one panel per chosen :math:`x`; the ground truth's posterior
   :math:`p_{GT}(z \mid x)` filled in grey, and for every fit its guide :math:`q_\phi(z \mid x)`
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyrofail.analysis import reference_data as _reference
-from pyrofail.analysis.plots import _pyplot, save
+from pyrofail.analysis.figures.plots import _pyplot, save
+from pyrofail.analysis.reference import idata as _reference
 
 __all__ = ["choose_points", "pmo_gap_figure", "posterior_figure"]
 

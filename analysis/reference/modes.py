@@ -50,7 +50,7 @@ import math
 
 import torch
 
-from pyrofail.analysis.reference_data import draws, log_density
+from pyrofail.analysis.reference.idata import draws, log_density
 from pyrofail.errors import UsageError
 
 __all__ = ["assign", "find_modes", "mode_masses", "num_modes", "reference_mass_error", "reference_modes"]

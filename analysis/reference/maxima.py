@@ -10,7 +10,7 @@ which reach a narrow maximum to within a small fraction of its width.
 
 **Distinct maxima.** End points are taken best first; one is the same maximum as one already kept
 when :math:`\log p` along the segment between them never falls below ``dip`` times the lower of
-the two (the persistence rule of :mod:`pyrofail.analysis.modes`: no valley, no second mode).
+the two (the persistence rule of :mod:`pyrofail.analysis.reference.modes`: no valley, no second mode).
 
 **Laplace mass.** At a maximum :math:`z^*` with Hessian :math:`H` of :math:`-\log p(x, z)`,
 
@@ -25,7 +25,7 @@ peak height, so that a broad heavy mode below a narrow peak still gets a chain.
 Example:
     >>> import torch
     >>> from pyrofail.models import LinearGaussian
-    >>> from pyrofail.analysis.maxima import find_maxima
+    >>> from pyrofail.analysis.reference.maxima import find_maxima
     >>> truth = LinearGaussian(latent_dim=2, data_dim=3, noise_scale=0.5, seed=0).double()
     >>> x = truth.sample(3, seed=0).x.double()
     >>> found = find_maxima(truth, x, candidates=4, steps=20)
@@ -376,7 +376,7 @@ def add_starts(model, x, maxima: Maxima, starts: torch.Tensor, rows: torch.Tenso
 @torch.no_grad()
 def along_segments(model, x: torch.Tensor, segments, *, resolution: int = 1024, per_point: int = 16):
     r"""Starts ``(L, N, K)`` from segments ``(point, start, end)`` (the divergent leapfrog steps of
-    :func:`pyrofail.analysis.nuts.sample_nuts`): on each, the best of ``resolution`` evenly
+    :func:`pyrofail.analysis.reference.nuts.sample_nuts`): on each, the best of ``resolution`` evenly
     spaced points by :math:`\log p(x, z)`, at most ``per_point`` per point (NaN where a point
     has fewer), and the points that have any ``(R,)``. A maximum narrower than any step the
     sampler could take (a needle on a cliff) lies on the step that jumped across it, where no

@@ -47,7 +47,7 @@ import math
 
 import torch
 
-from pyrofail.analysis.grid import _Integrand, build_mesh
+from pyrofail.analysis.reference.grid import _Integrand, build_mesh
 from pyrofail.errors import UsageError, check_choice, check_positive_float, check_positive_int
 
 __all__ = ["attack_denoiser", "attack_encoder", "encoder_shift", "posterior_shift"]
@@ -405,7 +405,7 @@ def posterior_shift(
     posterior for every row, by quadrature (:math:`K \le 2`): the shift an ideal encoder
     suffers at the same perturbed points.
 
-    One mesh (:func:`pyrofail.analysis.grid.build_mesh`) serves both points; with the
+    One mesh (:func:`pyrofail.analysis.reference.grid.build_mesh`) serves both points; with the
     integrand :math:`\ell_g(x) = \log p(x, z_g) + \log w_g` and its normalisation
     :math:`\pi_g(x) = \operatorname{softmax}_g \ell_g(x)`, the node weights cancel:
 
@@ -414,7 +414,7 @@ def posterior_shift(
         \mathrm{KL} \approx \sum_g \pi_g(x)\, \big[\log \pi_g(x) - \log \pi_g(x_{adv})\big].
 
     When either posterior puts more than ``boundary_tol`` of its mass on the outermost ring of
-    the mesh, the box is widened (as in :func:`pyrofail.analysis.grid.grid_posterior`).
+    the mesh, the box is widened (as in :func:`pyrofail.analysis.reference.grid.grid_posterior`).
 
     :returns: ``{"per_point" (N,) float64, "mean", "stderr", "boundary_mass" (N,), "mesh_info"}``.
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import pyrofail as pf
-from pyrofail.analysis.attacks import attack_encoder
-from pyrofail.analysis.self_consistency import chain_drift, consistency, elbo_cost, linear_probe
+from pyrofail.analysis.downstream.attacks import attack_encoder
+from pyrofail.analysis.downstream.self_consistency import chain_drift, consistency, elbo_cost, linear_probe
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.models import LinearGaussian
 

@@ -9,7 +9,7 @@ perturbations. The measures here:
   mean), the distance :math:`\lVert z - m_\phi(x) \rVert_2` to the encoder's mean
   :math:`m_\phi(x) = \mathbb E_{q_\phi}[z \mid x]`; with ``exact=True`` (:math:`K \le 2`) also
   the same distance for the exact posterior mean :math:`\mathbb E_{p_\theta}[z \mid x]` of the
-  model by quadrature (:mod:`pyrofail.analysis.grid`), the ideal encoder, whose distance is not
+  model by quadrature (:mod:`pyrofail.analysis.reference.grid`), the ideal encoder, whose distance is not
   zero (the posterior shrinks towards the prior and may have several modes), and their paired
   difference;
 * :func:`chain_drift`: the encode–decode chain :math:`z_{t+1} = m_\phi(\mu_\theta(z_t))` from
@@ -17,7 +17,7 @@ perturbations. The measures here:
   :math:`\lVert \mu_\theta(z_t) - \mu_\theta(z_0) \rVert_2`, for :math:`t = 1, \dots, T`;
 * :func:`linear_probe`: a linear classifier (scikit-learn's ``LogisticRegression`` on
   standardised encoder means) trained on labelled data, and its accuracy on test points
-  attacked by :func:`pyrofail.analysis.attacks.attack_encoder` over a sweep of :math:`\varepsilon`
+  attacked by :func:`pyrofail.analysis.downstream.attacks.attack_encoder` over a sweep of :math:`\varepsilon`
   (the attack moves the encoder, not the classifier: it measures the representation);
 * :func:`elbo_cost`: the test ELBO a model gives up for the term (paired over points).
 
@@ -32,8 +32,8 @@ import math
 import torch
 
 from pyrofail import bounds
-from pyrofail.analysis import grid
-from pyrofail.analysis.attacks import attack_encoder
+from pyrofail.analysis.downstream.attacks import attack_encoder
+from pyrofail.analysis.reference import grid
 from pyrofail.errors import UsageError, check_positive_int
 
 __all__ = ["chain_drift", "consistency", "elbo_cost", "encoder_mean", "linear_probe", "paired_difference"]
@@ -195,7 +195,7 @@ def linear_probe(
     The classifier is scikit-learn's ``LogisticRegression`` on the standardised means
     :math:`m_\phi(x)` of ``x_train`` (fitted once, on clean data); for each :math:`\varepsilon > 0`
     the test points are replaced by :math:`x + \delta^*` from
-    :func:`~pyrofail.analysis.attacks.attack_encoder` (``objective="mean"`` by default: the
+    :func:`~pyrofail.analysis.downstream.attacks.attack_encoder` (``objective="mean"`` by default: the
     perturbation that moves :math:`m_\phi(x)` furthest, which is what the classifier reads), and
     :math:`\varepsilon = 0` is the clean accuracy.
 

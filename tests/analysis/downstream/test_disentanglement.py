@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pyrofail.analysis import dci, mig
-from pyrofail.analysis.disentanglement import discretize
+from pyrofail.analysis.downstream.disentanglement import discretize
 from pyrofail.errors import UsageError
 
 N = 4000
@@ -99,7 +99,7 @@ def test_dci_of_a_rotation_is_entangled(factors):
 def test_dci_scores_match_disentanglement_lib_formulas():
     from scipy.stats import entropy
 
-    from pyrofail.analysis.disentanglement import _dci_scores
+    from pyrofail.analysis.downstream.disentanglement import _dci_scores
 
     imp = np.array([[0.6, 0.1], [0.2, 0.0], [0.1, 0.3]])
     out = _dci_scores(imp)
@@ -149,7 +149,7 @@ def test_bad_options_raise_usage_error(factors):
 def test_docstring_examples_run():
     import doctest
 
-    from pyrofail.analysis import disentanglement
+    from pyrofail.analysis.downstream import disentanglement
 
     result = doctest.testmod(disentanglement)
     assert result.attempted > 0 and result.failed == 0

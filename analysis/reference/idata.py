@@ -22,7 +22,7 @@ so that every consumer reads draws through :func:`draws` and never cares how the
     ``rhat`` (over all chains), ``rhat_within_modes``, ``ess``, ``divergences``, ``pareto_k``,
     ``missing_mass``, ``unrepresented_mass``, ``num_modes``, ``mode_mass`` [point, mode] (NUTS:
     the modes of the draws, then the maxima no draw covers; with ``missing_mass`` they sum to
-    1). :mod:`pyrofail.analysis.quality` gates on them.
+    1). :mod:`pyrofail.analysis.reference.quality` gates on them.
 
 Attributes of the ``posterior`` group record the provenance (method, seed, options, package
 versions), as posteriordb does for its reference posteriors.
