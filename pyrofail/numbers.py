@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["number", "percent", "with_error"]
+__all__ = ["estimate_text", "number", "percent", "with_error"]
 
 
 def number(value, digits: int = 3) -> str:
@@ -34,3 +34,17 @@ def with_error(value, err=None, digits: int = 3) -> str:
 
 def percent(value: float) -> str:
     return f"{100 * float(value):.0f}%"
+
+
+def estimate_text(estimate, digits: int = 3) -> str:
+    """An :class:`~pyrofail.estimate.Estimate` as a reader sees it: ``mean ± se``, "(exact)"
+    for a quadrature value, and its flag in brackets."""
+    if estimate is None:
+        return "—"
+    if estimate.exact:
+        text = f"{number(estimate.mean, digits)} (exact)"
+    elif estimate.stderr is None:
+        text = f"{number(estimate.mean, digits)} ± ?"
+    else:
+        text = f"{number(estimate.mean, digits)} ± {float(estimate.stderr):.{digits}f}"
+    return f"{text} [{estimate.flag}]" if estimate.flag else text
