@@ -49,5 +49,6 @@ def install(package_dir: Path) -> bool:
         return False
     if any(isinstance(f, _SiblingFolders) for f in sys.meta_path):
         return False
-    sys.meta_path.append(_SiblingFolders(top))
+    # first: an editable install of another checkout must not map this one's names
+    sys.meta_path.insert(0, _SiblingFolders(top))
     return True
