@@ -21,8 +21,9 @@ import torch
 from pyrofail.analysis import metrics
 from pyrofail.analysis.reference import grid
 from pyrofail.errors import UsageError, check_choice, check_positive_float, check_positive_int
+from pyrofail.estimate import Estimate
 
-__all__ = ["auroc", "off_manifold", "outlier_scores"]
+__all__ = ["auroc", "auroc_difference", "off_manifold", "outlier_scores"]
 
 SE_METHODS = ("delong", "hanley_mcneil")
 # held-out inliers that set the outlier threshold, and the largest number of candidate rounds
@@ -41,16 +42,23 @@ def _vector(name: str, value) -> np.ndarray:
     return arr
 
 
-def _delong_variance(pos: np.ndarray, neg: np.ndarray) -> float:
-    """DeLong, DeLong & Clarke-Pearson (1988) variance of the AUC, by the midrank algorithm of
-    Sun & Xu (2014, IEEE Signal Processing Letters 21(11))."""
+def _delong_components(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components by the midrank algorithm of Sun & Xu (2014, IEEE Signal
+    Processing Letters 21(11)): per inlier the share of outliers it beats (ties 1/2), per
+    outlier the share of inliers that beat it; the AUC is the mean of either."""
     from scipy.stats import rankdata
 
     m, n = pos.size, neg.size
     both = rankdata(np.concatenate([pos, neg]))
-    v10 = (both[:m] - rankdata(pos)) / n  # per inlier: share of outliers it beats (ties 1/2)
-    v01 = 1.0 - (both[m:] - rankdata(neg)) / m  # per outlier: share of inliers that beat it
-    return float(np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n)
+    v10 = (both[:m] - rankdata(pos)) / n
+    v01 = 1.0 - (both[m:] - rankdata(neg)) / m
+    return v10, v01
+
+
+def _delong_variance(pos: np.ndarray, neg: np.ndarray) -> float:
+    """DeLong, DeLong & Clarke-Pearson (1988) variance of the AUC."""
+    v10, v01 = _delong_components(pos, neg)
+    return float(np.var(v10, ddof=1) / pos.size + np.var(v01, ddof=1) / neg.size)
 
 
 def _hanley_mcneil_variance(a: float, m: int, n: int) -> float:
@@ -99,6 +107,44 @@ def auroc(scores_inliers, scores_outliers, *, stderr: str = "delong") -> dict:
         "n_inliers": int(pos.size),
         "n_outliers": int(neg.size),
     }
+
+
+def auroc_difference(inliers_a, outliers_a, inliers_b, outliers_b) -> Estimate:
+    r"""AUROC of scorer ``a`` minus that of scorer ``b`` on the **same** inliers and outliers
+    (row ``i`` of ``inliers_a`` and of ``inliers_b`` score the same point), with DeLong's
+    paired standard error (DeLong, DeLong & Clarke-Pearson 1988, Biometrics 44(3), Section 3):
+    with the structural components :math:`V_{10}^{r}(x_i)` (share of outliers inlier
+    :math:`x_i` beats under scorer :math:`r`) and :math:`V_{01}^{r}(y_j)`,
+
+    .. math::
+
+        \operatorname{Var}(\hat A_a - \hat A_b) = \frac{S_{10}^{aa} + S_{10}^{bb} - 2 S_{10}^{ab}}{m}
+            + \frac{S_{01}^{aa} + S_{01}^{bb} - 2 S_{01}^{ab}}{n},
+
+    :math:`S` their sample covariances over the :math:`m` inliers and :math:`n` outliers, i.e.
+    the variances of the per-point differences of the components. Two scorers of the same
+    points are correlated; adding their separate errors in quadrature ignores the
+    covariance and overstates the error of the difference.
+
+    :returns: an :class:`~pyrofail.estimate.Estimate` (``n`` = inliers + outliers).
+
+    Example:
+        >>> d = auroc_difference([3.0, 4.0, 5.0], [0.0, 1.0, 4.5], [3.0, 4.0, 5.0], [0.0, 1.0, 2.0])
+        >>> round(d.mean, 4), d.verdict()
+        (-0.2222, 'tie')
+    """
+    pa, na = _vector("inliers_a", inliers_a), _vector("outliers_a", outliers_a)
+    pb, nb = _vector("inliers_b", inliers_b), _vector("outliers_b", outliers_b)
+    if pa.size != pb.size or na.size != nb.size:
+        raise UsageError(
+            f"scorer a has {pa.size} inliers and {na.size} outliers, scorer b {pb.size} and {nb.size}; "
+            "expected the same points scored by both"
+        )
+    a10, a01 = _delong_components(pa, na)
+    b10, b01 = _delong_components(pb, nb)
+    d10, d01 = a10 - b10, a01 - b01
+    var = float(np.var(d10, ddof=1) / pa.size + np.var(d01, ddof=1) / na.size)
+    return Estimate(float(a10.mean() - b10.mean()), math.sqrt(max(var, 0.0)), int(pa.size + na.size))
 
 
 def outlier_scores(
