@@ -32,7 +32,7 @@ import math
 import torch
 
 from pyrofail import bounds
-from pyrofail.analysis.downstream.attacks import attack_encoder
+from pyrofail.analysis.downstream.attacks import RESTARTS, attack_encoder
 from pyrofail.analysis.reference import grid
 from pyrofail.errors import UsageError, check_positive_int
 
@@ -185,7 +185,8 @@ def linear_probe(
     norm: str = "linf",
     objective: str = "mean",
     steps: int = 50,
-    restarts: int = 1,
+    restarts: int = RESTARTS,
+    scale: float = 1.0,
     seed: int = 0,
     num_samples: int = 256,
 ) -> dict:
@@ -197,7 +198,9 @@ def linear_probe(
     the test points are replaced by :math:`x + \delta^*` from
     :func:`~pyrofail.analysis.downstream.attacks.attack_encoder` (``objective="mean"`` by default: the
     perturbation that moves :math:`m_\phi(x)` furthest, which is what the classifier reads), and
-    :math:`\varepsilon = 0` is the clean accuracy.
+    :math:`\varepsilon = 0` is the clean accuracy. ``eps`` is in units of ``scale``
+    (:func:`~pyrofail.analysis.downstream.attacks.data_scale`); each attack takes the best of
+    ``restarts`` starts.
 
     :returns: ``{"eps", "accuracy", "stderr"`` (lists; the standard error of a proportion,
         :math:`\sqrt{a(1 - a)/n}`), ``"correct" (len(eps), n)`` booleans (pair them across
@@ -237,7 +240,15 @@ def linear_probe(
             x_eval, moved = x_test, 0.0
         else:
             attack = attack_encoder(
-                guide, x_test, e, norm=norm, objective=objective, steps=steps, restarts=restarts, seed=seed
+                guide,
+                x_test,
+                e,
+                scale=scale,
+                norm=norm,
+                objective=objective,
+                steps=steps,
+                restarts=restarts,
+                seed=seed,
             )
             x_eval, moved = attack["x_adv"], attack["mean"]
         pred = torch.as_tensor(clf.predict(_features(guide, x_eval, num_samples, seed)))
