@@ -1,5 +1,6 @@
 """The adapter from Pyro programs to the analysis protocol, against the zoo's classes and exact answers."""
 
+import copy
 import math
 
 import pyro
@@ -7,6 +8,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+from pyro.nn import PyroModule
+from pyro.optim import Adam
 
 from pyrofail.analysis import compare
 from pyrofail.analysis.reference import idata, log_px, reference_posterior
@@ -46,6 +50,9 @@ def test_zoo_model_as_pyro_function_has_the_same_reference_and_bias(process):
     m, g = adapt(*as_programs(zoo, guide), x)
     assert isinstance(m, LatentGaussianProgram) and (m.latent_dim, m.data_dim) == (1, 2)
     ref_zoo, ref = reference_posterior(zoo, x, "grid"), reference_posterior(m, x, "grid")
+    # the analysis copies models before .float() or .double(): the copy shares the program, not the buffers
+    copy.deepcopy(m).float()
+    assert m.noise_scale.dtype == F64
     # the same mesh and integrand: the quadrature agrees to rounding
     assert torch.allclose(log_px(ref)[0], log_px(ref_zoo)[0], atol=1e-6, rtol=0)
     mean = torch.as_tensor(ref.moments["mean"].values)
@@ -345,6 +352,43 @@ def test_images_keyword_arguments_and_the_weights_left_as_they_were():
     assert z.grad is not None
     assert all(p.grad is None and p.requires_grad for p in net.parameters())
     assert set(pyro.get_param_store().keys()) == {"dec$$$weight", "dec$$$bias", "enc$$$weight", "enc$$$bias"}
+
+
+class _Decoder(PyroModule):
+    """A PyroModule model: its weights live in the param store under their module names."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = PyroModule[torch.nn.Linear](1, 2)
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 1), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.lin(z), 0.5).to_event(1), obs=x)
+
+
+def test_pyro_module_trained_with_svi_is_used_as_trained():
+    decoder = _Decoder()
+    enc = torch.nn.Linear(2, 2)
+
+    def guide(x):
+        pyro.module("enc", enc)
+        with pyro.plate("data", x.shape[0]):
+            loc, raw = enc(x).split(1, -1)
+            pyro.sample("z", dist.Normal(loc, raw.exp()).to_event(1))
+
+    x = torch.randn(30, 2, generator=torch.Generator().manual_seed(0)) + torch.tensor([2.0, -1.0])
+    svi = SVI(decoder, guide, Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(20):
+        svi.step(x)
+    trained = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    m, _ = adapt(decoder, guide, x)
+    assert isinstance(m, LatentGaussianProgram)
+    z = torch.randn(4, 30, 1)
+    w, b = trained["lin.weight"], trained["lin.bias"]
+    want = dist.Normal(0.0, 1.0).log_prob(z).sum(-1) + dist.Normal(z @ w.T + b, 0.5).log_prob(x).sum(-1)
+    assert torch.allclose(m.log_joint(z, x), want, atol=1e-5)
+    assert all(torch.equal(v, trained[k]) for k, v in pyro.get_param_store().items())
 
 
 def test_a_program_that_does_not_broadcast_runs_flat_with_the_same_numbers():

@@ -39,7 +39,10 @@ class _Shared(torch.nn.Module):
     numbers follow the data's dtype, see the module docstring)."""
 
     def __deepcopy__(self, memo):
-        return copy.copy(self)
+        new = copy.copy(self)
+        # buffers of its own (a noise scale) are copied: .to(dtype) on the copy must not reach them
+        new._buffers = copy.deepcopy(self._buffers, memo)
+        return new
 
     def extra_repr(self) -> str:
         sites = ", ".join(f"{s.name}{list(s.shape)}:{s.family}" for s in self.program.layout.sites)

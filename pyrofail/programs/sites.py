@@ -128,13 +128,12 @@ def _data_plate(trace, n: int, name: str | None, what: str):
             raise UsageError(f"the {what} has no plate named {name!r} (its plates: {have})")
         frame = plates[name]
     else:
-        observed = [s for _, s in sites if s["is_observed"]]
-        if what == "guide":
-            observed = [s for _, s in sites]
+        # the model's data plate holds its observed sites; the guide's, its samples
+        observed = [s for _, s in sites if s["is_observed"] or what == "guide"]
         if not observed:
+            kind = "observed" if what == "model" else "sample"
             raise UsageError(
-                f"the {what} has no {'observed' if what == 'model' else 'sample'} site; "
-                f"allowed: a {what} that samples inside pyro.plate('data', x.shape[0])"
+                f"the {what} has no {kind} site; allowed: {kind} sites inside pyro.plate('data', x.shape[0])"
             )
         common = set.intersection(*({f.name for f in _frames(s)} for s in observed))
         if not common:
