@@ -12,9 +12,26 @@ ELBO evaluations, and its gradient with respect to :math:`\theta` is exact for t
 rule is accurate where posteriors are wider than :math:`h` (the analysis measures with the
 adaptive mesh of :mod:`pyrofail.analysis.reference.grid`, which refines where the decoder moves).
 
-The same nodes give the exact posterior weights :math:`p(z_g \mid x)` and so the aggregate
-posterior :math:`\bar p(z) = \frac1N \sum_n p(z \mid x_n)` on the grid, and its divergence
-from the prior, :math:`\mathrm{KL}(\bar p \,\|\, p(z))`.
+The same nodes give the exact posterior weights :math:`\pi_{ng} = p(z_g \mid x_n)` and so the
+aggregate posterior :math:`\bar p_g = \frac1N \sum_n \pi_{ng}` on the grid, and its divergence
+from the prior's masses :math:`q_g`, :math:`\mathrm{KL}(\bar p \,\|\, q) = \sum_g \bar p_g
+\log(\bar p_g / q_g)`. Over a minibatch of :math:`B` points instead of all :math:`N`, this
+plug-in KL is biased upwards (an average of :math:`B` posteriors is lumpier than one of
+:math:`N`), so training penalises the full-data aggregate: :func:`aggregate_masses` computes
+:math:`\bar p` over all points (no gradient, in chunks), and :func:`aggregate_kl_penalty` takes
+a minibatch's posteriors with those masses and returns the full-data KL with a gradient whose
+expectation over minibatches is the full-data KL's gradient,
+
+.. math::
+
+    \nabla_\theta \mathrm{KL}(\bar p \,\|\, q) = \sum_g \log\frac{\bar p_g}{q_g}\,
+        \nabla_\theta \bar p_g
+    \approx \sum_g \log\frac{\bar p_g}{q_g}\, \frac1B \sum_{n \in \text{batch}}
+        \nabla_\theta \pi_{ng}
+
+(the term :math:`\sum_g \nabla \bar p_g` vanishes because the masses sum to 1; the
+weights :math:`\log(\bar p_g / q_g)` are held fixed, computed from :math:`\bar p` at the
+latest full pass).
 
 Example:
     >>> import torch
@@ -33,7 +50,15 @@ import math
 
 import torch
 
-__all__ = ["aggregate_kl", "log_joint_on_nodes", "log_px", "nodes"]
+__all__ = [
+    "aggregate_kl",
+    "aggregate_kl_penalty",
+    "aggregate_masses",
+    "kl_from_prior",
+    "log_joint_on_nodes",
+    "log_px",
+    "nodes",
+]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -92,3 +117,42 @@ def aggregate_kl(lj: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor) -> torc
     log_post = log_post.clamp_min(-80.0)
     log_prior = torch.log_softmax(-0.5 * (z * z).sum(-1) + log_w, -1)
     return (log_post.exp() * (log_post - log_prior)).sum(-1)
+
+
+def _log_prior_masses(z: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(-0.5 * (z * z).sum(-1) + log_w, -1)
+
+
+@torch.no_grad()
+def aggregate_masses(model, x: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor, chunk: int = 500):
+    r"""The aggregate posterior's masses :math:`\bar p_g = \frac1N \sum_n p(z_g \mid x_n)` over
+    all rows of ``x``, ``(G,)`` or ``(R, G)`` for a batched model, in float64, computed in
+    chunks of ``chunk`` points without a gradient."""
+    total = None
+    for start in range(0, x.shape[0], chunk):
+        lj = log_joint_on_nodes(model, x[start : start + chunk], z, log_w)
+        # the softmax in the model's precision (the costly part), the sums over chunks in float64
+        part = torch.softmax(lj, -1).sum(-2).double()
+        total = part if total is None else total + part
+    return total / x.shape[0]
+
+
+def kl_from_prior(masses: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+    r""":math:`\sum_g \bar p_g \log(\bar p_g / q_g)` of aggregate masses ``(..., G)`` against the
+    prior's masses on the same nodes (nodes without mass contribute 0)."""
+    log_prior = _log_prior_masses(z.to(masses.dtype), log_w.to(masses.dtype))
+    log_post = masses.clamp_min(1e-300).log()
+    return torch.where(masses > 0, masses * (log_post - log_prior), torch.zeros_like(masses)).sum(-1)
+
+
+def aggregate_kl_penalty(lj: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor, masses: torch.Tensor):
+    r"""The full-data :math:`\mathrm{KL}(\bar p \,\|\, q)` as a value (from ``masses``
+    ``(..., G)`` of :func:`aggregate_masses`) with the minibatch gradient of the module
+    docstring, from the batch's ``lj`` ``(..., B, G)`` of :func:`log_joint_on_nodes`:
+    ``(...)``. With ``masses`` the aggregate of the same points as ``lj``, its gradient is
+    exactly that of :func:`aggregate_kl`."""
+    weights = (masses.clamp_min(1e-300).log() - _log_prior_masses(z.double(), log_w.double())).detach()
+    weights = torch.where(masses > 0, weights, torch.zeros_like(weights)).to(lj.dtype)
+    batch = torch.softmax(lj, -1).mean(-2)  # (..., G): the batch's aggregate, with its gradient
+    surrogate = (weights * batch).sum(-1)
+    return kl_from_prior(masses, z, log_w).to(lj.dtype) + surrogate - surrogate.detach()
