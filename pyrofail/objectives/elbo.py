@@ -49,10 +49,12 @@ class ELBO(stratified.StratifiedMixin, Trace_ELBO):
             max_plate_nesting=MAX_PLATE_NESTING,
         )
 
-    def per_point(self, model, guide, x, num_samples: int | None = None):
+    def per_point(self, model, guide, x, num_samples: int | None = None, *, seed=None, budget=None):
         """Per-point ELBO (``(N,)`` or ``(R, N)``) as a :class:`~pyrofail.bounds.Estimate`,
-        with ``num_samples`` Monte Carlo samples (default ``eval_samples``)."""
-        return bounds.elbo(model, guide, x, num_samples or self.eval_samples)
+        with ``num_samples`` Monte Carlo samples (default ``eval_samples``); ``seed`` and
+        ``budget`` as for :func:`pyrofail.bounds.elbo` (an evaluation passes a seed: its draws
+        then come in fixed blocks, in memory bounded by the budget)."""
+        return bounds.elbo(model, guide, x, num_samples or self.eval_samples, budget=budget, seed=seed)
 
     def options(self) -> dict:
         return {"num_particles": self.num_particles, "eval_samples": self.eval_samples}

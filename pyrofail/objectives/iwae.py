@@ -50,10 +50,11 @@ class IWAE(stratified.StratifiedMixin, RenyiELBO):
             max_plate_nesting=MAX_PLATE_NESTING,
         )
 
-    def per_point(self, model, guide, x, num_samples: int | None = None):
+    def per_point(self, model, guide, x, num_samples: int | None = None, *, seed=None, budget=None):
         """Per-point :math:`\\mathcal L_S` with the training particle count ``S`` (the bound
-        is defined by ``S``, so ``num_samples`` does not change it)."""
-        return bounds.iwae(model, guide, x, self.num_particles)
+        is defined by ``S``, so ``num_samples`` does not change it); ``seed`` and ``budget`` as
+        for :func:`pyrofail.bounds.iwae`."""
+        return bounds.iwae(model, guide, x, self.num_particles, budget=budget, seed=seed)
 
     def options(self) -> dict:
         return {"num_particles": self.num_particles, "matched_budget": self.split_budget}

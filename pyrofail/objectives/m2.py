@@ -46,6 +46,7 @@ gives the per-point bound (``(N,)`` or ``(R, N)``) with its Monte Carlo standard
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, TraceEnum_ELBO
 
+from pyrofail import bounds, memory
 from pyrofail.bounds import Estimate
 from pyrofail.errors import UsageError, check_positive_int
 from pyrofail.labels import check_labels, hide_labels
@@ -200,18 +202,30 @@ class _M2Options:
             return x.new_zeros(())
         return self.alpha * classifier_log_likelihood(guide, x, y)
 
-    def _per_point(self, model, guide, x, y, num_samples: int, terms, budget: int) -> Estimate:
+    def _per_point(self, model, guide, x, y, num_samples: int, terms, budget: int, seed=None) -> Estimate:
         y = check_labels(y, x.shape[-2])
-        chunk = max(1, budget // max(1, 2 * num_samples * (getattr(model, "restarts", None) or 1)))
-        values, errors = [], []
+        n = x.shape[-2]
+        if seed is None:  # training's validation: chunks of `budget` pairs, the global generator
+            chunk = max(1, budget // max(1, 2 * num_samples * (getattr(model, "restarts", None) or 1)))
+        else:  # an evaluation: blocks of points, each from its own seed (pyrofail.bounds.blockwise)
+            chunk = bounds.POINT_BLOCK
+        value = error = None
         with torch.no_grad():
-            for start in range(0, x.shape[-2], chunk):
-                part = slice(start, start + chunk)
-                w = enumerated_log_weights(model, guide, x[part], None if y is None else y[part], num_samples)
-                value, err = terms(w, num_samples)
-                values.append(value)
-                errors.append(err)
-        return Estimate(torch.cat(values, -1), torch.cat(errors, -1))
+            for b, (start, stop) in enumerate(memory.steps(n, chunk)):
+                part = slice(start, stop)
+                with (
+                    contextlib.nullcontext()
+                    if seed is None
+                    else bounds.seeded(bounds.block_seed(seed, b), x.device)
+                ):
+                    w = enumerated_log_weights(
+                        model, guide, x[part], None if y is None else y[part], num_samples
+                    )
+                v, e = terms(w, num_samples)
+                if value is None:
+                    value, error = v.new_empty((*v.shape[:-1], n)), e.new_empty((*e.shape[:-1], n))
+                value[..., part], error[..., part] = v, e
+        return Estimate(value, error)
 
     def options(self) -> dict:
         return {"num_particles": self.num_particles, "alpha": self.alpha, "gamma": self.gamma}
@@ -286,12 +300,19 @@ class M2ELBO(_M2Options, TraceEnum_ELBO):
         loss.backward()
         return float(loss.detach())
 
-    def per_point(self, model, guide, x, num_samples: int | None = None, *, y=None, budget: int = 2**20):
+    def per_point(
+        self, model, guide, x, num_samples: int | None = None, *, y=None, budget: int = 2**20, seed=None
+    ):
         r"""Per-point :math:`\mathcal U(x)` (unlabelled) or :math:`\mathcal L(x, y)` (labelled),
         without :math:`\gamma` and :math:`\alpha`: an :class:`~pyrofail.bounds.Estimate` of shape
-        ``(N,)`` or ``(R, N)``, with ``num_samples`` draws per class (default ``eval_samples``)."""
+        ``(N,)`` or ``(R, N)``, with ``num_samples`` draws per class (default ``eval_samples``).
+        Without ``seed`` (training's validation), chunks of ``budget`` (draw, point) pairs from
+        the global generator; with it, blocks of :data:`pyrofail.bounds.POINT_BLOCK` points, each
+        from its own seed (memory one block's, the draws independent of the points' number)."""
         s = check_positive_int("num_samples", num_samples or self.eval_samples)
-        return self._per_point(model, guide, x, y, s, lambda w, s: _mean_and_error(elbo_terms(w), s), budget)
+        return self._per_point(
+            model, guide, x, y, s, lambda w, s: _mean_and_error(elbo_terms(w), s), budget, seed
+        )
 
 
 class M2IWAE(_M2Options, ELBO):
@@ -347,13 +368,16 @@ class M2IWAE(_M2Options, ELBO):
             loss.backward()
         return float(loss.detach())
 
-    def per_point(self, model, guide, x, num_samples: int | None = None, *, y=None, budget: int = 2**20):
+    def per_point(
+        self, model, guide, x, num_samples: int | None = None, *, y=None, budget: int = 2**20, seed=None
+    ):
         """Per-point :math:`\\mathcal U_S` (unlabelled) or :math:`\\mathcal L_S` (labelled) with the
         training :math:`S` (the bound is defined by :math:`S`, so ``num_samples`` does not
-        change it), without γ and α, and its delta-method standard error."""
+        change it), without γ and α, and its delta-method standard error; ``budget`` and
+        ``seed`` as for :meth:`M2ELBO.per_point`."""
         s = self.num_particles
         return self._per_point(
-            model, guide, x, y, s, lambda w, s: _log_mean_and_error(iwae_terms(w), s), budget
+            model, guide, x, y, s, lambda w, s: _log_mean_and_error(iwae_terms(w), s), budget, seed
         )
 
 

@@ -226,10 +226,18 @@ class SelfConsistentELBO(ELBO):
         return loss - float(term.detach())
 
     @torch.no_grad()
-    def term_per_point(self, model, guide, x, num_samples: int | None = None) -> Estimate:
+    def term_per_point(self, model, guide, x, num_samples: int | None = None, *, seed=None) -> Estimate:
         r"""The self-consistency term alone per point, ``(N,)`` or ``(R, N)``, averaged over
-        ``num_samples`` draws of :math:`z` (default ``eval_samples``), with its Monte Carlo error."""
+        ``num_samples`` draws of :math:`z` (default ``eval_samples``), with its Monte Carlo error.
+        With ``seed``, block by block of points (:func:`pyrofail.bounds.blockwise`: memory one
+        block's, draws independent of ``N``); without, all points at once from the global
+        generator (training's validation)."""
         s = num_samples or self.eval_samples
+        if seed is None:
+            return Estimate(*self._term_block(model, guide, x, s))
+        return Estimate(*bounds.blockwise(lambda xb: self._term_block(model, guide, xb, s), x, seed))
+
+    def _term_block(self, model, guide, x, s: int):
         q = guide.distribution(x)
         _check_continuous(q)
         values = []
@@ -241,20 +249,28 @@ class SelfConsistentELBO(ELBO):
             values.append(consistency_term(q, guide.distribution(model.mean(z)), self.rho, z=pair))
         v = torch.cat(values)
         err = v.std(0) / math.sqrt(s) if s > 1 else torch.zeros_like(v[0])
-        return Estimate(v.mean(0), err)
+        return v.mean(0), err
 
     @torch.no_grad()
-    def per_point(self, model, guide, x, num_samples: int | None = None) -> Estimate:
+    def per_point(
+        self, model, guide, x, num_samples: int | None = None, *, seed=None, budget=None
+    ) -> Estimate:
         """Per-point ELBO plus the term (``(N,)`` or ``(R, N)``) with the Monte Carlo error of the
-        sum (independent draws for the two parts)."""
+        sum (independent draws for the two parts); ``seed`` and ``budget`` as for
+        :func:`pyrofail.bounds.elbo` (the two parts draw from ``block_seed(seed, 0)`` and
+        ``block_seed(seed, 1)``)."""
         s = num_samples or self.eval_samples
-        elbo = bounds.elbo(model, guide, x, s)
-        term = self.term_per_point(model, guide, x, s)
+        if seed is None:
+            elbo = bounds.elbo(model, guide, x, s, budget=budget)
+            term = self.term_per_point(model, guide, x, s)
+        else:
+            elbo = bounds.elbo(model, guide, x, s, budget=budget, seed=bounds.block_seed(seed, 0))
+            term = self.term_per_point(model, guide, x, s, seed=bounds.block_seed(seed, 1))
         return Estimate(elbo.value + term.value, (elbo.stderr**2 + term.stderr**2).sqrt())
 
-    def training_bound(self, model, guide, x, replicates: int = 4) -> Estimate:
+    def training_bound(self, model, guide, x, replicates: int = 4, *, seed=None, budget=None) -> Estimate:
         """The trained objective per point: :meth:`per_point` (with the plain ELBO part)."""
-        return self.per_point(model, guide, x)
+        return self.per_point(model, guide, x, seed=seed, budget=budget)
 
     def trained_on(self, guide) -> str:
         paired = ", paired" if self.pairing == "paired" else ""

@@ -50,6 +50,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO as PyroELBO
 from pyro.poutine.util import prune_subsample_sites
 
+from pyrofail import bounds
 from pyrofail.bounds import Estimate
 from pyrofail.errors import UsageError, check_positive_int
 from pyrofail.objectives.elbo import MAX_PLATE_NESTING
@@ -58,6 +59,9 @@ from pyrofail.zoo import register
 __all__ = ["SpreadELBO", "enumerate_latent", "latent_site", "spread", "spread_bound", "spread_likelihood"]
 
 MAX_STATES = 2**16
+# points per block of a seeded per_point: one spread_bound call per draw and block, so blocks
+# larger than the usual 64 points keep the Python calls few; memory is a block's
+EVAL_POINTS = 1024
 
 
 def check_spread(value) -> float:
@@ -231,17 +235,26 @@ class SpreadELBO(PyroELBO):
         return float(loss.detach())
 
     @torch.no_grad()
-    def per_point(self, model, guide, x, num_samples: int | None = None) -> Estimate:
+    def per_point(self, model, guide, x, num_samples: int | None = None, *, seed=None) -> Estimate:
         """The spread ELBO per point (``(N,)`` or ``(R, N)``) averaged over ``num_samples`` draws
-        of :math:`(\\varepsilon, z)` (default ``eval_samples``), with its Monte Carlo error."""
+        of :math:`(\\varepsilon, z)` (default ``eval_samples``), with its Monte Carlo error. With
+        ``seed``, block by block of :data:`EVAL_POINTS` points (:func:`pyrofail.bounds.blockwise`:
+        memory one block's, draws independent of ``N``); without, all points at once from the
+        global generator (training's validation)."""
         s = num_samples or self.eval_samples
-        values = torch.stack([spread_bound(model.model, guide, x, self.spread) for _ in range(s)])
-        err = values.std(0) / math.sqrt(s) if s > 1 else torch.zeros_like(values[0])
-        return Estimate(values.mean(0), err)
 
-    def training_bound(self, model, guide, x, replicates: int = 4) -> Estimate:
+        def block(xb):
+            values = torch.stack([spread_bound(model.model, guide, xb, self.spread) for _ in range(s)])
+            err = values.std(0) / math.sqrt(s) if s > 1 else torch.zeros_like(values[0])
+            return values.mean(0), err
+
+        if seed is None:
+            return Estimate(*block(x))
+        return Estimate(*bounds.blockwise(block, x, seed, size=EVAL_POINTS))
+
+    def training_bound(self, model, guide, x, replicates: int = 4, *, seed=None) -> Estimate:
         """The estimator that trains the guide is :meth:`per_point` itself."""
-        return self.per_point(model, guide, x)
+        return self.per_point(model, guide, x, seed=seed)
 
     def trained_on(self, guide) -> str:
         """What the objective trains with, in words (for the report)."""

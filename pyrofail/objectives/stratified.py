@@ -36,6 +36,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
+from pyrofail import bounds
 from pyrofail.bounds import Estimate
 
 __all__ = ["StratifiedMixin", "is_stratified", "log_weights", "selbo", "siwae"]
@@ -123,18 +124,29 @@ class StratifiedMixin:
         return f"{self.stratified_name}, {s} draw{'s' * (s != 1)} from every component"
 
     @torch.no_grad()
-    def training_bound(self, model, guide, x, replicates: int = 4):
+    def training_bound(self, model, guide, x, replicates: int = 4, *, seed=None, budget=None):
         """Per-point value of the estimator that trains ``guide`` (the stratified one for
-        mixture guides, else :meth:`per_point`), averaged over ``replicates`` independent
-        evaluations, with their standard error: an :class:`~pyrofail.bounds.Estimate`."""
+        mixture guides, else :meth:`per_point` with ``seed`` and ``budget``), averaged over
+        ``replicates`` independent evaluations, with their standard error: an
+        :class:`~pyrofail.bounds.Estimate`. The stratified draws come block by block of
+        points (:func:`pyrofail.bounds.blockwise`, from ``seed``, else from one draw of the
+        global generator), so memory does not grow with the points."""
         if not is_stratified(guide):
-            return self.per_point(model, guide, x)
-        values = []
-        for _ in range(replicates):
-            log_w, log_pi = log_weights(model.model, guide, (x,), {}, self.num_particles, self.split_budget)
-            values.append(self.bound(log_w, log_pi))
-        v = torch.stack(values)
-        return Estimate(v.mean(0), v.std(0) / replicates**0.5)
+            return self.per_point(model, guide, x, seed=seed, budget=budget)
+        if seed is None:
+            seed = int(torch.randint(2**62, ()))
+
+        def block(xb):
+            values = []
+            for _ in range(replicates):
+                log_w, log_pi = log_weights(
+                    model.model, guide, (xb,), {}, self.num_particles, self.split_budget
+                )
+                values.append(self.bound(log_w, log_pi))
+            v = torch.stack(values)
+            return v.mean(0), v.std(0) / replicates**0.5
+
+        return Estimate(*bounds.blockwise(block, x, seed))
 
     def loss(self, model, guide, *args, **kwargs):
         if not is_stratified(guide):
