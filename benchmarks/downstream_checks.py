@@ -12,12 +12,15 @@ Sections (``--only`` picks some, comma-separated):
   quadrature, on the stage's sizes (2,000 inliers, 500 outliers).
 * ``libi``: the aggregate-posterior KL of the true decoders per 100-point batch against the
   full data, and the cost of one full-data pass against a batch step.
-* ``aggregate``: the plug-in and the debiased aggregate KL on data from the model itself
-  (true value 0) and on shifted data (a known positive value).
+* ``libi_fit``: LiBI's stage one on figure8 with the old minibatch penalty and the full-data
+  one: the selected decoder's MLEO and aggregate KL on test points.
+* ``aggregate``: the plug-in, jackknife and corrected aggregate KL on a model's own samples
+  (true value 0).
 
 Run with one thread::
 
     OMP_NUM_THREADS=1 python -m benchmarks.downstream_checks --only attacks,mig,auroc
+    OMP_NUM_THREADS=1 python -m benchmarks.downstream_checks --only libi,aggregate,libi_fit
 """
 
 from __future__ import annotations
@@ -119,7 +122,122 @@ def auroc_pairing() -> dict:
     return {"difference": paired.mean, "paired": paired.stderr, "quadrature": quad}
 
 
-SECTIONS = {"attacks": attacks, "mig": mig_bias, "auroc": auroc_pairing}
+def libi_batches() -> dict:
+    from pyrofail import quadrature, zoo
+
+    out = {}
+    print(
+        "| process | aggregate KL per 100-point batch (mean of 50) | over the 5,000 points | pass / batch |"
+    )
+    print("|---|---|---|---|")
+    for name in ("figure8", "quadratic", "clusters"):
+        truth = zoo.model(name)
+        x = truth.sample(5000, seed=0).x
+        z, log_w = quadrature.nodes(truth.latent_dim, 0.02, dtype=x.dtype)
+        with torch.no_grad():
+            batch = np.mean(
+                [
+                    float(
+                        quadrature.aggregate_kl(
+                            quadrature.log_joint_on_nodes(truth, x[i : i + 100], z, log_w), z, log_w
+                        )
+                    )
+                    for i in range(0, 5000, 100)
+                ]
+            )
+            start = time.perf_counter()
+            full = float(quadrature.kl_from_prior(quadrature.aggregate_masses(truth, x, z, log_w), z, log_w))
+            t_full = time.perf_counter() - start
+            start = time.perf_counter()
+            for i in range(0, 1000, 100):
+                quadrature.log_joint_on_nodes(truth, x[i : i + 100], z, log_w).logsumexp(-1)
+            t_batch = (time.perf_counter() - start) / 10
+        out[name] = {"batch": batch, "full": full, "cost_ratio": t_full / t_batch}
+        print(f"| {name} | {batch:.4f} | {full:.4f} | {t_full / t_batch:.0f} (forward only) |")
+    return out
+
+
+def _old_objective(bmodel, x, z, log_w, penalty, masses):
+    """Stage one before issue 27: the KL of the minibatch's own aggregate."""
+    from pyrofail import quadrature
+
+    lj = quadrature.log_joint_on_nodes(bmodel, x, z, log_w)
+    value = torch.logsumexp(lj, -1).mean(-1)
+    return value - penalty * quadrature.aggregate_kl(lj, z, log_w) if penalty else value
+
+
+def libi_fit(steps: int = 1500) -> dict:
+    """Stage one on figure8 (K = 1, 5,000 points, 2 restarts), with the minibatch penalty (before)
+    and the full-data one (after): the selected decoder's MLEO and aggregate KL on 2,000 test
+    points, paired over the same points."""
+    from pyrofail import zoo
+    from pyrofail.analysis import metrics
+    from pyrofail.analysis.aggregate import aggregate_kl_terms
+    from pyrofail.estimate import Estimate
+    from pyrofail.procedures import libi
+    from pyrofail.training.config import resolve
+
+    truth = zoo.model("figure8")
+    x, x_val, test = (truth.sample(n, seed=s).x for n, s in ((5000, 0), (2000, 1), (2000, 2)))
+    truth_lp = metrics.log_px(truth, test)["per_point"].double()
+    out, per_point = {}, {}
+    for arm in ("minibatch (before)", "full data (after)"):
+        config, problem = resolve(
+            x, x_val=x_val, truth=truth, latent_dim=1, procedure="libi", restarts=2, steps=steps, seed=0
+        )
+        saved = libi._objective
+        if arm.startswith("minibatch"):
+            libi._objective = _old_objective
+        try:
+            start = time.perf_counter()
+            model, _, _ = libi._likelihood_by_quadrature(config, problem, libi._options(config))
+            seconds = time.perf_counter() - start
+        finally:
+            libi._objective = saved
+        lp = metrics.log_px(model, test)["per_point"].double()
+        per_point[arm] = truth_lp - lp
+        terms = aggregate_kl_terms(model, test)
+        out[arm] = {
+            "mleo": Estimate.of(truth_lp - lp),
+            "aggregate_kl": terms["estimate"],
+            "plug_in": terms["plug_in"],
+            "seconds": seconds,
+        }
+        print(
+            f"{arm}: MLEO {out[arm]['mleo']}, aggregate KL {terms['estimate']} "
+            f"(plug-in {terms['plug_in']:.4f}), ",
+            end="",
+        )
+        print(f"stage one {seconds:.0f} s")
+    diff = Estimate.paired(per_point["full data (after)"], per_point["minibatch (before)"])
+    print(f"MLEO after - before, paired: {diff}")
+    out["mleo_difference"] = diff
+    return out
+
+
+def aggregate_bias() -> dict:
+    from pyrofail import zoo
+    from pyrofail.analysis.aggregate import aggregate_kl_terms
+
+    out = {}
+    print("| process (own samples: truth 0) | points | plug-in | jackknife | corrected |")
+    print("|---|---|---|---|---|")
+    for name, n in (("figure8", 2000), ("two_factor_smooth", 2000)):
+        truth = zoo.model(name)
+        terms = aggregate_kl_terms(truth, truth.sample(n, seed=7).x, seed=1)
+        out[name] = terms
+        print(f"| {name} | {n} | {terms['plug_in']:.4f} | {terms['jackknife']} | {terms['estimate']} |")
+    return out
+
+
+SECTIONS = {
+    "attacks": attacks,
+    "mig": mig_bias,
+    "auroc": auroc_pairing,
+    "libi": libi_batches,
+    "libi_fit": libi_fit,
+    "aggregate": aggregate_bias,
+}
 
 
 def main(argv=None) -> int:
