@@ -11,23 +11,26 @@ Gaussian (MFG) VAE fails:
 * **Cz2**: such a decoder exists: the MFG-VAE keeps :math:`p(x)` and learns it, with a wrong
   latent space instead (a *latent-space* failure).
 
-This module decides each condition from measured numbers. *How hard a posterior is for a
-mean-field Gaussian* is KL*, the smallest reverse KL any mean-field Gaussian reaches at that
-point (:func:`pyrofail.analysis.hardness.best_mean_field`). Cx1 holds when the share of test
-points with :math:`\mathrm{KL}^*_{GT}(x) >` :data:`HARD_KL` is at least :func:`cx1_share`:
-the share whose measured cost (the mean KL* at those points times the share) reaches two of
-the run's measured standard errors of the test −ELBO.
+This module decides each condition from measured numbers and returns the decision as a
+:class:`~pyrofail.records.verdict.Verdict` (codes and numbers; the report writes the words).
+*How hard a posterior is for a mean-field Gaussian* is KL*, the smallest reverse KL any
+mean-field Gaussian reaches at that point (:func:`pyrofail.analysis.hardness.best_mean_field`);
+a posterior is *hard* when KL* > :data:`HARD_KL` :math:`= -\log 0.9`, the cost of a Gaussian
+that fits one mode exactly and misses a tenth of the mass. Cx1 holds when the share of hard
+points reaches :func:`cx1_share`, the share whose cost (share × the mean KL* of the hard
+points) would move the test −ELBO by two of its standard errors — the *sampling* error over
+the test points, with which the run knows the population's −ELBO.
 
 *Whether the MFG-VAE traded* is read off its learned model :math:`p_\theta`: its posteriors
 are simpler when :math:`\overline{\mathrm{KL}^*_{GT}} - \overline{\mathrm{KL}^*_\theta}` exceeds
 :data:`MARGIN_NATS`, and it paid with :math:`p(x)` when its MLEO exceeds that of a richer
 family's model (IWAE, a richer guide; the paper's check) by more than :data:`MARGIN_NATS`:
-both differences are means over the same test points, with paired standard errors, and must
-also exceed two of them; :math:`p(x)` is kept when its difference stays below the margin
-even two standard errors up. Simpler posteriors and a worse :math:`p(x)`: Cx2, a
-data-distribution failure. Simpler posteriors and a kept :math:`p(x)`: Cz2, a latent-space
-failure. No simpler posteriors: no trade has happened (yet); the fit may not be at the
-ELBO's optimum. Anything else is reported as undetermined, with its numbers.
+both differences are paired over the same points, and must also exceed two standard errors;
+:math:`p(x)` is kept when its difference stays below the margin even two standard errors up.
+With fewer than :data:`MIN_ROWS` test points no standard error can be trusted, and the verdict
+is "undetermined"; a claim that p(x) is *kept* (a latent-space failure) also needs
+:func:`rows_needed` test points, the number at which a difference of the margin would have been
+detected, while a difference detected beyond the margin needs no more.
 """
 
 from __future__ import annotations
@@ -41,260 +44,230 @@ from pyrofail.analysis import reference as _reference
 from pyrofail.analysis.compare import compare
 from pyrofail.analysis.hardness import HARD_KL, best_mean_field
 from pyrofail.analysis.reference.modes import reference_modes
-from pyrofail.analysis.uncertainty import paired_difference
-from pyrofail.numbers import number, percent
+from pyrofail.estimate import Estimate
+from pyrofail.records.verdict import Evidence, Flag, Side, Verdict
 
-__all__ = ["conclude", "cx1_share", "diagnose", "evidence", "side_summary"]
+__all__ = [
+    "MARGIN_NATS",
+    "MIN_ROWS",
+    "conclude",
+    "cx1_share",
+    "diagnose",
+    "evidence",
+    "rows_needed",
+    "training_flags",
+]
+
+# Differences of p(x) (MLEO) or of posterior cost (KL*) below this are not attributed to
+# the objective: it is the restart-to-restart spread of the test objectives in Table 1 of
+# Yacoby et al. (0.02 to 0.11 nats).
+MARGIN_NATS = 0.05
+# Fewer test points than this leave the standard error of a mean itself unreliable.
+MIN_ROWS = 30
+# z-values of a two-sided 5% test and of 80% power
+_Z_TEST, _Z_POWER = 1.959964, 0.841621
+# A fit is flagged as under-trained when a validation objective (nats per point) shows more
+# than this: ground-truth-started restarts ending below random ones, or still rising at the end.
+TRAINING_NATS = 0.01
 
 
-def cx1_share(elbo_stderr: float, hard_kl_mean: float = HARD_KL) -> float:
+def cx1_share(elbo_error: float, hard_kl_mean: float = HARD_KL) -> float:
     r"""The share of points Cx1 asks for ("a large proportion of x"): the share at which the
     cost the truth imposes on any mean-field encoder at its hard points, share ×
     ``hard_kl_mean`` nats (the mean KL* over the points with KL* > :data:`HARD_KL`, so at least
-    share × :data:`HARD_KL`), reaches two standard errors of the test −ELBO as the run measured
-    it (``elbo_stderr``, its Monte Carlo error); below it the hard posteriors cannot move the
-    objective measurably.
+    share × :data:`HARD_KL`), reaches two standard errors of the test −ELBO (``elbo_error``);
+    below it the hard posteriors cannot move the objective measurably. Capped at 1: a value of
+    1 means even every point being hard would not be measurable (see :func:`conclude`).
 
     Example:
         >>> round(cx1_share(0.005), 3)  # a test -ELBO known to 0.005 nats, posteriors just hard
         0.095
         >>> round(cx1_share(0.005, hard_kl_mean=0.7), 3)  # far from mean-field where hard
         0.014
+        >>> cx1_share(1.0)  # four test rows: nothing the posteriors cost could be seen
+        1.0
     """
-    return 2.0 * float(elbo_stderr) / max(float(hard_kl_mean), HARD_KL)
+    return min(1.0, 2.0 * float(elbo_error) / max(float(hard_kl_mean), HARD_KL))
 
 
-# Differences of p(x) (MLEO) or of posterior cost (KL*) below this are not attributed to
-# the objective: it is the restart-to-restart spread of the test objectives in Table 1 of
-# Yacoby et al. (0.02 to 0.11 nats; pyrofail.stages.report.NOISE_NATS).
-MARGIN_NATS = 0.05
-GUIDELINES = {
-    # Yacoby, Pan & Doshi-Velez (2020), guidelines for practitioners
-    "flexible": (
-        "If the data are clustered or lie on a manifold in a distorted Euclidean space (as the "
-        "Figure-8 does), use a more flexible variational family, and regularise the decoder's "
-        "weights so that it does not over-fit."
-    ),
-    "check": (
-        "If the data's topology cannot be investigated, check whether a more flexible variational "
-        "family (or IWAE) gives better results."
-    ),
-    "sigma": (
-        "Set the noise scale σ by domain expertise or by unbiased hyper-parameter selection, not "
-        "by the ELBO, which prefers a smaller σ (and a larger K) than the truth."
-    ),
-    "latent": (
-        "Do not read the latent space of an MFG-VAE as the data's latent factors: p(x) fits, yet "
-        "z is not the ground truth's, so compression, disentanglement and inference about z "
-        "inherit the error; check whether a more flexible variational family (or IWAE) changes "
-        "the latent space."
-    ),
-}
+def rows_needed(differences, margin: float = MARGIN_NATS) -> int:
+    r"""Test points needed to detect a paired difference of ``margin`` nats with a two-sided 5%
+    test at 80% power, :math:`n = ((z_{0.975} + z_{0.8})\, s_d / \text{margin})^2` with
+    :math:`s_d` the spread of the per-point ``differences``; at least :data:`MIN_ROWS`.
+
+    Example:
+        >>> import torch
+        >>> d = torch.tensor([0.3, -0.3] * 50, dtype=torch.float64)  # sd 0.30
+        >>> rows_needed(d)
+        286
+    """
+    d = torch.as_tensor(differences, dtype=torch.float64)
+    sd = float(d.std()) if d.numel() > 1 else math.inf
+    if not math.isfinite(sd):
+        return MIN_ROWS if d.numel() > 1 else 10**9
+    return max(MIN_ROWS, math.ceil(((_Z_TEST + _Z_POWER) * sd / margin) ** 2))
 
 
-# ----------------------------------------------------------------------------------------
-# evidence and verdict
-
-
-def _exceeds(diff: dict) -> bool:
+def _exceeds(diff: Estimate) -> bool:
     """Above the margin, and by more than two standard errors from zero."""
-    return diff["mean"] > MARGIN_NATS and diff["mean"] > 2 * diff["stderr"]
+    return diff.mean > MARGIN_NATS and diff.verdict() == "greater"
 
 
-def _within(diff: dict) -> bool:
+def _within(diff: Estimate) -> bool:
     """Below the margin even at two standard errors above the estimate."""
-    return diff["mean"] + 2 * diff["stderr"] <= MARGIN_NATS
+    return diff.stderr is not None and diff.mean + 2 * diff.stderr <= MARGIN_NATS
 
 
-def evidence(
-    truth_kl, mean_field: dict, richer: dict | None = None, reference: str = "the ground truth"
-) -> dict:
-    r"""The numbers the conditions are decided on, from per-point results at the same points.
-
-    :param truth_kl: :math:`\mathrm{KL}^*_{GT}(x)` per point (:func:`best_mean_field` of the
-        ground truth).
-    :param mean_field: the MFG-VAE (mean-field guide, ELBO): ``{"label", "kl"`` (KL* of its
-        learned model per point), ``"mleo"`` (:math:`\log p_{GT}(x) - \log p_\theta(x)` per
-        point), ``"pmo_gap"`` (per point), ``"elbo_stderr"`` (the Monte Carlo standard error of
-        its mean test −ELBO, which sets :func:`cx1_share`), optionally ``"posterior_shift"``
-        (per point)``}``.
-    :param richer: the same for a richer family's model (IWAE, a richer guide), or ``None``:
-        then :math:`p(x)` is compared with the truth's.
-    :param reference: what plays the ground truth, in the sentences: on data without a ground
-        truth, the best-fitting model (its KL* as ``truth_kl``, its log p(x) in place of
-        :math:`\log p_{GT}(x)` in ``"mleo"``).
-    """
-    kl_gt = torch.as_tensor(truth_kl, dtype=torch.float64)
-    hard = kl_gt > HARD_KL
-    ev = {
-        "n_points": int(kl_gt.numel()),
-        "hard_kl": HARD_KL,
-        "elbo_stderr": float(mean_field["elbo_stderr"]),
-        "cx1_share": cx1_share(
-            mean_field["elbo_stderr"], float(kl_gt[hard].mean()) if bool(hard.any()) else HARD_KL
-        ),
-        "margin_nats": MARGIN_NATS,
-        "truth": {"kl_mean": float(kl_gt.mean()), "share_hard": float(hard.double().mean())},
-        "reference": reference,
-    }
-
-    def side(d):
-        kl = torch.as_tensor(d["kl"], dtype=torch.float64)
-        mleo = torch.as_tensor(d["mleo"], dtype=torch.float64)
-        pmo = torch.as_tensor(d["pmo_gap"], dtype=torch.float64)
-        out = {
-            "label": d["label"],
-            "kl_mean": float(kl.mean()),
-            "share_hard": float((kl > HARD_KL).double().mean()),
-            "mleo": float(mleo.mean()),
-            "mleo_stderr": float(mleo.std() / math.sqrt(mleo.numel())) if mleo.numel() > 1 else 0.0,
-            "pmo_gap": float(pmo.mean()),
-            "pmo_gap_hard": float(pmo[hard].mean()) if hard.any() else None,
-            "pmo_gap_easy": float(pmo[~hard].mean()) if (~hard).any() else None,
-            "pmo_share_hard": float(pmo[hard].sum() / pmo.sum()) if float(pmo.sum()) > 0 else None,
-        }
-        if d.get("posterior_shift") is not None:
-            out["posterior_shift"] = float(torch.as_tensor(d["posterior_shift"], dtype=torch.float64).mean())
-        return out, kl, mleo
-
-    ev["mean_field"], kl_mf, mleo_mf = side(mean_field)
-    ev["simpler"] = paired_difference(kl_gt, kl_mf)
-    if richer is not None:
-        ev["richer"], _, mleo_rich = side(richer)
-        ev["px_cost"] = {**paired_difference(mleo_mf, mleo_rich), "against": richer["label"]}
-    else:
-        ev["richer"] = None
-        ev["px_cost"] = {
-            **paired_difference(mleo_mf, torch.zeros_like(mleo_mf)),
-            "against": reference,
-        }
-    return ev
+def _tensor(values):
+    return torch.as_tensor(values, dtype=torch.float64)
 
 
-def conclude(ev: dict, *, learn_noise: bool = False) -> dict:
-    """The verdict on the conditions from :func:`evidence`, as plain sentences with their
-    numbers, and the practitioners' guideline of Yacoby et al. that applies.
-
-    :returns: ``{"conditions": {"Cx1", "Cx2", "Cz2"}`` (``None`` where the run cannot tell),
-        ``"failure"`` (``"data distribution"``, ``"latent space"``, ``"none"`` or
-        ``"undetermined"``), ``"sentences"``, ``"guidelines"``, ``"evidence"``\\ ``}``.
-    """
-    t, mf, rich = ev["truth"], ev["mean_field"], ev["richer"]
-    simpler, px = ev["simpler"], ev["px_cost"]
-    cx1 = t["share_hard"] >= ev["cx1_share"]
-    ref = ev.get("reference", "the ground truth")
-    is_simpler, is_worse, is_kept = _exceeds(simpler), _exceeds(px), _within(px)
-    sentences = []
-    head = "holds" if cx1 else "does not hold"
-    sentences.append(
-        f"Cx1 (= Cz1) {head}: {ref}'s posterior is hard for a mean-field Gaussian "
-        f"(the best one is more than {number(HARD_KL)} nats from it) at {percent(t['share_hard'])} of the "
-        f"{ev['n_points']} test points (Cx1 needs {percent(ev['cx1_share'])}, the share whose cost "
-        f"would move the test −ELBO by two of its standard errors, 2 × {number(ev['elbo_stderr'])}); "
-        "on average the best "
-        f"mean-field Gaussian is {number(t['kl_mean'])} nats from it."
+def _side(d: dict, hard: torch.Tensor) -> Side:
+    kl, pmo = _tensor(d["kl"]), _tensor(d["pmo_gap"])
+    shift = d.get("posterior_shift")
+    return Side(
+        job=d["job"],
+        kl_star=Estimate.of(kl),
+        share_hard=Estimate.of((kl > HARD_KL).double()),
+        mleo=Estimate.of(_tensor(d["mleo"])),
+        pmo_gap=Estimate.of(pmo),
+        pmo_gap_hard=float(pmo[hard].mean()) if bool(hard.any()) else None,
+        pmo_gap_easy=float(pmo[~hard].mean()) if bool((~hard).any()) else None,
+        pmo_share_hard=float(pmo[hard].sum() / pmo.sum()) if float(pmo.sum()) > 0 else None,
+        posterior_shift=None if shift is None else Estimate.of(_tensor(shift)),
     )
-    label = mf["label"]
-    if is_simpler:
-        sentences.append(
-            f"The MFG-VAE ({label}) has learned simpler posteriors than {ref}'s: the best "
-            f"mean-field Gaussian is {number(mf['kl_mean'])} nats from its posteriors against "
-            f"{number(t['kl_mean'])} for {ref} (difference {number(simpler['mean'])} ± "
-            f"{number(simpler['stderr'])}; hard at {percent(mf['share_hard'])} of the points)."
-        )
-    else:
-        sentences.append(
-            f"The MFG-VAE ({label}) has not simplified its posteriors: the best mean-field "
-            f"Gaussian is {number(mf['kl_mean'])} nats from them against {number(t['kl_mean'])} for "
-            f"{ref} (difference {number(simpler['mean'])} ± {number(simpler['stderr'])}, not above the "
-            f"{number(MARGIN_NATS, 2)}-nat margin)."
-        )
-    if rich is not None:
-        base = f"the {rich['label']} model's"
-        values = f"MLEO {number(mf['mleo'])} against {number(rich['mleo'])} nats"
-    else:
-        base = f"{ref}'s"
-        values = f"MLEO {number(mf['mleo'])} nats"
-    diff = f"difference {number(px['mean'])} ± {number(px['stderr'])}"
-    if is_worse:
-        sentences.append(f"Its p(x) is worse than {base}: {values} ({diff}).")
-    elif is_kept:
-        sentences.append(
-            f"Its p(x) is as good as {base}: {values} ({diff}, within the {number(MARGIN_NATS, 2)}-nat "
-            "margin by two standard errors)."
-        )
-    else:
-        sentences.append(
-            f"Its p(x) cannot be told from {base} at these points: {values} ({diff}: neither above "
-            f"the {number(MARGIN_NATS, 2)}-nat margin nor below it by two standard errors)."
-        )
-    if rich is not None and rich["mleo"] > MARGIN_NATS:
-        sentences.append(
-            f"Caution: the {rich['label']} model's own p(x) is {number(rich['mleo'])} nats (MLEO) from "
-            f"the truth's, more than the {number(MARGIN_NATS, 2)}-nat margin: the fits may be far from "
-            "converged, which weakens the comparison of p(x)."
-        )
-    conditions = {"Cx1": cx1, "Cx2": None, "Cz2": None}
-    guidelines = []
-    if not cx1:
-        failure = "none"
-        sentences.append(
-            f"Verdict: no failure is predicted; {ref}'s posteriors are close enough to mean-field "
-            f"Gaussians that the ELBO has no measurable reason to move away from {ref}."
-        )
+
+
+def _elbo_error(d: dict) -> float:
+    if "neg_elbo" in d:
+        return Estimate.of(_tensor(d["neg_elbo"])).stderr or math.inf
+    return float(d["elbo_error"])
+
+
+def evidence(truth_kl, mean_field: dict, richer: dict | None = None) -> Evidence:
+    r"""The numbers the conditions are decided on.
+
+    :param truth_kl: :math:`\mathrm{KL}^*_{GT}(x)` per analysis point (:func:`best_mean_field`
+        of the ground truth, or of the best-fitting model that stands in for it).
+    :param mean_field: the MFG-VAE (mean-field guide, ELBO): ``{"job", "kl"`` (KL* of its model
+        at the same analysis points), ``"pmo_gap"`` (at the analysis points), ``"mleo"``
+        (:math:`\log p_{GT}(x) - \log p_\theta(x)` per test point), ``"neg_elbo"`` (its −ELBO
+        per test point, whose sampling error sets :func:`cx1_share`; or ``"elbo_error"``
+        directly), optionally ``"posterior_shift"`` (per analysis point)``}``.
+    :param richer: the same for a richer family's model (IWAE, a richer guide), or ``None``:
+        then :math:`p(x)` is compared with the truth's (MLEO against 0).
+    """
+    kl_gt = _tensor(truth_kl)
+    hard = kl_gt > HARD_KL
+    error = _elbo_error(mean_field)
+    hard_mean = float(kl_gt[hard].mean()) if bool(hard.any()) else HARD_KL
+    mleo_mf = _tensor(mean_field["mleo"])
+    mleo_rich = _tensor(richer["mleo"]) if richer is not None else torch.zeros_like(mleo_mf)
+    return Evidence(
+        n_points=int(kl_gt.numel()),
+        n_test=int(mleo_mf.numel()),
+        hard_kl=HARD_KL,
+        margin_nats=MARGIN_NATS,
+        truth_kl=Estimate.of(kl_gt),
+        truth_share_hard=Estimate.of(hard.double()),
+        cx1_share=cx1_share(error, hard_mean),
+        cx1_reachable=2.0 * error / max(hard_mean, HARD_KL) <= 1.0,
+        elbo_error=error,
+        mean_field=_side(mean_field, hard),
+        richer=None if richer is None else _side(richer, hard),
+        simpler=Estimate.paired(kl_gt, _tensor(mean_field["kl"])),
+        px_cost=Estimate.paired(mleo_mf, mleo_rich),
+        rows_needed=rows_needed(mleo_mf - mleo_rich),
+    )
+
+
+def conclude(
+    ev: Evidence,
+    *,
+    name: str = "",
+    k: int = 1,
+    reference: str = "truth",
+    mfg_is_best: bool = False,
+    learn_noise: bool = False,
+    flags=(),
+    excluded_points: int = 0,
+) -> Verdict:
+    """The decision on the conditions from :func:`evidence` (see the module docstring), with
+    the practitioners' guidelines of Yacoby et al. that apply and the ``flags`` given (e.g.
+    :func:`training_flags`). ``mfg_is_best``: on a user's data, the MFG-VAE itself fits p(x)
+    best and stands in for the truth: there is no trade to detect."""
+    # Cx1 cannot be told when no share of hard points could move the test -ELBO measurably
+    cx1 = ev.truth_share_hard.mean >= ev.cx1_share if ev.cx1_reachable else None
+    is_simpler, is_worse, is_kept = _exceeds(ev.simpler), _exceeds(ev.px_cost), _within(ev.px_cost)
+    flags = list(flags)
+    if ev.richer is not None and ev.richer.mleo.mean > MARGIN_NATS and reference == "truth":
+        flags.append(Flag("comparator-far", ev.richer.job, {"mleo": ev.richer.mleo.mean}))
+    out = Verdict(name, k, reference, "undetermined", None, {"Cx1": cx1, "Cx2": None, "Cz2": None}, ev, flags)
+    out.excluded_points = excluded_points
+    # Too few rows for a standard error to be trusted at all; a claim that p(x) is kept (no
+    # difference beyond the margin) also needs the power to have seen one (rows_needed); a
+    # difference detected beyond the margin by two standard errors needs no more.
+    underpowered = ev.rows_needed is not None and ev.n_test < ev.rows_needed
+    if ev.n_test < MIN_ROWS or cx1 is None:
+        out.reason = "too-few-rows"
+    elif not cx1:
+        out.failure = "none"
+    elif mfg_is_best:
+        out.failure, out.reason = "none", "mfg-is-best"
     elif is_simpler and is_worse:
-        failure = "data distribution"
-        conditions.update(Cx2=True, Cz2=False)
-        sentences.append(
-            "Verdict: a data-distribution failure (Cx1 and Cx2): no decoder with simpler "
-            "posteriors fits p(x) well, so the MFG-VAE paid for simpler posteriors with a wrong p(x)."
-        )
-        guidelines.append(GUIDELINES["flexible"])
+        out.failure = "data distribution"
+        out.conditions.update(Cx2=True, Cz2=False)
+        out.guidelines.append("flexible")
+    elif is_simpler and is_kept and not underpowered:
+        out.failure = "latent space"
+        out.conditions.update(Cx2=False, Cz2=True)
+        out.guidelines.append("latent")
     elif is_simpler and is_kept:
-        failure = "latent space"
-        conditions.update(Cx2=False, Cz2=True)
-        shift = mf.get("posterior_shift")
-        extra = ""
-        if shift is not None:
-            extra = f"; its posteriors are at energy distance {number(shift)} from the truth's"
-        sentences.append(
-            "Verdict: a latent-space failure (Cz1 and Cz2): a decoder with simpler posteriors fits "
-            f"p(x) as well, and the MFG-VAE learned it: p(x) is right, the latent space is not{extra}."
-        )
-        guidelines.append(GUIDELINES["latent"])
-    elif is_simpler:
-        failure = "undetermined"
-        sentences.append(
-            "Verdict: undetermined: Cx1 holds and the MFG-VAE has simpler posteriors, but whether it "
-            "paid with p(x) (Cx2) or not (Cz2) is not clear at this number of test points."
-        )
-        guidelines.append(GUIDELINES["check"])
+        out.reason = "too-few-rows"
     else:
-        failure = "undetermined"
-        sentences.append(
-            "Verdict: undetermined: Cx1 holds, but the MFG-VAE has not traded posterior accuracy "
-            f"for p(x) in this run (its guide still pays a PMO gap of {number(mf['pmo_gap'])} nats), so "
-            "the run cannot tell Cx2 from Cz2; the fit is probably not at the ELBO's optimum (the "
-            "paper trains 10 restarts, half at the ground truth, to convergence)."
-        )
-        guidelines.append(GUIDELINES["check"])
-    if cx1 and mf["pmo_gap_hard"] is not None and mf["pmo_gap_easy"] is not None:
-        share = mf["pmo_share_hard"]
-        carried = f", {percent(share)} of its total," if share is not None else ""
-        sentences.append(
-            f"The MFG guide's PMO gap is {number(mf['pmo_gap_hard'])} nats on the "
-            f"{percent(t['share_hard'])} of points with hard posteriors under {ref}{carried} and "
-            f"{number(mf['pmo_gap_easy'])} nats on the others."
-        )
+        out.reason = "px-unclear" if is_simpler else "no-trade"
+        out.guidelines.append("check")
     if learn_noise:
-        guidelines.append(GUIDELINES["sigma"])
-    return {
-        "conditions": conditions,
-        "failure": failure,
-        "sentences": sentences,
-        "guidelines": guidelines,
-        "evidence": ev,
-    }
+        out.guidelines.append("sigma")
+    return out
+
+
+def training_flags(job: str, restarts: list, history: dict, selected: int) -> list[Flag]:
+    """Signs that a fit is not at its objective's optimum: restarts started at the ground
+    truth ending worse than the random ones (best validation objective lower by more than
+    :data:`TRAINING_NATS`), and the selected restart's validation objective still rising by
+    more than that over the last quarter of training. ``restarts``: dicts or records with
+    ``init`` and ``validation_objective``; ``history``: ``{"step", "validation"}``."""
+
+    def get(r, key):
+        return r[key] if isinstance(r, dict) else getattr(r, key)
+
+    flags = []
+    best = {}
+    for r in restarts:
+        v = get(r, "validation_objective")
+        if v is not None and math.isfinite(v):
+            best[get(r, "init")] = max(best.get(get(r, "init"), -math.inf), v)
+    if "ground_truth" in best and "random" in best and best["random"] - best["ground_truth"] > TRAINING_NATS:
+        flags.append(
+            Flag(
+                "truth-started-worse", job, {"truth_started": best["ground_truth"], "random": best["random"]}
+            )
+        )
+    curve = [row[selected] for row in history.get("validation", []) if row[selected] is not None]
+    if len(curve) >= 4:
+        back = curve[-1 - len(curve) // 4]
+        gain = curve[-1] - back
+        if math.isfinite(gain) and gain > TRAINING_NATS:
+            steps = history["step"]
+            flags.append(
+                Flag(
+                    "still-improving",
+                    job,
+                    {"gain": gain, "from_step": steps[-1 - len(curve) // 4], "to_step": steps[-1]},
+                )
+            )
+    return flags
 
 
 def _dtype(*modules, default: torch.dtype) -> torch.dtype:
@@ -317,7 +290,7 @@ def diagnose(
     num_draws: int = 1000,
     seed: int = 0,
     learn_noise: bool = False,
-) -> dict:
+) -> Verdict:
     r"""Decide the failure conditions of Yacoby et al. (2020) for one ground-truth process.
 
     :param truth: the ground-truth process; ``x`` test points drawn from it (a few hundred).
@@ -325,9 +298,9 @@ def diagnose(
         with the truth's latent dimension.
     :param richer: ``(model, guide)`` of a richer family or objective (IWAE, a richer guide),
         or ``None`` to compare :math:`p(x)` with the truth's.
-    :param labels: names of the two fits in the sentences.
-    :returns: :func:`conclude`'s dict (conditions, failure, sentences, guidelines, evidence),
-        plus ``"truth_best"``, the ground truth's :func:`best_mean_field`.
+    :param labels: names of the two fits in the verdict.
+    :returns: a :class:`~pyrofail.records.verdict.Verdict` (``.failure``, ``.conditions``,
+        ``.evidence``; ``.sentences()`` in words).
     """
     x = torch.as_tensor(x).double()
     ref_gt = _reference.reference_posterior(truth, x, method, num_draws=num_draws, seed=seed)
@@ -347,22 +320,17 @@ def diagnose(
         best = best_mean_field(model, x, ref, modes=modes, seed=seed)
         # the ELBO in the fit's own precision: a float32 network takes no float64 input
         x_fit = x.to(_dtype(guide, model, default=x.dtype))
-        elbo_stderr = metrics.negative_elbo(model, guide, x_fit, num_samples=1000, seed=seed)["stderr"]
-        sides.append(side_summary(label, cmp, best, elbo_stderr))
-    out = conclude(evidence(truth_best["kl"], sides[0], sides[1]), learn_noise=learn_noise)
-    out["truth_best"] = truth_best
-    return out
-
-
-def side_summary(label: str, comparison: dict, best: dict, elbo_stderr: float) -> dict:
-    """The per-point inputs of :func:`evidence` for one fit, from its :func:`compare` result,
-    the :func:`best_mean_field` of its model and the standard error of its test −ELBO."""
-    truth_side = comparison.get("truth") or {}
-    return {
-        "label": label,
-        "kl": best["kl"],
-        "mleo": comparison["mleo"]["per_point"],
-        "pmo_gap": comparison["model"]["per_point"]["pmo_gap"],
-        "posterior_shift": (truth_side.get("per_point") or {}).get("posterior_shift"),
-        "elbo_stderr": elbo_stderr,
-    }
+        neg_elbo = metrics.negative_elbo(model, guide, x_fit, num_samples=1000, seed=seed)["per_point"]
+        truth_side = cmp.get("truth") or {}
+        sides.append(
+            {
+                "job": label,
+                "kl": best["kl"],
+                "mleo": cmp["mleo"]["per_point"],
+                "pmo_gap": cmp["model"]["per_point"]["pmo_gap"],
+                "posterior_shift": (truth_side.get("per_point") or {}).get("posterior_shift"),
+                "neg_elbo": neg_elbo,
+            }
+        )
+    ev = evidence(truth_best["kl"], sides[0], sides[1])
+    return conclude(ev, name=type(truth).__name__, k=truth.latent_dim, learn_noise=learn_noise)

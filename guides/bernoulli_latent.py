@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import torch
 
 from pyrofail.guides.base import AmortizedGuide
-from pyrofail.nn import MLP
+from pyrofail.nn import ACTIVATION, MLP
 
 __all__ = ["BernoulliLatentGuide"]
 
@@ -43,7 +43,7 @@ class BernoulliLatentGuide(AmortizedGuide):
         latent_dim: int,
         data_dim: int,
         hidden=(50, 50, 50),
-        activation: str = "leaky_relu",
+        activation: str = ACTIVATION,
         restarts: int | None = None,
     ):
         super().__init__(latent_dim, data_dim, None, restarts)

@@ -74,7 +74,7 @@ from torch.distributions import Transform, constraints
 from pyrofail.errors import UsageError, check_choice, check_positive_float, check_positive_int
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.guides.mixture import head_size, init_head, mixture_from_head
-from pyrofail.nn import MLP, inv_softplus
+from pyrofail.nn import ACTIVATION, MLP, inv_softplus
 from pyrofail.zoo import register
 
 __all__ = ["FlowGuide", "MixtureFlow", "SymmetricPairNormal"]
@@ -322,7 +322,7 @@ class FlowGuide(AmortizedGuide):
         latent_dim: int,
         data_dim: int,
         hidden=(50, 50, 50),
-        activation: str = "leaky_relu",
+        activation: str = ACTIVATION,
         transform: str = "spline",
         layers: int = 2,
         count_bins: int = 8,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pyrofail.guides.base import AmortizedGuide
-from pyrofail.nn import MLP
+from pyrofail.nn import ACTIVATION, MLP
 from pyrofail.zoo import register
 
 __all__ = ["FullRankGuide"]
@@ -47,7 +47,7 @@ class FullRankGuide(AmortizedGuide):
         latent_dim: int,
         data_dim: int,
         hidden=(50, 50, 50),
-        activation: str = "leaky_relu",
+        activation: str = ACTIVATION,
         min_scale: float = 1e-4,
         restarts: int | None = None,
     ):

@@ -49,7 +49,7 @@ from pyro.nn import PyroModule
 from pyrofail import zoo
 from pyrofail.errors import UsageError, check_positive_int
 from pyrofail.labels import check_labels, one_hot
-from pyrofail.nn import MLP, Batched, data_plates
+from pyrofail.nn import ACTIVATION, MLP, Batched, data_plates
 
 __all__ = ["DELTA_LOGIT", "M2Guide"]
 
@@ -91,7 +91,7 @@ class M2Guide(Batched, PyroModule):
         family="mean_field",
         *,
         hidden: Sequence[int] = (50, 50, 50),
-        activation: str = "leaky_relu",
+        activation: str = ACTIVATION,
         classifier_hidden: Sequence[int] | None = None,
         label_in_encoder: bool = True,
         restarts: int | None = None,

@@ -58,7 +58,7 @@ from torch.distributions import constraints
 
 from pyrofail.errors import check_positive_int
 from pyrofail.guides.base import AmortizedGuide
-from pyrofail.nn import MLP, inv_softplus
+from pyrofail.nn import ACTIVATION, MLP, inv_softplus
 from pyrofail.zoo import register
 
 __all__ = ["MixtureGuide", "MixtureOfDiagNormals", "head_size", "init_head", "mixture_from_head"]
@@ -236,7 +236,7 @@ class MixtureGuide(AmortizedGuide):
         latent_dim: int,
         data_dim: int,
         hidden=(50, 50, 50),
-        activation: str = "leaky_relu",
+        activation: str = ACTIVATION,
         components: int = 2,
         min_scale: float = 1e-4,
         restarts: int | None = None,

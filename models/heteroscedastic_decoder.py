@@ -33,7 +33,7 @@ from pyro.nn import PyroModule
 from pyrofail.data import Dataset
 from pyrofail.errors import UsageError, check_choice, check_positive_int
 from pyrofail.models.degenerate_line import Bits
-from pyrofail.nn import MLP, Batched, data_plates
+from pyrofail.nn import ACTIVATION, MLP, Batched, data_plates
 
 __all__ = ["PRIORS", "HeteroscedasticDecoder"]
 
@@ -68,7 +68,7 @@ class HeteroscedasticDecoder(Batched, PyroModule):
         latent_dim: int,
         data_dim: int,
         hidden: Sequence[int] = (50, 50, 50),
-        activation: str = "leaky_relu",
+        activation: str = ACTIVATION,
         *,
         prior: str = "gaussian",
         init_log_variance: float = 0.0,

@@ -39,7 +39,7 @@ from pyrofail.data import Dataset
 from pyrofail.errors import UsageError, check_positive_float, check_positive_int
 from pyrofail.labels import check_labels, one_hot
 from pyrofail.models.latent_gaussian import LOG_2PI
-from pyrofail.nn import MLP, Batched, data_plates
+from pyrofail.nn import ACTIVATION, MLP, Batched, data_plates
 
 __all__ = ["LabelView", "LabelledLatentGaussian", "m2_model"]
 
@@ -286,7 +286,7 @@ def m2_model(
     num_classes: int = 2,
     *,
     hidden: Sequence[int] = (50, 50, 50),
-    activation: str = "leaky_relu",
+    activation: str = ACTIVATION,
     noise_scale: float = 1.0,
     class_probs: Sequence[float] | None = None,
     learn_noise: bool = False,

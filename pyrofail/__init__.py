@@ -29,7 +29,7 @@ from pyrofail.fit import FitResult, fit  # noqa: E402
 __version__ = "0.1.0"
 
 # loaded on first attribute access (PEP 562), as ``pyro.infer`` after ``import pyro``
-_LAZY = ("analysis", "bnn", "data", "guides", "models", "objectives")
+_LAZY = ("analysis", "bnn", "data", "guides", "models", "objectives", "options", "records", "report")
 
 __all__ = ["FitResult", "UsageError", "__version__", "fit", "zoo", *_LAZY]
 

@@ -1,12 +1,13 @@
 """``python -m pyrofail.analyze``: fit, measure and report, end to end.
 
 Without arguments it runs the built-in default (Clusters, MFG-VAE against IWAE at the true
-K = 1, about two minutes on two CPU cores) and writes a run folder. Every option takes a
-comma-separated list where a sweep makes sense; the sweep is the product of the lists, one job
-per process x K x guide x objective, each job running its restarts vectorised.
+K = 1, under a minute on two CPU cores) and writes a run folder ``runs/<what>-<time>``. The
+options are those of :mod:`pyrofail.options`; list-valued ones sweep, one job per process x
+K x guide x objective x procedure, each job running its restarts vectorised.
 
-Exit status: 0 on success, 2 for bad input (one line on stderr, no traceback), 1 when every
-restart of a job diverged, 130 when interrupted (the run folder can be resumed).
+Exit status: 0 on success, 2 for bad input (one line on stderr naming the value and what is
+allowed, no traceback, nothing written), 1 when every restart of a job diverged, 130 when
+interrupted (the run folder can be resumed).
 """
 
 from __future__ import annotations
@@ -21,34 +22,21 @@ from pathlib import Path
 
 import torch
 
-from pyrofail import loaders, stages, zoo
-from pyrofail.analysis.reference import METHODS, grid
+from pyrofail import loaders, options, stages, zoo
 from pyrofail.bnn.inference import METHODS as BNN_METHODS
 from pyrofail.data import check_binary, check_fractions, load_splits
-from pyrofail.errors import (
-    AllRestartsDiverged,
-    UsageError,
-    check_choice,
-    check_positive_float,
-    check_positive_int,
-)
+from pyrofail.errors import AllRestartsDiverged, UsageError, check_choice, check_positive_int
 from pyrofail.presets import PRESETS
-from pyrofail.runs import (
-    RUN_FORMAT,
-    atomic_write_json,
-    read_json,
-    remove_stale_temporaries,
-    versions,
-)
-from pyrofail.stages import jobs, pool, report
-from pyrofail.stages.folder import RunFolder
-from pyrofail.stages.jobs import ABOVE_TRUE_K
-from pyrofail.stages.references import DEFAULT_POINTS
+from pyrofail.records import RunFolder
+from pyrofail.runs import RUN_FORMAT, atomic_write_json, read_json, remove_stale_temporaries, versions
+from pyrofail.stages import pool, report
+from pyrofail.sweep import ABOVE_TRUE_K, expand
 from pyrofail.training import build
 
 __all__ = ["build_parser", "main", "resolve", "validate"]
 
 PROG = "python -m pyrofail.analyze"
+MAX_K_GRID = 2  # the largest K of the exact grid (pyrofail.analysis.reference.grid.MAX_K)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,353 +63,154 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
         description=(
-            "Fit VAEs to ground-truth processes with swappable guides and objectives, measure "
-            "them against the truth, and write a run folder (config.json, metrics.json, "
-            "report.md, figures/, jobs/). List-valued options sweep: one job per "
-            "model x latent-dim x guide x objective."
+            "Fit VAEs to ground-truth processes (or to your own data) with swappable guides, "
+            "objectives and procedures, measure them against the true posterior, and write a run "
+            "folder (report.md first). A --data run fits the mean-field VAE (ELBO) and IWAE at each "
+            "--latent-dim, learns σ, starts every restart at random, and lets the best-fitting model "
+            "stand in for the missing ground truth. The defaults shown are the default preset's."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         default="default",
-        help="option set to start from: 'default' (Clusters, ELBO vs IWAE, K=1, "
-        "~2 min), 'table1' (Table 1 of Yacoby et al.: figure8 and clusters, "
-        "K=1,2,3, ELBO vs IWAE, 10 restarts, the noise learned at K=2,3), 'failure-map' (figure8 "
-        "and clusters over the truth's noise scale), 'downstream' (the downstream tasks), 'bnn' "
-        "(Bayesian neural networks with latent input noise), 'tiny' (seconds; a smoke test)",
+        help="option set to start from; options given here override it (see --list) (default: default)",
     )
+    options.add_arguments(p, PRESETS["default"], _list)
+    for flag, help_text in (
+        ("--guide-option", "an option of the variational family, e.g. flow.base=gaussian or components=3"),
+        ("--objective-option", "an option of the objective, e.g. iwae.num_particles=50 or alpha=0.1"),
+        ("--procedure-option", "an option of the procedure, e.g. libi.penalty=10"),
+        ("--truth-option", "an option of the ground-truth process, e.g. figure8.scale=1"),
+    ):
+        kind = flag[2:].split("-")[0].upper()
+        p.add_argument(
+            flag,
+            action="append",
+            metavar=f"[{kind}.]KEY=VALUE",
+            help=f"{help_text} (for every {kind.lower()} of the run without {kind}.); repeatable; VALUE "
+            "is read as JSON, else as text",
+        )
     p.add_argument(
-        "--model",
-        type=_list(str),
-        metavar="NAMES",
-        help="ground-truth processes, comma-separated (see --list)",
+        "--no-reference", action="store_true", help="skip references, posterior bias and diagnosis"
     )
-    p.add_argument(
-        "--truth-noise",
-        type=_list(float),
-        metavar="SIGMAS",
-        help="noise scales of the ground truth, e.g. 0.03,0.05,0.1 (default: each process's own); "
-        "one job per value, and the learned models' noise follows it unless --noise-scale is given",
-    )
-    p.add_argument(
-        "--truth-option",
-        action="append",
-        metavar="[MODEL.]KEY=VALUE",
-        help="an option of the ground-truth process, e.g. figure8.scale=1 or clusters.beta=5 (for "
-        "every process in --model without MODEL.); repeatable; VALUE is read as JSON or else as text; "
-        "the noise scale is --truth-noise",
-    )
-    p.add_argument(
-        "--latent-dim",
-        type=_list(int),
-        metavar="KS",
-        help="latent dimensions K of the learned models, e.g. 1,2,3",
-    )
-    p.add_argument(
-        "--guide", type=_list(str), metavar="NAMES", help="variational families, comma-separated (see --list)"
-    )
-    p.add_argument(
-        "--objective",
-        type=_list(str),
-        metavar="NAMES",
-        help="training objectives, comma-separated (see --list)",
-    )
-    p.add_argument(
-        "--procedure",
-        type=_list(str),
-        metavar="NAMES",
-        help="training procedures, comma-separated: joint (the usual VAE training), libi "
-        "(likelihood before inference), posthoc_self_consistency (train the VAE by the ELBO, then "
-        "retrain its encoder on the model's own samples by the run's objective) (see --list)",
-    )
-    p.add_argument("--restarts", type=int, metavar="R", help="restarts per job (vectorised)")
-    p.add_argument("--steps", type=int, metavar="N", help="Adam steps per job")
-    p.add_argument("--batch-size", type=int, metavar="B", help="data points per step")
-    p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument(
-        "--num-particles", type=int, metavar="S", help="importance samples per point for the iwae objective"
-    )
-    p.add_argument(
-        "--matched-budget",
-        action="store_true",
-        help="iwae with mixture guides (mixture, flow): split the S draws over the components, "
-        "so every family gets about S model evaluations per point (default: S from each component)",
-    )
-    p.add_argument(
-        "--guide-option",
-        action="append",
-        metavar="[GUIDE.]KEY=VALUE",
-        help="an option of the variational family, e.g. flow.base=gaussian or components=3 (for every "
-        "guide in --guide); repeatable; VALUE is read as JSON (numbers, true/false) or else as text",
-    )
-    p.add_argument(
-        "--objective-option",
-        action="append",
-        metavar="[OBJECTIVE.]KEY=VALUE",
-        help="an option of the objective, e.g. iwae.num_particles=50, or alpha=0.1 (every objective "
-        "in --objective); repeatable; VALUE is read as JSON or else as text",
-    )
-    p.add_argument(
-        "--procedure-option",
-        action="append",
-        metavar="[PROCEDURE.]KEY=VALUE",
-        help="an option of the procedure, e.g. posthoc_self_consistency.samples=20000 or "
-        "libi.penalty=10 (every procedure in --procedure that has it); repeatable",
-    )
-    p.add_argument(
-        "--labelled-fraction",
-        type=float,
-        metavar="F",
-        help="semi-supervised processes (semicircle): the share of training points that keep their "
-        "label (default 0.1)",
-    )
-    p.add_argument("--seed", type=int, help="seed of data, weights and Monte Carlo draws")
-    p.add_argument("--device", help="torch device: cpu or cuda")
-    p.add_argument("--n-train", type=int, metavar="N", help="training points")
-    p.add_argument("--n-val", type=int, metavar="N", help="validation points (restart selection)")
-    p.add_argument("--n-test", type=int, metavar="N", help="test points (all reported metrics)")
-    p.add_argument(
-        "--hidden",
-        type=_list(int),
-        metavar="WIDTHS",
-        help="hidden-layer widths of encoder and decoder, e.g. 50,50,50",
-    )
-    p.add_argument(
-        "--init",
-        choices=["paper", "random", "ground_truth"],
-        help="restart initialisation: 'paper' = half at the ground truth",
-    )
-    data = p.add_argument_group("your own data (instead of --model)")
-    data.add_argument(
-        "--data",
-        metavar="SOURCE",
-        help="a CSV file (header row, numeric columns), a .npy/.npz file, or a data set bundled "
-        "with scikit-learn: diabetes, breast_cancer, wine, digits; the check runs without a ground truth",
-    )
-    data.add_argument(
-        "--columns", type=_list(str), metavar="NAMES", help="feature columns to use (default: all)"
-    )
-    data.add_argument(
-        "--labels", metavar="COLUMN", help="a column of labels, kept for the tasks that use them"
-    )
-    data.add_argument(
-        "--no-standardize",
-        action="store_true",
-        help="keep the data's units (default: standardise each feature with the training rows' "
-        "mean and sd, stored in data.json)",
-    )
-    data.add_argument(
-        "--split",
-        type=_list(float),
-        metavar="FRACTIONS",
-        help="train,validation,test shares (default 0.6,0.2,0.2)",
-    )
-    data.add_argument(
-        "--binarize",
-        type=float,
-        metavar="THRESHOLD",
-        help="values above THRESHOLD become 1, the others 0 (--likelihood bernoulli; digits: 8 by default)",
-    )
-    p.add_argument(
-        "--likelihood",
-        choices=["gaussian", "bernoulli"],
-        help="p(x | z) of the learned models: gaussian (default) or bernoulli (binary data)",
-    )
-    p.add_argument(
-        "--noise-scale",
-        type=float,
-        metavar="SIGMA",
-        help="noise scale of the learned models (default: the ground truth's; learned on your own data)",
-    )
-    p.add_argument(
-        "--noise-per-feature",
-        action="store_true",
-        help="learn one noise scale per feature (implies --learn-noise)",
-    )
-    p.add_argument(
-        "--learn-noise",
-        nargs="?",
-        const="all",
-        metavar="WHICH",
-        help="learn the noise scale instead of fixing it (starting at --noise-scale): in every "
-        "job ('all', the default), 'above-true-k': only in jobs with more latent dimensions "
-        "than the ground truth, the jobs at the true K keeping the truth's (Table 1's GT model), "
-        "or 'none' (over a preset's)",
-    )
-    p.add_argument(
-        "--reference",
-        metavar="METHOD",
-        help="reference posterior for the posterior-bias tables and the diagnosis, computed after "
-        "the fits: 'grid' (exact quadrature, K <= 2), 'nuts' (any K) or 'auto' (the grid where it "
-        "applies) (default: auto)",
-    )
-    p.add_argument(
-        "--no-reference",
-        action="store_true",
-        help="skip the reference posteriors, the posterior-bias tables, the diagnosis and the "
-        "posterior figures",
-    )
-    p.add_argument(
-        "--reference-points",
-        type=int,
-        metavar="N",
-        help="test points at which references are computed and guides compared (default: 300, "
-        "or all test points if fewer); the PMO-gap map uses every test point",
-    )
-    p.add_argument(
-        "--regression",
-        type=_list(str),
-        metavar="NAMES",
-        help="regression processes for Bayesian neural networks with latent input noise: "
-        "heteroscedastic, bimodal, diabetes (the bnn preset runs all three)",
-    )
-    p.add_argument(
-        "--bnn-methods",
-        type=_list(str),
-        metavar="NAMES",
-        help="inference for the regression processes: mean_field, noise_constrained, nuts",
-    )
-    p.add_argument(
-        "--downstream",
-        action="store_true",
-        help="also measure the downstream tasks: compression, disentanglement, adversarial "
-        "robustness of the encoder, outlier detection (zoo processes only)",
-    )
-    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<preset>-<time>)")
-    p.add_argument(
+    run = p.add_argument_group("how the run executes")
+    run.add_argument("--out", metavar="DIR", help="run folder (default: runs/<what it fits>-<time>)")
+    run.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue a run folder: finished jobs are kept, unfinished ones resume "
-        "from their last checkpoint; takes no other run options",
+        help="continue a run folder: finished jobs are kept, unfinished ones resume from their last "
+        "checkpoint; takes no other run options",
     )
-    p.add_argument(
-        "--workers", type=int, metavar="N", help="jobs run in parallel in a local process pool (default 1)"
+    run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help=f"tasks run side by side in worker processes (default: the cores available, here "
+        f"{pool.available_cores()})",
     )
-    p.add_argument(
+    run.add_argument(
+        "--threads",
+        type=int,
+        metavar="T",
+        help="torch threads per task (default: 1; the project's small networks gain nothing from more, "
+        "and threads that compete for busy cores slow a run down many times)",
+    )
+    run.add_argument(
         "--scheduler",
         metavar="ADDRESS",
-        help="send every stage's tasks to the Dask cluster at ADDRESS (e.g. tcp://host:8786), or to "
-        "a local cluster of --workers processes started for the run ('local'); the run folder must be "
-        "on a filesystem all workers share, under the same path; needs the dask extra",
+        help="send every stage's tasks to the Dask cluster at ADDRESS (e.g. tcp://host:8786), or to a "
+        "local cluster of --workers processes ('local'); the run folder must be on a filesystem all "
+        "workers share; needs the dask extra",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--list", action="store_true", help="print the registered models, guides and objectives and exit"
+    run.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    run.add_argument(
+        "--list",
+        action="store_true",
+        help="list the processes, guides, objectives, procedures, presets and bundled data sets, and exit",
     )
     return p
-
-
-# options a user may give, mapped to the resolved option names
-_RUN_OPTIONS = {
-    "model": "model",
-    "truth_noise": "truth_noise",
-    "latent_dim": "latent_dim",
-    "guide": "guide",
-    "objective": "objective",
-    "procedure": "procedure",
-    "restarts": "restarts",
-    "steps": "steps",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "seed": "seed",
-    "device": "device",
-    "n_train": "n_train",
-    "n_val": "n_val",
-    "n_test": "n_test",
-    "hidden": "hidden",
-    "init": "init",
-    "learn_noise": "learn_noise",
-    "noise_scale": "noise_scale",
-    "reference": "reference",
-    "reference_points": "reference_points",
-    "no_reference": "reference",
-    "likelihood": "likelihood",
-    "noise_per_feature": "noise_per_feature",
-    "downstream": "downstream",
-    "regression": "regression",
-    "bnn_methods": "bnn_methods",
-    "labelled_fraction": "labelled_fraction",
-}
-# the flags that describe a user's data set (options["data_options"])
-_DATA_OPTIONS = {"columns": "columns", "labels": "labels", "split": "fractions", "binarize": "binarize"}
 
 
 def resolve(args: argparse.Namespace) -> dict:
     """Options of the run: the preset, overridden by what was given, validated."""
     given = vars(args)
-    options = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[args.preset].items()}
-    options["objective_options"] = {k: dict(v) for k, v in options["objective_options"].items()}
-    options.setdefault("reference", "auto")
-    options.setdefault("reference_points", DEFAULT_POINTS)
+    out = {k: options._copy(v) for k, v in PRESETS[args.preset].items()}
     if "no_reference" in given and "reference" in given:
         raise UsageError("--reference and --no-reference exclude each other; give one of them")
-    for flag, key in _RUN_OPTIONS.items():
-        if flag in given:
-            options[key] = None if flag == "no_reference" else given[flag]
+    data_names = {n for n, o in options.OPTIONS.items() if o.kind == "data" and n != "data"}
+    for name, value in given.items():
+        if name in options.OPTIONS and name not in data_names:
+            out[name] = value
+    if "no_reference" in given:
+        out["reference"] = None
     if "lr" in given:  # an explicit --lr applies to every guide, over the preset's table
-        options["lr_by_guide"] = {}
+        out["lr_by_guide"] = {}
     if "num_particles" in given:
-        options["objective_options"].setdefault("iwae", {})["num_particles"] = given["num_particles"]
-    if "matched_budget" in given:
-        options["objective_options"].setdefault("iwae", {})["matched_budget"] = True
+        out["objective_options"].setdefault("iwae", {})["num_particles"] = given["num_particles"]
+    if given.get("matched_budget"):
+        out["objective_options"].setdefault("iwae", {})["matched_budget"] = True
     if "data" in given:
-        _data_options(options, given)
-    elif any(flag in given for flag in (*_DATA_OPTIONS, "no_standardize")):
-        raise UsageError(
-            "--columns, --labels, --split, --binarize and --no-standardize describe --data; give --data"
-        )
-    options["guide_options"] = {k: dict(v) for k, v in options.get("guide_options", {}).items()}
-    labelled = options.get("data") is None and any(
-        zoo.entry("model", m).meta.get("num_classes") for m in options["model"] if m in zoo.names("model")
+        _data_options(out, given)
+    elif data_names & set(given):
+        flags = ", ".join(options.flag_of(n) for n in sorted(data_names & set(given)))
+        raise UsageError(f"{flags} describe{'s' * (',' not in flags)} --data; give --data")
+    _keyed_options(out, given)
+    validate(out)
+    out["preset"] = args.preset
+    return out
+
+
+def _keyed_options(out: dict, given: dict) -> None:
+    """``--guide-option``, ``--objective-option``, ``--truth-option``, ``--procedure-option``."""
+    labelled = out.get("data") is None and any(
+        zoo.entry("model", m).meta.get("num_classes") for m in out["process"] if m in zoo.names("model")
     )  # a semi-supervised process: its guides are M2 guides around the family
-    for text in given.get("guide_option", []):
-        for guide, key, value in _option(
-            text, "guide", options["guide"], partial(_guide_keys, labelled=labelled)
-        ):
-            options["guide_options"].setdefault(guide, {})[key] = value
-    for text in given.get("objective_option", []):
-        for objective, key, value in _option(text, "objective", options["objective"], _objective_keys):
-            options["objective_options"].setdefault(objective, {})[key] = value
-    options["truth_options"] = {k: dict(v) for k, v in options.get("truth_options", {}).items()}
-    for text in given.get("truth_option", []):
-        if options.get("data") is not None:
-            raise UsageError("--truth-option describes a ground-truth process; --data has none")
-        for model, key, value in _option(text, "model", options["model"], _model_keys, flag="--truth-option"):
-            options["truth_options"].setdefault(model, {})[key] = value
-    options["procedure_options"] = {k: dict(v) for k, v in options.get("procedure_options", {}).items()}
-    for text in given.get("procedure_option", []):
-        for procedure, key, value in _option(text, "procedure", options["procedure"], _procedure_keys):
-            options["procedure_options"].setdefault(procedure, {})[key] = value
-    validate(options)
-    options["preset"] = args.preset
-    return options
+    specs = (
+        ("guide_option", "guide", "guide", "guide_options", partial(_guide_keys, labelled=labelled)),
+        ("objective_option", "objective", "objective", "objective_options", _objective_keys),
+        ("truth_option", "model", "process", "truth_options", _model_keys),
+        ("procedure_option", "procedure", "procedure", "procedure_options", _procedure_keys),
+    )
+    for flag, kind, key, table, keys in specs:
+        for text in given.get(flag, []):
+            if key == "process" and out.get("data") is not None:
+                raise UsageError("--truth-option describes a ground-truth process; --data has none")
+            flag_text = f"--{flag.replace('_', '-')}"
+            for name, k, value in _option(text, kind, out[key], keys, flag_text, f"--{key}"):
+                out[table].setdefault(name, {})[k] = value
 
 
-def _data_options(options: dict, given: dict) -> None:
-    """A user's data set in place of the processes: no ground truth, so no paper
-    initialisation and no truth noise; the noise scale is learned unless given."""
-    for flag in ("model", "truth_noise"):
-        if flag in given:
-            raise UsageError(f"--data replaces --{flag.replace('_', '-')}: give one of them")
-    options["model"], options["truth_noise"] = None, None
-    options["data"] = given["data"]
-    data_options = {key: given[flag] for flag, key in _DATA_OPTIONS.items() if flag in given}
-    if "no_standardize" in given:
-        data_options["standardize"] = False
-    if options.get("likelihood") == "bernoulli" and "binarize" not in data_options:
+def _data_options(out: dict, given: dict) -> None:
+    """A user's data set in place of the processes: no ground truth, so no paper initialisation
+    and no truth noise; σ is learned unless given."""
+    for name in ("process", "truth_noise"):
+        if name in given:
+            raise UsageError(f"--data replaces {options.flag_of(name)}: give one of them")
+    out["process"], out["truth_noise"] = None, None
+    out["data"] = given["data"]
+    data = {}
+    for name in ("columns", "labels", "binarize", "delimiter", "folds"):
+        if name in given:
+            data[name] = given[name]
+    if "split" in given:
+        data["fractions"] = given["split"]
+    if given.get("standardize"):  # the switch is --no-standardize
+        data["standardize"] = False
+    if given.get("header"):  # the switch is --no-header
+        data["header"] = False
+    if out.get("likelihood") == "bernoulli" and "binarize" not in data:
         if loaders.default_threshold(given["data"]) is not None:
-            data_options["binarize"] = True  # digits: pixels above half their range
-    options["data_options"] = data_options
-    options["init"] = "random"
+            data["binarize"] = True  # digits: pixels above half their range
+    out["data_options"] = data
+    out["init"] = "random"
     if given.get("learn_noise") == "above-true-k":
         raise UsageError("--learn-noise above-true-k needs a ground truth's K; --data has none")
-    if options.get("learn_noise") == ABOVE_TRUE_K:
-        options["learn_noise"] = False  # a preset's (table1): a user's data has no true K
-    if options.get("likelihood", "gaussian") == "gaussian" and options.get("noise_scale") is None:
-        options["learn_noise"] = True
+    if out.get("learn_noise") == ABOVE_TRUE_K:
+        out["learn_noise"] = False  # a preset's (table1): a user's data has no true K
+    if out.get("likelihood", "gaussian") == "gaussian" and out.get("noise_scale") is None:
+        out["learn_noise"] = True
 
 
 def _guide_keys(name: str, labelled: bool = False) -> list[str]:
@@ -448,14 +237,11 @@ def _procedure_keys(name: str) -> list[str]:
     return list(zoo.entry("procedure", name).meta.get("options", ()))
 
 
-def _option(text: str, kind: str, chosen: list[str], keys, flag: str | None = None):
-    """``(name, key, value)`` for every guide, objective, procedure or model a
-    ``[NAME.]KEY=VALUE`` option applies to (``kind``: ``"guide"``, ``"objective"``,
-    ``"procedure"`` or ``"model"``; ``chosen``: the run's names; ``flag``: the option's name,
-    ``--<kind>-option`` unless given)."""
-    flag = flag or f"--{kind}-option"
+def _option(text: str, kind: str, chosen: list[str], keys, flag: str, list_flag: str):
+    """``(name, key, value)`` for every entry of ``kind`` (a registry kind) in ``chosen`` that
+    a ``[NAME.]KEY=VALUE`` option applies to."""
     if "=" not in text:
-        raise UsageError(f"{flag} {text!r} is not KEY=VALUE or {kind.upper()}.KEY=VALUE")
+        raise UsageError(f"{flag} {text!r} is not KEY=VALUE or NAME.KEY=VALUE")
     name, raw = text.split("=", 1)
     target, _, key = name.rpartition(".")
     try:
@@ -463,9 +249,9 @@ def _option(text: str, kind: str, chosen: list[str], keys, flag: str | None = No
     except json.JSONDecodeError:
         value = raw
     if target:
-        check_choice(kind, target, zoo.names(kind))
+        check_choice(list_flag, target, zoo.names(kind))
         if target not in chosen:
-            raise UsageError(f"{flag} {text!r}: {kind} {target!r} is not in --{kind} ({', '.join(chosen)})")
+            raise UsageError(f"{flag} {text!r}: {target!r} is not in {list_flag} ({', '.join(chosen)})")
     for one in [target] if target else chosen:
         allowed = keys(one)
         if not allowed:
@@ -477,89 +263,128 @@ def _option(text: str, kind: str, chosen: list[str], keys, flag: str | None = No
         yield one, key, value
 
 
-def validate(options: dict) -> None:
-    """Raise :class:`UsageError` naming the first bad option."""
+def validate(out: dict) -> None:
+    """Raise :class:`UsageError` naming the first bad option, in the spelling of its flag."""
+    options.check(out)
     kinds = [("guide", "guide"), ("objective", "objective"), ("procedure", "procedure")]
-    if options.get("data") is None:
-        kinds.insert(0, ("model", "model"))
+    if out.get("data") is None:
+        kinds.insert(0, ("model", "process"))
     else:
-        if options["data_options"].get("fractions") is not None:  # named as the flag the user typed
-            check_fractions(options["data_options"]["fractions"], "--split")
-        splits = load_splits(options["data"], **options["data_options"], seed=options["seed"])
-        if options.get("likelihood") == "bernoulli":
-            check_binary(splits.train.x, f"--data {options['data']}")
+        _check_data(out)
     for kind, key in kinds:
-        for name in options[key]:
-            check_choice(kind, name, zoo.names(kind))
-    for name in options.get("regression") or []:
-        check_choice("regression process", name, zoo.names("regression"))
-    for name in options.get("bnn_methods") or []:
+        for name in out[key]:
+            check_choice(options.flag_of(key), name, zoo.names(kind))
+    for name in out.get("regression") or []:
+        check_choice("--regression", name, zoo.names("regression"))
+    for name in out.get("bnn_methods") or []:
         check_choice("--bnn-methods", name, BNN_METHODS)
-    for k in options["latent_dim"]:
-        check_positive_int("--latent-dim", k)
-    for key in ("restarts", "steps", "batch_size", "n_train", "n_val", "n_test"):
-        check_positive_int(f"--{key.replace('_', '-')}", options[key])
-    for width in options["hidden"]:
-        check_positive_int("--hidden", width)
-    check_positive_float("--lr", options["lr"])
-    if options.get("noise_scale") is not None:
-        check_positive_float("--noise-scale", options["noise_scale"])
-    for opts in options["objective_options"].values():
+    for opts in out["objective_options"].values():
         if "num_particles" in opts:
             check_positive_int("--num-particles", opts["num_particles"])
-    for name, given in options.get("procedure_options", {}).items():
+    for name, given in out.get("procedure_options", {}).items():
         check = zoo.entry("procedure", name).meta.get("check")
         if check is not None:
             check(given)
-    for name in options["objective"]:  # the objectives check their option values when built
-        given = options["objective_options"].get(name, {})
+    for name in out["objective"]:  # the objectives check their option values when built
+        given = out["objective_options"].get(name, {})
         plain = inspect.signature(zoo.entry("objective", name).factory).parameters
         zoo.objective(name, **{k: v for k, v in given.items() if k in plain})
-    if str(options["device"]).startswith("cuda"):
+    device = str(out["device"])
+    if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {options['device']}: CUDA is not available here; use cpu")
-    elif options["device"] != "cpu":
-        raise UsageError(f"--device {options['device']!r} is not allowed; use cpu or cuda[:N]")
-    method = options.get("reference", "auto")
-    if method is not None:
-        check_choice("reference method", method, METHODS)
-        check_positive_int("--reference-points", options.get("reference_points", DEFAULT_POINTS))
-        if method == "grid" and max(options["latent_dim"]) > grid.MAX_K:
-            raise UsageError(
-                f"--reference grid needs latent dimensions <= {grid.MAX_K}, but --latent-dim has "
-                f"{max(options['latent_dim'])}; use --reference auto or nuts"
-            )
-    for sigma in options.get("truth_noise") or []:
-        check_positive_float("--truth-noise", sigma)
-    learn = options.get("learn_noise")
+            raise UsageError(f"--device {device}: CUDA is not available here; use cpu")
+    elif device != "cpu":
+        raise UsageError(f"--device {device!r} is not allowed; use cpu or cuda[:N]")
+    if out.get("reference") == "grid" and max(out["latent_dim"]) > MAX_K_GRID:
+        raise UsageError(
+            f"--reference grid needs latent dimensions <= {MAX_K_GRID}, but --latent-dim has "
+            f"{max(out['latent_dim'])}; use --reference auto or nuts"
+        )
+    learn = out.get("learn_noise")
     if isinstance(learn, str) and learn != ABOVE_TRUE_K:  # from the command line: all, above-true-k, none
         check_choice("--learn-noise", learn, ("all", "above-true-k", "none"))
-        options["learn_noise"] = {"all": True, "none": False}.get(learn, ABOVE_TRUE_K)
-    if options.get("noise_per_feature"):
-        if options.get("likelihood") == "bernoulli":
+        out["learn_noise"] = {"all": True, "none": False}.get(learn, ABOVE_TRUE_K)
+    if out.get("noise_per_feature"):
+        if out.get("likelihood") == "bernoulli":
             raise UsageError("--noise-per-feature needs --likelihood gaussian; a Bernoulli has no noise")
-        options["learn_noise"] = True
-    if options.get("likelihood") == "bernoulli" and (
-        options.get("noise_scale") or options.get("learn_noise")
-    ):
+        out["learn_noise"] = True
+    if out.get("likelihood") == "bernoulli" and (out.get("noise_scale") or out.get("learn_noise")):
         raise UsageError("--likelihood bernoulli has no noise scale; drop --noise-scale and --learn-noise")
-    for key in ("model", "truth_noise", "latent_dim", "guide", "objective", "procedure"):
-        if options.get(key) is not None and len(set(options[key])) != len(options[key]):
-            raise UsageError(f"--{key.replace('_', '-')} lists a value twice: {options[key]}")
+    from pyrofail.memory import check_run
+
+    check_run(out)
+
+
+# the Python API's spellings in the data layer's messages, as a command-line user typed them
+_CLI_SPELLING = (
+    ("pass standardize=False", "pass --no-standardize"),
+    ("standardize=False", "--no-standardize"),
+    ("binarize=True", "--binarize THRESHOLD"),
+    ("binarize=", "--binarize "),
+    ("with columns=", "with --columns"),
+    ("columns=", "--columns "),
+    ("labels=", "--labels "),
+)
+
+
+def _cli_spelling(message: str) -> str:
+    for python, flag in _CLI_SPELLING:
+        message = message.replace(python, flag)
+    return message
+
+
+def _check_data(out: dict) -> None:
+    data_options = out["data_options"]
+    try:
+        if data_options.get("fractions") is not None:
+            check_fractions(data_options["fractions"], "--split")
+        splits = load_splits(out["data"], **_loader_options(data_options), seed=out["seed"])
+        if out.get("likelihood") == "bernoulli":
+            check_binary(splits.train.x, f"--data {out['data']}")
+    except UsageError as e:
+        raise UsageError(_cli_spelling(str(e))) from None
+
+
+def _loader_options(data_options: dict) -> dict:
+    """The data options :func:`pyrofail.data.load_splits` takes (cross-fitting is the run's)."""
+    return {k: v for k, v in data_options.items() if k != "folds"}
 
 
 def _print_registry() -> None:
-    for kind in zoo.KINDS:
-        print(f"{kind}s:")
-        for name in zoo.names(kind):
-            e = zoo.entry(kind, name)
-            print(f"  {name:12s} {e.summary}")
+    from pyrofail.presets import SUMMARIES
+
+    sections = [
+        (f"{kind}s", [(n, zoo.entry(kind, n).summary) for n in zoo.names(kind)]) for kind in zoo.KINDS
+    ]
+    sections.append(("presets (--preset)", [(n, SUMMARIES.get(n, "")) for n in sorted(PRESETS)]))
+    sections.append(
+        ("bundled data sets (--data)", [(n, loaders.BUNDLED[n].summary) for n in loaders.names()])
+    )
+    width = max(len(n) for _, rows in sections for n, _ in rows) + 2
+    for title, rows in sections:
+        print(f"{title}:")
+        for name, summary in rows:
+            print(f"  {name:<{width}}{summary}")
+
+
+def run_name(out: dict) -> str:
+    """A run folder's name from what it fits: ``clusters``, ``figure8-clusters``, ``diabetes``,
+    prefixed with the preset when it is not the default (``table1-figure8-clusters``)."""
+    if out.get("data") is not None:
+        from pyrofail.records.folder import data_name
+
+        what = data_name(out["data"])
+    else:
+        names = list(out.get("process") or []) or list(out.get("regression") or [])
+        what = "-".join(names[:3]) + ("-etc" if len(names) > 3 else "")
+    preset = out.get("preset", "default")
+    return what if preset == "default" else f"{preset}-{what}" if what else preset
 
 
 def _start_run(args) -> tuple[dict, Path]:
     if "resume" in args:
         run = Path(args.resume)
-        conflicting = [f"--{f.replace('_', '-')}" for f in _RUN_OPTIONS if f in vars(args)]
+        conflicting = [options.flag_of(n) for n in vars(args) if n in options.OPTIONS]
         if "out" in args:
             conflicting.append("--out")
         if conflicting:
@@ -572,21 +397,21 @@ def _start_run(args) -> tuple[dict, Path]:
                 f"--resume {run}: not a pyrofail run folder of format {RUN_FORMAT} "
                 "(written by another version, or not a run folder)"
             )
-        options = config["options"]
-        validate(options)
+        out = config["options"]
+        validate(out)
         remove_stale_temporaries(run)
-        return options, run
-    options = resolve(args)
+        return out, run
+    out = resolve(args)
     if "out" in args:
         run = Path(args.out)
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run = Path("runs") / f"{options['preset']}-{stamp}"
+        run = Path("runs") / f"{run_name(out)}-{stamp}"
     if (run / "config.json").exists():
         raise UsageError(f"--out {run} already holds a run; use --resume {run} or another --out")
     if run.exists() and not run.is_dir():
         raise UsageError(f"--out {run} is a file, not a folder")
-    return options, run
+    return out, run
 
 
 def main(argv=None) -> int:
@@ -605,9 +430,11 @@ def main(argv=None) -> int:
             from pyrofail.stages.dask_pool import check_address
 
             check_address(scheduler)
-        options, run = _start_run(args)
-        workers = check_positive_int("--workers", getattr(args, "workers", 1))
-        return _run(options, run, workers, quiet="quiet" in args, scheduler=scheduler)
+        workers = check_positive_int("--workers", getattr(args, "workers", pool.available_cores()))
+        threads = check_positive_int("--threads", getattr(args, "threads", 1))
+        out, run = _start_run(args)
+        torch.set_num_threads(threads)
+        return _run(out, run, workers, threads, quiet="quiet" in args, scheduler=scheduler)
     except UsageError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -620,13 +447,13 @@ def main(argv=None) -> int:
         return 130
 
 
-def _describe_data(options: dict) -> dict:
+def _describe_data(out: dict) -> dict:
     """What ``data.json`` records of a user's data: source, options, split sizes and rows,
     features, and the standardisation applied (from the training rows)."""
-    splits = load_splits(options["data"], **options["data_options"], seed=options["seed"])
+    splits = load_splits(out["data"], **_loader_options(out["data_options"]), seed=out["seed"])
     return {
-        "source": options["data"],
-        "options": options["data_options"],
+        "source": out["data"],
+        "options": out["data_options"],
         "features": list(splits.train.features or []),
         "sizes": {part: len(getattr(splits, part)) for part in ("train", "val", "test")},
         "rows": {part: idx.tolist() for part, idx in (splits.index or {}).items()},
@@ -634,29 +461,25 @@ def _describe_data(options: dict) -> dict:
     }
 
 
-def _run(options: dict, run: Path, workers: int, quiet: bool, scheduler: str | None = None) -> int:
-    with pool.scheduler(scheduler, workers, device=options["device"], quiet=quiet) as cluster:
+def _run(out: dict, run: Path, workers: int, threads: int, quiet: bool, scheduler: str | None = None) -> int:
+    with pool.scheduler(scheduler, workers, device=out["device"], quiet=quiet, threads=threads) as cluster:
         if cluster is not None:  # workers elsewhere find the folder by its absolute path
             run, workers = run.resolve(), cluster.workers
-        return _run_stages(options, run, workers, quiet)
+        with pool.local(workers):
+            return _run_stages(out, run, workers, threads, quiet)
 
 
-def _run_stages(options: dict, run: Path, workers: int, quiet: bool) -> int:
+def _run_stages(out: dict, run: Path, workers: int, threads: int, quiet: bool) -> int:
     run.mkdir(parents=True, exist_ok=True)
     config_path = run / "config.json"
     if not config_path.exists():
-        if options.get("data") is not None:
-            atomic_write_json(run / "data.json", _describe_data(options))
-        config = {
-            "format": RUN_FORMAT,
-            "options": options,
-            "jobs": jobs.expand(options),
-            "versions": versions(),
-            "threads": torch.get_num_threads(),
-        }
+        if out.get("data") is not None:
+            atomic_write_json(run / "data.json", _describe_data(out))
+        config = {"format": RUN_FORMAT, "options": out, "jobs": expand(out), "versions": versions()}
         atomic_write_json(config_path, config)
-    folder = RunFolder.open(run, workers=workers, quiet=quiet)
-    folder.say(f"run folder: {run}  ({len(folder.jobs)} job{'s' * (len(folder.jobs) != 1)})")
+    folder = RunFolder.open(run, workers=workers, threads=threads, quiet=quiet)
+    jobs = len(folder.jobs)
+    folder.say(f"run folder: {run} ({jobs} job{'s' * (jobs != 1)}, {workers} worker{'s' * (workers != 1)})")
     stages.run_all(folder)
     print(report.console(folder))
     failed = folder.failed_jobs()

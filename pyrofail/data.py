@@ -36,8 +36,11 @@ __all__ = [
 
 # train / validation / test: the common 60/20/20 split
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
-# a standard deviation needs two points
-MIN_TRAIN_ROWS = 2
+# The smallest parts a table can be split into: the test points' standard errors need two of
+# them, restart selection one validation row, and the standardisation's per-feature spread and
+# a fit a handful of training rows. Smaller tables end before anything is written.
+MIN_TRAIN_ROWS = 5
+MIN_TEST_ROWS = 2
 
 
 @dataclass
@@ -135,8 +138,8 @@ def check_fractions(fractions: Sequence[float], name: str | None = None) -> tupl
 
 def split_sizes(n: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tuple[int, int, int]:
     r"""Rows of the train, validation and test parts of ``n`` rows: validation and test get
-    :math:`\lfloor f N + \tfrac12 \rfloor` (at least 1), training the rest (at least
-    :data:`MIN_TRAIN_ROWS`).
+    :math:`\lfloor f N + \tfrac12 \rfloor` (at least 1), training the rest; at least
+    :data:`MIN_TRAIN_ROWS` training and :data:`MIN_TEST_ROWS` test rows.
 
     Example:
         >>> split_sizes(442)
@@ -146,10 +149,12 @@ def split_sizes(n: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> tuple
     n_val = max(1, math.floor(fractions[1] * n + 0.5))
     n_test = max(1, math.floor(fractions[2] * n + 0.5))
     n_train = n - n_val - n_test
-    if n_train < MIN_TRAIN_ROWS:
+    if n_train < MIN_TRAIN_ROWS or n_test < MIN_TEST_ROWS:
+        shares = ",".join(f"{f:g}" for f in fractions)
         raise UsageError(
-            f"the data have {n} rows, too few for the split {fractions}: it needs at least "
-            f"{MIN_TRAIN_ROWS} training rows, 1 validation row and 1 test row"
+            f"the data have {n} rows, too few to fit and test: the split {shares} gives "
+            f"{n_train}/{n_val}/{n_test} train/validation/test rows, and a check needs at least "
+            f"{MIN_TRAIN_ROWS} training rows, 1 validation row and {MIN_TEST_ROWS} test rows"
         )
     return n_train, n_val, n_test
 
@@ -206,7 +211,13 @@ def split(
 
 
 def load(
-    source, *, columns: Sequence | None = None, labels=None, binarize: bool | float | None = None
+    source,
+    *,
+    columns: Sequence | None = None,
+    labels=None,
+    binarize: bool | float | None = None,
+    header: bool = True,
+    delimiter: str | None = None,
 ) -> Dataset:
     r"""A user's numeric data as a :class:`Dataset`: a ``.csv``, ``.npy`` or ``.npz`` file or a
     data set bundled with scikit-learn (``diabetes``, ``breast_cancer``, ``wine``, ``digits``;
@@ -220,13 +231,14 @@ def load(
     :param labels: the column holding :math:`y`.
     :param binarize: ``x > threshold`` as 0/1 (for a Bernoulli likelihood); ``True`` uses the
         source's threshold (``digits``: 8, half the 0–16 pixel range).
+    :param header, delimiter: how a CSV is read (:func:`pyrofail.loaders.read`).
 
     Example:
         >>> d = load("digits", binarize=True)
         >>> tuple(d.x.shape), d.y[:3].tolist(), is_binary(d.x)
         ((1797, 64), [0, 1, 2], True)
     """
-    table = loaders.read(source, columns=columns, labels=labels)
+    table = loaders.read(source, columns=columns, labels=labels, header=header, delimiter=delimiter)
     x = torch.tensor(table.values, dtype=torch.float64)
     if binarize is not None and binarize is not False:
         threshold = loaders.default_threshold(source) if binarize is True else binarize
@@ -256,6 +268,8 @@ def load_splits(
     standardize: bool | None = None,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
+    header: bool = True,
+    delimiter: str | None = None,
 ) -> Splits:
     """:func:`load` then :func:`split`: the train / validation / test parts of a user's data.
 
@@ -267,7 +281,7 @@ def load_splits(
         >>> len(parts.train), len(parts.val), len(parts.test), len(parts.standardizer.to_dict()["mean"])
         (266, 88, 88, 10)
     """
-    data = load(source, columns=columns, labels=labels, binarize=binarize)
+    data = load(source, columns=columns, labels=labels, binarize=binarize, header=header, delimiter=delimiter)
     if standardize is None and not loaders.default_standardize(source):
         standardize = False
     return split(data, fractions=fractions, seed=seed, standardize=standardize)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pyrofail import zoo
 from pyrofail.fit_result import FitResult
+from pyrofail.nn import ACTIVATION
 from pyrofail.training.config import resolve
 
 __all__ = ["FitResult", "fit"]
@@ -51,7 +52,7 @@ def fit(
     likelihood: str = "gaussian",
     noise_per_feature: bool = False,
     hidden: Sequence[int] = (50, 50, 50),
-    activation: str = "leaky_relu",
+    activation: str = ACTIVATION,
     init: str = "paper",
     pretrain_steps: int = 2000,
     warmup_steps: int | None = None,

@@ -115,20 +115,50 @@ def _one_line(err: BaseException) -> str:
 
 
 # -- readers: each returns (frame of candidate columns, the source's own labels or None) --
-def _read_csv(path: Path):
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_csv(path: Path, header: bool = True, delimiter: str | None = None):
+    """A CSV with a header row (``header=False``: the first line is data, the columns are named
+    ``x0, x1, ...``), comma-separated unless ``delimiter`` says otherwise. A header whose every
+    field is a number is refused (the first data row would silently become the names), and a
+    file read as one column whose header holds a ``;`` or a tab says so."""
     import pandas as pd
 
+    sep = "," if delimiter is None else delimiter.replace("\\t", "\t")  # '\t' as typed in a shell
     try:
         with warnings.catch_warnings():
             # a row longer than the header would be cut silently: make it an error
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(path, index_col=False)
+            frame = pd.read_csv(path, index_col=False, sep=sep, header=0 if header else None)
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserWarning) as err:
         raise UsageError(
             f"cannot read {path} as CSV ({_one_line(err)}); expected a text file with a header row "
-            "and comma-separated columns"
+            f"and {'comma' if sep == ',' else repr(sep)}-separated columns"
         ) from None
-    frame.columns = [str(c) for c in frame.columns]
+    if not header:
+        frame.columns = [f"x{j}" for j in range(frame.shape[1])]
+        return frame, None
+    names = [str(c) for c in frame.columns]
+    if names and all(_is_number(n) for n in names):
+        raise UsageError(
+            f"the first line of {path} is all numbers ({', '.join(names[:4])}"
+            f"{', ...' if len(names) > 4 else ''}): "
+            "it looks like data, not a header row; add a header row, or pass --no-header"
+        )
+    if len(names) == 1 and delimiter is None:
+        for char, word, shown in ((";", "semicolons", ";"), ("\t", "tabs", "\\t"), ("|", "bars", "|")):
+            if char in names[0]:
+                raise UsageError(
+                    f"{path} reads as one column named {names[0][:40]!r}: its columns seem to be "
+                    f"separated by {word}; pass --delimiter '{shown}'"
+                )
+    frame.columns = names
     return frame, None
 
 
@@ -218,7 +248,7 @@ def _normal_name(source) -> str | None:
     return text.strip().lower().replace("-", "_")
 
 
-def _source_frame(source):
+def _source_frame(source, header: bool = True, delimiter: str | None = None):
     name = _normal_name(source)
     if name is not None and name in BUNDLED:
         return _read_bundled(name), f"data set {name!r}"
@@ -238,6 +268,10 @@ def _source_frame(source):
             f"file {str(path)!r} has the unsupported type {path.suffix or '(none)'!r}; "
             f"expected one of: {', '.join(READERS)}"
         )
+    if reader is _read_csv:
+        return reader(path, header, delimiter), str(path)
+    if not header or delimiter is not None:
+        raise UsageError(f"--no-header and --delimiter describe a CSV file; {str(path)!r} is not one")
     return reader(path), str(path)
 
 
@@ -285,13 +319,17 @@ def _labels(series, where: str, name: str):
     return codes.astype(np.int64), tuple(str(c) for c in classes)
 
 
-def read(source, *, columns: Sequence | None = None, labels=None) -> Table:
+def read(
+    source, *, columns: Sequence | None = None, labels=None, header: bool = True, delimiter: str | None = None
+) -> Table:
     """Read ``source`` (a file path or a bundled data set's name) into a checked :class:`Table`.
 
     :param columns: the feature columns, by name (or 0-based position); default every column
         except the labels column.
     :param labels: the column that holds :math:`y` (a name or position); for ``.npz`` files and
         bundled data sets the default is their own labels (``y``, the target).
+    :param header: a CSV's first line names its columns (``False``: it is data).
+    :param delimiter: a CSV's column separator (default ``","``).
 
     Example:
         >>> t = read("wine")
@@ -300,7 +338,7 @@ def read(source, *, columns: Sequence | None = None, labels=None) -> Table:
     """
     import pandas as pd
 
-    (frame, own_labels), where = _source_frame(source)
+    (frame, own_labels), where = _source_frame(source, header, delimiter)
     y, classes = None, None
     label_name = None
     if labels is not None:
@@ -322,7 +360,9 @@ def read(source, *, columns: Sequence | None = None, labels=None) -> Table:
     if not chosen:
         raise UsageError(f"{where} has no feature columns left; select at least one with columns=")
     if frame.shape[0] == 0:
-        raise UsageError(f"{where} has no rows; expected at least one point per row")
+        raise UsageError(
+            f"{where} has no data rows (a header and nothing below it); expected one point per row"
+        )
     frame = frame[chosen]
     text = [c for c in chosen if not (pd.api.types.is_numeric_dtype(frame[c]))]
     if text:

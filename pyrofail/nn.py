@@ -55,6 +55,8 @@ def inv_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
+# The paper's networks: LeakyReLU hidden layers (the default of every encoder and decoder).
+ACTIVATION = "leaky_relu"
 ACTIVATIONS = {
     "leaky_relu": nn.functional.leaky_relu,
     "relu": nn.functional.relu,
@@ -90,7 +92,7 @@ class MLP(Batched, nn.Module):
     :math:`1/\sqrt{\text{fan\_in}}`), independently for every restart.
     """
 
-    def __init__(self, sizes, activation: str = "leaky_relu", restarts: int | None = None):
+    def __init__(self, sizes, activation: str = ACTIVATION, restarts: int | None = None):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")

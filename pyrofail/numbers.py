@@ -37,11 +37,12 @@ def percent(value: float) -> str:
 
 
 def estimate_text(estimate, digits: int = 3) -> str:
-    """An :class:`~pyrofail.estimate.Estimate` as a reader sees it: ``mean ± se``, "(exact)"
-    for a quadrature value, and its flag in brackets."""
+    """An :class:`~pyrofail.estimate.Estimate` as a reader sees it: ``mean ± se`` (for a mean of
+    exact per-point values, the ± is the sampling error over the points), "(exact)" for an
+    exact value without one, and its flag in brackets."""
     if estimate is None:
         return "—"
-    if estimate.exact:
+    if estimate.stderr is None and estimate.exact:
         text = f"{number(estimate.mean, digits)} (exact)"
     elif estimate.stderr is None:
         text = f"{number(estimate.mean, digits)} ± ?"

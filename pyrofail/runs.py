@@ -34,7 +34,7 @@ __all__ = [
     "versions",
 ]
 
-RUN_FORMAT = 1
+RUN_FORMAT = 2
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

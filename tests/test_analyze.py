@@ -8,6 +8,10 @@ import pytest
 
 from pyrofail.analysis.diagnose import conclude, evidence
 from pyrofail.analyze import main
+from pyrofail.records import JobRecord, RunFolder
+from pyrofail.records.findings import Findings
+from pyrofail.records.posterior import PosteriorRecord, TruthHardness
+from pyrofail.records.verdict import Verdicts
 
 TINY = ["--preset", "tiny", "--quiet", "--steps", "20", "--restarts", "2"]
 
@@ -33,6 +37,7 @@ def test_default_run_writes_a_complete_run_folder(tiny_run, capsys):
         assert not (folder / "fit.ckpt").exists()
     report = (tiny_run / "report.md").read_text()
     assert "| figure8-K1-mean_field-elbo |" in report and "decoder.png" in report
+    assert report.splitlines()[0] == "# pyrofail report: figure8"
 
 
 def test_same_seed_gives_byte_identical_metrics(tiny_run, tmp_path):
@@ -41,19 +46,22 @@ def test_same_seed_gives_byte_identical_metrics(tiny_run, tmp_path):
     assert (again / "metrics.json").read_bytes() == (tiny_run / "metrics.json").read_bytes()
 
 
+def _read(run, cls, path):
+    return RunFolder.read(cls, run / path)
+
+
 def test_workers_run_jobs_and_posterior_stage_in_a_pool(tiny_run, tmp_path):
     """--workers 2 runs the fits and the posterior stage in processes; the numbers agree with
-    the serial run's up to the thread count's rounding (one thread per worker here)."""
+    the serial run's up to the thread count's rounding (one thread per worker in both)."""
     pooled = tmp_path / "pooled"
     assert main(TINY + ["--workers", "2", "--out", str(pooled)]) == 0
-    serial = json.loads((tiny_run / "metrics.json").read_text())
-    ours = json.loads((pooled / "metrics.json").read_text())
-    for job, summary in serial["posterior"]["jobs"].items():
-        pooled_summary = ours["posterior"]["jobs"][job]["model"]
-        for key, value in summary["model"].items():
-            assert pooled_summary[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
-        assert (pooled / "jobs" / job / "posterior.json").is_file()
-    assert ours["diagnosis"]["figure8"]["failure"] == serial["diagnosis"]["figure8"]["failure"]
+    for job in ("figure8-K1-mean_field-elbo", "figure8-K1-mean_field-iwae"):
+        serial = _read(tiny_run, PosteriorRecord, f"jobs/{job}/posterior.json").model.mean
+        ours = _read(pooled, PosteriorRecord, f"jobs/{job}/posterior.json").model.mean
+        for key, value in serial.items():
+            assert ours[key].mean == pytest.approx(value.mean, rel=1e-4, abs=1e-6), key
+    verdict = _read(tiny_run, Verdicts, "verdicts.json").verdicts["figure8"]
+    assert _read(pooled, Verdicts, "verdicts.json").verdicts["figure8"].failure == verdict.failure
 
 
 def test_default_run_has_the_posterior_stage(tiny_run):
@@ -63,44 +71,50 @@ def test_default_run_has_the_posterior_stage(tiny_run):
         assert (tiny_run / name).is_file(), name
     for name in ("posterior-figure8.png", "pmo-gap-figure8.png"):
         assert (tiny_run / "figures" / name).read_bytes()[:4] == b"\x89PNG", name
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert metrics["posterior"]["settings"]["method"] == "auto"
-    for job, summary in metrics["posterior"]["jobs"].items():
-        folder = tiny_run / "jobs" / job
-        record = json.loads((folder / "posterior.json").read_text())
-        assert summary["n_points"] == 100 == len(record["model"]["per_point"]["pmo_gap"])  # all 100
-        assert len(record["pmo_gap_all_test_points"]) == 100
+    for objective in ("elbo", "iwae"):
+        folder = tiny_run / "jobs" / f"figure8-K1-mean_field-{objective}"
+        record = RunFolder.read(PosteriorRecord, folder / "posterior.json")
+        job = RunFolder.read(JobRecord, folder / "metrics.json")
+        assert record.n_points == 100 == len(record.model.per_point["pmo_gap"])  # all 100
+        assert len(record.pmo_gap_all_test_points) == 100
         ref = reference.load(folder / "reference.nc")
         assert reference.method(ref) == "grid" and reference.draws(ref)[0].shape[:2] == (100, 500)
         # on the same 100 points with the same exact log p(x), the posterior stage's PMO gap
         # (1,000 guide draws a point) is the job's (100 draws) up to the ELBO's Monte Carlo error
-        job_metrics = metrics["jobs"][job]["metrics"]
-        tolerance = 4 * job_metrics["test_neg_elbo_stderr"]
-        assert summary["model"]["pmo_gap"] == pytest.approx(job_metrics["pmo_gap"], abs=tolerance)
-    # the diagnosis is the verdict on the stage's own files: the truth's KL* and the two jobs'
-    # per-point MLEO and KL*, the IWAE-trained mean-field job as the comparator fixed in advance
-    diagnosis = metrics["diagnosis"]["figure8"]
-    read = lambda path: json.loads((tiny_run / path).read_text())  # noqa: E731
-    vae, iwae = (read(f"jobs/figure8-K1-mean_field-{o}/posterior.json") for o in ("elbo", "iwae"))
+        points = RunFolder.read(JobRecord, folder / "metrics.json").metrics
+        assert record.model.mean["pmo_gap"].mean == pytest.approx(
+            points.pmo_gap.mean, abs=0.05 * points.pmo_gap.mean
+        )
+        assert job.metrics.test_neg_log_px.exact and job.metrics.log_px_method == "grid"
+    # the diagnosis is the verdict on the stage's own records: the truth's KL* and the two jobs'
+    # per-point KL*, PMO gap and MLEO, the IWAE-trained mean-field job as the comparator fixed in advance
+    verdict = _read(tiny_run, Verdicts, "verdicts.json").verdicts["figure8"]
+    hardness = _read(tiny_run, TruthHardness, "truth/figure8/hardness.json")
+    folder = RunFolder.open(tiny_run)
     sides = []
-    for record, objective in ((vae, "elbo"), (iwae, "iwae")):
-        job = metrics["jobs"][f"figure8-K1-mean_field-{objective}"]["metrics"]
+    for objective in ("elbo", "iwae"):
+        job = f"figure8-K1-mean_field-{objective}"
+        record = _read(tiny_run, PosteriorRecord, f"jobs/{job}/posterior.json")
+        points = folder.test_points(job)
+        mleo = [t - v for t, v in zip(points.truth_log_px, points.log_px)]
         sides.append(
             {
-                "label": record["job"],
-                "kl": record["best_mean_field"]["per_point"],
-                "mleo": record["mleo"]["per_point"],
-                "pmo_gap": record["model"]["per_point"]["pmo_gap"],
-                "elbo_stderr": job["test_neg_elbo_stderr"],
+                "job": job,
+                "kl": record.best_mean_field.per_point,
+                "mleo": mleo,
+                "pmo_gap": record.model.per_point["pmo_gap"],
+                "neg_elbo": points.neg_elbo,
             }
         )
-    expected = conclude(evidence(read("truth/figure8/hardness.json")["best_mean_field"]["per_point"], *sides))
-    assert diagnosis["failure"] == expected["failure"] and diagnosis["conditions"] == expected["conditions"]
-    assert diagnosis["evidence"]["richer"]["label"] == "figure8-K1-mean_field-iwae"
+    expected = conclude(evidence(hardness.best_mean_field.per_point, *sides))
+    assert verdict.failure == expected.failure and verdict.conditions == expected.conditions
+    assert verdict.evidence.richer.job == "figure8-K1-mean_field-iwae"
+    assert verdict.evidence.n_test == 100  # the MLEO over every test point
     report = (tiny_run / "report.md").read_text()
     for text in (
+        "## Summary",
         "## Posterior bias",
-        "| figure8-K1-mean_field-elbo | grid | 100 |",
+        "| figure8-K1-mean_field-elbo | grid | 100 (0) |",
         "## Diagnosis",
         "### figure8: ",
         "- Cx1 (= Cz1) ",
@@ -116,8 +130,9 @@ def test_no_reference_skips_the_posterior_stage(tmp_path):
     assert not (out / "truth").exists() and not (out / "figures").exists()
     assert not list(out.glob("jobs/*/posterior.json"))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "posterior" not in metrics and "diagnosis" not in metrics
-    assert "## Posterior bias" not in (out / "report.md").read_text()
+    assert "posterior" not in metrics and "verdicts" not in metrics and not (out / "verdicts.json").exists()
+    report = (out / "report.md").read_text()
+    assert "## Posterior bias" not in report and "No diagnosis in this run" in report
     assert json.loads((out / "config.json").read_text())["options"]["reference"] is None
 
 
@@ -127,9 +142,10 @@ def test_reference_options_reach_the_posterior_stage(tmp_path):
     assert main(argv + ["--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["posterior"]["settings"]["method"] == "grid"
-    assert metrics["posterior"]["jobs"]["figure8-K1-mean_field-elbo"]["n_points"] == 20
+    assert _read(out, PosteriorRecord, "jobs/figure8-K1-mean_field-elbo/posterior.json").n_points == 20
     # no richer fit in the run: p(x) is compared with the ground truth's
-    assert metrics["diagnosis"]["figure8"]["evidence"]["px_cost"]["against"] == "the ground truth"
+    verdict = _read(out, Verdicts, "verdicts.json").verdicts["figure8"]
+    assert verdict.evidence.richer is None and "than the ground truth's" in " ".join(verdict.sentences())
     # the options of the posterior stage stay out of the jobs' configs
     job = json.loads((out / "jobs" / "figure8-K1-mean_field-elbo" / "config.json").read_text())
     assert "reference" not in job and "reference_points" not in job
@@ -143,28 +159,37 @@ def test_resume_of_a_finished_run_recomputes_nothing(tiny_run, capsys):
         for p in tiny_run.glob(pattern)
     }
     assert len(stamps) == 8
+    findings = (tiny_run / "findings.json").read_bytes()
     assert main(["--resume", str(tiny_run), "--quiet"]) == 0
     assert (tiny_run / "metrics.json").read_bytes() == before
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert (tiny_run / "findings.json").read_bytes() == findings
+    assert RunFolder.read(Findings, tiny_run / "findings.json") is not None
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--model", "figure9"], "unknown model 'figure9'; choose one of: clusters, degenerate_line, "),
+        (["--model", "figure9"], "unknown --process 'figure9'; choose one of: clusters, degenerate_line, "),
+        (["--process", "figure9"], "unknown --process 'figure9'; choose one of: clusters, degenerate_line, "),
         (["--latent-dim", "0"], "--latent-dim=0 is not allowed; expected an integer >= 1"),
-        (["--guide", "gauss"], "unknown guide 'gauss'"),
-        (["--objective", "kl"], "unknown objective 'kl'"),
+        (["--guide", "gauss"], "unknown --guide 'gauss'"),
+        (["--objective", "kl"], "unknown --objective 'kl'"),
         (["--restarts", "0"], "--restarts=0 is not allowed"),
         (["--steps", "-5"], "--steps=-5 is not allowed"),
         (["--lr", "-0.1"], "--lr=-0.1 is not allowed"),
         (["--device", "tpu"], "--device 'tpu' is not allowed"),
         (["--latent-dim", "1,x"], "'1,x' is not a comma-separated list of ints"),
-        (["--model", "figure8,figure8"], "--model lists a value twice"),
-        (["--reference", "exact"], "unknown reference method 'exact'; choose one of: auto, grid, nuts"),
+        (["--process", "figure8,figure8"], "--process lists a value twice"),
+        (["--reference", "exact"], "argument --reference: invalid choice: 'exact'"),
         (["--reference", "grid", "--latent-dim", "3"], "--reference grid needs latent dimensions <= 2"),
         (["--reference", "grid", "--no-reference"], "--reference and --no-reference exclude each other"),
         (["--reference-points", "0"], "--reference-points=0 is not allowed"),
+        (["--threads", "0"], "--threads=0 is not allowed"),
+        (["--workers", "0"], "--workers=0 is not allowed"),
+        (["--columns", "age"], "--columns describes --data; give --data"),
+        (["--data", "diabetes", "--columns", "nope"], "column 'nope' is not in data set 'diabetes'"),
+        (["--data", "diabetes", "--model", "figure8"], "--data replaces --process"),
         (["--objective", "self_consistent", "--objective-option", "rho=1.5"], "rho=1.5 is not allowed"),
         (["--objective", "spread", "--objective-option", "spread=-1"], "spread=-1 is not allowed"),
         (
@@ -212,53 +237,80 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "unknown model 'nope'; choose one of: clusters, degenerate_line, " in lines[0]
+    assert (
+        len(lines) == 1 and "unknown --process 'nope'; choose one of: clusters, degenerate_line, " in lines[0]
+    )
 
 
-def test_help_documents_every_option(capsys):
+def test_help_documents_every_option_with_its_default(capsys):
+    from pyrofail.options import OPTIONS
+
     assert main(["--help"]) == 0
-    out = capsys.readouterr().out
-    for flag in (
-        "--model",
-        "--guide",
-        "--objective",
-        "--latent-dim",
-        "--restarts",
-        "--steps",
-        "--seed",
-        "--out",
-        "--device",
-        "--preset",
-        "--resume",
-        "--workers",
-        "--reference",
-        "--no-reference",
-        "--reference-points",
-    ):
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for option in OPTIONS.values():
+        for flag in option.flags:
+            assert flag in out, flag
+    for flag in ("--preset", "--resume", "--workers", "--threads", "--out", "--no-reference", "--list"):
         assert flag in out
+    # the default preset's defaults, where a newcomer looks for them
+    for text in ("(default: 3000)", "(default: 4)", "(default: clusters)", "(default: mean_field)",
+                 "(default: elbo,iwae)", "(default: 1)", "(default: 0.6,0.2,0.2)"):  # fmt: skip
+        assert text in out, text
 
 
-def test_list_prints_the_registry(capsys):
+def test_list_prints_every_registry_aligned(capsys):
     assert main(["--list"]) == 0
-    out = capsys.readouterr().out
-    assert "figure8" in out and "mean_field" in out and "iwae" in out
+    lines = capsys.readouterr().out.splitlines()
+    titles = [line for line in lines if not line.startswith(" ")]
+    assert titles == [
+        "models:",
+        "guides:",
+        "objectives:",
+        "procedures:",
+        "regressions:",
+        "presets (--preset):",
+        "bundled data sets (--data):",
+    ]
+    entries = [line for line in lines if line.startswith("  ")]
+    columns = {len(line) - len(line[2:].split(" ", 1)[1].lstrip()) for line in entries if " " in line[2:]}
+    assert len(columns) == 1, "descriptions start in one column"
+    names = {line.split()[0] for line in entries}
+    assert {"figure8", "mean_field", "iwae", "libi", "table1", "tiny", "diabetes", "digits"} <= names
+
+
+@pytest.mark.parametrize(
+    "argv, name",
+    [
+        ([], "clusters-"),
+        (["--process", "figure8,clusters"], "figure8-clusters-"),
+        (["--preset", "table1"], "table1-figure8-clusters-"),
+        (["--data", "diabetes"], "diabetes-"),
+        (["--data", "/some/where/msft.csv"], "msft-"),
+    ],
+)
+def test_run_folders_are_named_after_what_they_fit(argv, name):
+    from pyrofail.analyze import build_parser, run_name
+
+    args = build_parser().parse_args(argv)
+    options = {**vars(args), "preset": args.preset}
+    if "process" not in options and "data" not in options:
+        options["process"] = ["figure8", "clusters"] if args.preset == "table1" else ["clusters"]
+    assert f"{run_name(options)}-" == name
 
 
 def test_degenerate_line_with_spread_and_posthoc_runs_to_a_report(tmp_path):
     """Data on a line: no reference posterior (the truth has no density), and the post-hoc
     procedure trains the VAE first, then its encoder on the model's samples."""
     out = tmp_path / "line"
-    argv = ["--model", "degenerate_line", "--objective", "spread", "--objective-option", "spread=0.1"]
+    argv = ["--process", "degenerate_line", "--objective", "spread", "--objective-option", "spread=0.1"]
     argv += ["--procedure", "joint,posthoc_self_consistency", "--noise-per-feature", "--n-train", "200"]
     assert main(TINY + argv + ["--out", str(out)]) == 0
     assert not (out / "truth" / "degenerate_line" / "reference.nc").exists()
-    post = json.loads(
-        (
-            out / "jobs" / "degenerate_line-K1-mean_field-spread-posthoc_self_consistency" / "metrics.json"
-        ).read_text()
+    post = _read(
+        out, JobRecord, "jobs/degenerate_line-K1-mean_field-spread-posthoc_self_consistency/metrics.json"
     )
-    assert post["config"]["procedure"] == "posthoc_self_consistency"
-    assert len(post["history"]["pretrained"]["restarts"]) == 2  # stage one: the VAE on the data
+    assert post.config["procedure"] == "posthoc_self_consistency"
+    assert len(post.history["pretrained"]["restarts"]) == 2  # stage one: the VAE on the data
     report = (out / "report.md").read_text()
     assert "degenerate_line-K1-mean_field-spread-posthoc_self_consistency" in report
 
@@ -266,7 +318,7 @@ def test_degenerate_line_with_spread_and_posthoc_runs_to_a_report(tmp_path):
 def test_a_semi_supervised_run_takes_the_m2_guides_options():
     from pyrofail.analyze import build_parser, resolve
 
-    argv = ["--model", "semicircle", "--guide-option", "label_in_encoder=false"]
+    argv = ["--process", "semicircle", "--guide-option", "label_in_encoder=false"]
     options = resolve(build_parser().parse_args(argv))
     assert options["guide_options"]["mean_field"] == {"label_in_encoder": False}
 
@@ -283,7 +335,7 @@ def test_a_semi_supervised_run_takes_the_m2_guides_options():
             {1: False, 2: False, 3: False},
         ),
         (
-            ["--preset", "table1", "--model", "two_factor_smooth", "--objective", "elbo"],
+            ["--preset", "table1", "--process", "two_factor_smooth", "--objective", "elbo"],
             {1: False, 2: False, 3: True},
         ),
     ],
@@ -292,7 +344,7 @@ def test_learn_noise_above_the_true_k_keeps_the_truths_sigma_at_the_true_k(argv,
     """Table 1's GT column is the truth's K with the truth's sigma; the larger K learn sigma
     (two_factor_smooth has K = 2, so only K = 3 is above it)."""
     from pyrofail.analyze import build_parser, resolve
-    from pyrofail.stages.jobs import expand
+    from pyrofail.sweep import expand
 
     configs = expand(resolve(build_parser().parse_args(argv)))
     got = {c["latent_dim"]: c["learn_noise"] for c in configs}

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pyrofail import fit, zoo
+from pyrofail.report.downstream import _noise_lines
 from pyrofail.stages.downstream import learned_noise
-from pyrofail.stages.report import _noise_lines
 
 
 def test_a_fit_that_learns_noise_records_each_restarts_sigma():

@@ -2,7 +2,11 @@
 
 import pytest
 
-from pyrofail.stages.report import Results, section_downstream
+from pyrofail.records import M2Metrics
+from pyrofail.report import RunRecords
+from pyrofail.report.downstream import section as section_downstream
+from pyrofail.report.procedures import m2_section
+from tests.factories import estimate, job
 
 
 def _dci(d, d_se):
@@ -49,7 +53,7 @@ def test_every_row_has_the_header_columns_and_dci_carries_its_errors():
         "mfg": "p-K1-mean_field-elbo",
         "against_mfg": None,
     }
-    res = Results(options={}, jobs=[], failed={}, downstream={"p": block})
+    res = RunRecords(options={}, jobs=[], failed={}, downstream={"p": block})
     lines = section_downstream(res)
     table = [line for line in lines if line.startswith("|")]
     widths = {line.count("|") for line in table}
@@ -78,12 +82,12 @@ def test_a_data_set_is_compared_with_the_plain_vae_paired_over_draws_and_test_po
 
     plain = _data_job("d-K2-mean_field-elbo", [1.0, 1.2, 1.1, 0.9], [[1, 1, 1, 0], [1, 0, 0, 0]])
     post = _data_job("d-K2-mean_field-elbo-posthoc", [0.5, 0.7, 0.6, 0.4], [[1, 1, 1, 0], [1, 0, 1, 0]])
-    records = {plain["job"]: plain, post["job"]: post}
     group = [
-        {"job": post["job"], "config": {"guide": "mean_field", "objective": "elbo", "latent_dim": 2,
-                                        "procedure": "posthoc_self_consistency"}},
-        {"job": plain["job"], "config": {"guide": "mean_field", "objective": "elbo", "latent_dim": 2}},
-    ]  # fmt: skip
+        job("d", 2, procedure="posthoc_self_consistency", config={"data": "d.csv"}),
+        job("d", 2, config={"data": "d.csv"}),
+    ]
+    plain["job"], post["job"] = group[1].job, group[0].job
+    records = {plain["job"]: plain, post["job"]: post}
     assert baseline_job(group, 2) == plain["job"]
     assert baseline_job(group, 3) is None
     against = compare_data_jobs(records, plain["job"])
@@ -94,7 +98,7 @@ def test_a_data_set_is_compared_with_the_plain_vae_paired_over_draws_and_test_po
     assert row["accuracy_eps0"]["mean"] == 0.0
     assert row["accuracy_eps0.1"]["mean"] == pytest.approx(0.25)
     block = {"data": True, "baseline": plain["job"], "jobs": records, "against_baseline": against}
-    lines = section_downstream(Results(options={}, jobs=[], failed={}, downstream={"d": block}))
+    lines = section_downstream(RunRecords(options={}, jobs=[], failed={}, downstream={"d": block}))
     table = [line for line in lines if line.startswith("|")]
     assert len({line.count("|") for line in table}) == 1, table
     said = next(line for line in lines if line.startswith(f"- {post['job']}"))
@@ -104,30 +108,24 @@ def test_a_data_set_is_compared_with_the_plain_vae_paired_over_draws_and_test_po
 
 
 def test_the_semi_supervised_table_says_which_encoder_ignores_the_label():
-    from pyrofail.stages.report import section_semi_supervised
-
-    metrics = {
-        "separation_ratio": 0.0,
-        "counterfactual_error_model": 1.47,
-        "counterfactual_error_model_stderr": 0.01,
-        "counterfactual_error_guide": 1.47,
-        "counterfactual_error_guide_stderr": 0.01,
-        "mleo": 0.01,
-        "mleo_stderr": 0.004,
-        "mleo_class0": 0.18,
-        "mleo_class1": 0.14,
-        "accuracy": 0.7,
-        "accuracy_stderr": 0.01,
-        "bayes_accuracy": 0.71,
-    }
-    ignores_y = {"guide": "mean_field", "objective": "elbo", "guide_options": {"label_in_encoder": False}}
-    reads_y = {"guide": "flow", "objective": "elbo", "guide_options": {}}
+    m2 = M2Metrics(
+        separation_ratio=0.0,
+        counterfactual_error_model=estimate(1.47),
+        counterfactual_error_guide=estimate(1.47),
+        mleo=estimate(0.01, 0.004),
+        mleo_class0=0.18,
+        mleo_class1=0.14,
+        accuracy=estimate(0.7),
+        bayes_accuracy=0.71,
+    )
     jobs = [
-        {"job": "s-x", "metrics": metrics, "config": ignores_y},
-        {"job": "s-xy", "metrics": metrics, "config": reads_y},
+        job(
+            "s", guide="mean_field", config={"guide_options": {"label_in_encoder": False}}, semi_supervised=m2
+        ),
+        job("s", guide="flow", semi_supervised=m2),
     ]
-    lines = section_semi_supervised(Results(options={}, jobs=jobs, failed={}))
+    lines = m2_section(RunRecords(options={}, jobs=jobs, failed={}))
     table = [line.replace("\\|", "") for line in lines if line.startswith("|")]  # an escaped pipe is text
     assert len({line.count("|") for line in table}) == 1, table
-    assert table[2].startswith("| s-x (q(z  x): the encoder does not read y) |")
-    assert table[3].startswith("| s-xy |")
+    assert table[2].startswith("| s-K1-mean_field-elbo (q(z  x): the encoder does not read y) |")
+    assert table[3].startswith("| s-K1-flow-elbo |")

@@ -57,9 +57,10 @@ def _curve(model, latent_dim: int, n: int = 400, span: float = 3.0):
 
 
 def _principal_axes(x: torch.Tensor) -> torch.Tensor:
-    """The two leading principal directions ``(D, 2)`` of ``x``, to draw many features."""
+    """The two leading principal directions ``(D, 2)`` of ``x``, to draw many features; a
+    complete basis, so that two directions exist even for fewer than two distinct points."""
     centred = x - x.mean(0)
-    return torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
+    return torch.linalg.svd(centred, full_matrices=True).Vh[:2].T
 
 
 @torch.no_grad()
@@ -130,32 +131,32 @@ def job_figures(truth, model, data, folder, title: str = "", seed: int = 0) -> l
     return out
 
 
-def failure_map_figure(path, model: str, rows: list[dict]) -> Path:
+def failure_map_figure(path, model: str, rows: list) -> Path:
     """The failure map of one process over its noise scale σ: the MLEO of the MFG-VAE and of
     its comparator (± two standard errors), and the share of hard points (Cx1) on a second axis,
-    each σ labelled with its verdict. ``rows``: ``{"sigma", "mleo_mfg", "mleo_mfg_se",
-    "mleo_other", "mleo_other_se", "other", "share_hard", "cx1_share", "failure"}`` by σ."""
+    each σ labelled with its verdict. ``rows``: :class:`~pyrofail.records.verdict.FailureMapRow`
+    records."""
     plt = _pyplot()
-    rows = sorted(rows, key=lambda r: r["sigma"])
-    sigma = [r["sigma"] for r in rows]
+    rows = sorted(rows, key=lambda r: r.sigma)
+    sigma = [r.sigma for r in rows]
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     ax.errorbar(
         sigma,
-        [r["mleo_mfg"] for r in rows],
-        yerr=[2 * r["mleo_mfg_se"] for r in rows],
+        [r.mleo_mfg.mean for r in rows],
+        yerr=[2 * (r.mleo_mfg.stderr or 0.0) for r in rows],
         marker="o",
         capsize=3,
         label="MFG-VAE (mean-field, ELBO)",
     )
-    if any(r.get("mleo_other") is not None for r in rows):
-        pts = [r for r in rows if r.get("mleo_other") is not None]
+    pts = [r for r in rows if r.mleo_other is not None]
+    if pts:
         ax.errorbar(
-            [r["sigma"] for r in pts],
-            [r["mleo_other"] for r in pts],
-            yerr=[2 * r["mleo_other_se"] for r in pts],
+            [r.sigma for r in pts],
+            [r.mleo_other.mean for r in pts],
+            yerr=[2 * (r.mleo_other.stderr or 0.0) for r in pts],
             marker="s",
             capsize=3,
-            label=f"comparator ({pts[0]['other']})",
+            label=f"comparator ({pts[0].other})",
         )
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.set_xscale("log")
@@ -163,10 +164,10 @@ def failure_map_figure(path, model: str, rows: list[dict]) -> Path:
     ax.set_ylabel("MLEO = KL(p_GT(x) ‖ p_θ(x)), nats")
     for r in rows:
         ax.annotate(
-            r["failure"], (r["sigma"], r["mleo_mfg"]), textcoords="offset points", xytext=(4, 6), fontsize=7
+            r.failure, (r.sigma, r.mleo_mfg.mean), textcoords="offset points", xytext=(4, 6), fontsize=7
         )
     twin = ax.twinx()
-    twin.plot(sigma, [r["share_hard"] for r in rows], "k:", marker="x", label="share of hard points (Cx1)")
+    twin.plot(sigma, [r.share_hard.mean for r in rows], "k:", marker="x", label="share of hard points (Cx1)")
     twin.set_ylabel("share of x with hard true posteriors", fontsize=8)
     twin.set_ylim(0, 1)
     handles = ax.get_legend_handles_labels()

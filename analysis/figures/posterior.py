@@ -12,7 +12,7 @@ matplotlib is imported inside the functions (Agg backend, through
 * :func:`pmo_gap_figure`: one panel per fit, every test point coloured by its PMO gap
   :math:`\log p_\theta(x) - \mathrm{ELBO}(x)` (for :math:`D = 1`, the gap against :math:`x`),
   with the chosen points marked by their panel letters and the truth's curve drawn over
-  them; each panel has its own colour scale (up to its 99th percentile).
+  them; every panel on one square-root colour scale (up to the 99th percentile of all).
 """
 
 from __future__ import annotations
@@ -123,10 +123,11 @@ def posterior_figure(path, truth, truth_reference, indices, fits, title: str = "
         ax.set_title(f"{letter}: x = ({coords})", fontsize=9)
         ax.set_xlabel("z" if k == 1 else "z₁")
         ax.set_yticks([])
-        if j == 0:
-            ax.legend(fontsize=7, loc="upper left")
+    # the legend below the panels, where it hides no density
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
     fig.suptitle(f"{title}\nsolid: guide q(z|x); dashed: the fit's model posterior p_θ(z|x)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return save(fig, path)
 
 
@@ -140,17 +141,22 @@ def pmo_gap_figure(path, x, gaps, marked=None, truth=None, title: str = "") -> P
         ``K = 1``).
     """
     plt = _pyplot()
+    from matplotlib.colors import PowerNorm
+
     x = torch.as_tensor(x, dtype=torch.float64)
     values = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in gaps.items()}
     fig, axes = plt.subplots(1, max(1, len(values)), figsize=(4.4 * max(1, len(values)), 3.8), squeeze=False)
+    # one colour scale for every panel, so that colours compare across fits; a square-root
+    # scale keeps the detail of a fit whose gaps are all small
+    top = max(float(torch.quantile(torch.cat(list(values.values())), 0.99)), 1e-3) if values else 1.0
+    norm = PowerNorm(0.5, vmin=0.0, vmax=top)
     for ax, (label, v) in zip(axes[0], values.items()):
-        top = max(float(torch.quantile(v, 0.99)), 1e-3)  # each panel its own scale
         if x.shape[1] == 1:
-            ax.scatter(x[:, 0], v, s=3, c=v.clamp(0, top), cmap="viridis", vmin=0, vmax=top)
+            ax.scatter(x[:, 0], v, s=3, c=v.clamp(0, top), cmap="viridis", norm=norm)
             ax.set_xlabel("x")
             ax.set_ylabel("PMO gap (nats)")
         else:
-            sc = ax.scatter(x[:, 0], x[:, 1], s=4, c=v.clamp(0, top), cmap="viridis", vmin=0, vmax=top)
+            sc = ax.scatter(x[:, 0], x[:, 1], s=4, c=v.clamp(0, top), cmap="viridis", norm=norm)
             if truth is not None and truth.latent_dim == 1:
                 zl = torch.linspace(-3.5, 3.5, 600, dtype=torch.float64)[:, None]
                 fl = truth.double().mean(zl)
@@ -172,6 +178,10 @@ def pmo_gap_figure(path, x, gaps, marked=None, truth=None, title: str = "") -> P
                     va="center",
                 )
         ax.set_title(f"{label}\nmean {float(v.mean()):.3f} nats", fontsize=9)
-    fig.suptitle(f"{title}: PMO gap log p_θ(x) − ELBO(x) per test point", fontsize=9)
+    fig.suptitle(
+        f"{title}: PMO gap log p_θ(x) − ELBO(x) per test point (one colour scale; white: the truth's "
+        "f(z); A–D: the points of the posterior figure)",
+        fontsize=8,
+    )
     fig.tight_layout()
     return save(fig, path)

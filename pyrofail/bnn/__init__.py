@@ -17,7 +17,7 @@ Example:
     >>> x = torch.linspace(-2, 2, 40)[:, None]; y = 2 * x[:, 0]
     >>> post = bnn.fit(x, y, inference="mean_field", hidden=(8,), steps=50, num_draws=20)
     >>> ev = bnn.evaluate(post, x, y, num_z=5)
-    >>> isinstance(ev["test_ll"].value, float)
+    >>> isinstance(ev["test_ll"].mean, float)
     True
 """
 

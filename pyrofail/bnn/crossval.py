@@ -142,7 +142,7 @@ def cross_validate(
         pp = per_point[method]
         runs = [rows[i] for rows in fold_rows]
         mse = mean_estimate(pp["test_sq_err"])
-        rmse = math.sqrt(mse.value)
+        rmse = math.sqrt(mse.mean)
         lams = [r["lam"] for r in runs]
         row = {
             "method": method,
@@ -155,7 +155,7 @@ def cross_validate(
         }
         for name in FOLD_AVERAGED:
             values = [r[name] for r in runs]
-            row[name] = Estimate(sum(v.value for v in values) / folds, sum(v.stderr for v in values) / folds)
+            row[name] = Estimate(sum(v.mean for v in values) / folds, sum(v.stderr for v in values) / folds)
         row["fold_paired_diff"] = None if i == 0 else [r["paired_diff"] for r in runs]
         row["fold_heterogeneity"] = None if i == 0 else _cochran(row["fold_paired_diff"])
         pooled.append(row)
@@ -178,8 +178,8 @@ def _cochran(estimates: list[Estimate]) -> dict[str, float] | None:
     if any(not (e.stderr > 0) for e in estimates):
         return None
     w = [1 / e.stderr**2 for e in estimates]
-    mean = sum(wi * e.value for wi, e in zip(w, estimates)) / sum(w)
-    q = sum(wi * (e.value - mean) ** 2 for wi, e in zip(w, estimates))
+    mean = sum(wi * e.mean for wi, e in zip(w, estimates)) / sum(w)
+    q = sum(wi * (e.mean - mean) ** 2 for wi, e in zip(w, estimates))
     df = len(estimates) - 1
     return {"q": q, "df": df, "p": float(chi2.sf(q, df))}
 
@@ -204,7 +204,7 @@ def format_folds(cv: CrossValidation) -> str:
         if v is None:
             return ""
         if isinstance(v, Estimate):
-            return f"{v.value:.4f} ± {v.stderr:.4f}" if abs(v.value) < 0.1 else str(v)
+            return f"{v.mean:.4f} ± {v.stderr:.4f}" if abs(v.mean) < 0.1 else str(v)
         return f"{v:g}" if isinstance(v, float) else str(v)
 
     methods = [r["method"] for r in cv.rows]

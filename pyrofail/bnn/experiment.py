@@ -98,7 +98,7 @@ def experiment(
                 "lam": None,
                 "test_ll": mean_estimate(ll),
                 "coverage90": mean_estimate(((pit >= 0.05) & (pit <= 0.95)).double()),
-                "rmse": Estimate(sq_err.value**0.5, sq_err.stderr / (2 * sq_err.value**0.5)),
+                "rmse": Estimate(sq_err.mean**0.5, sq_err.stderr / (2 * sq_err.mean**0.5)),
             }
         )
     fitted, results, evaluations = compare_on_split(data, methods, seed, hidden, num_z, options, network)
@@ -150,7 +150,7 @@ def format_table(rows: list[dict]) -> str:
         if v is None:
             return ""
         if isinstance(v, Estimate):
-            return f"{v.value:.4f} ± {v.stderr:.4f}" if abs(v.value) < 0.1 else str(v)
+            return f"{v.mean:.4f} ± {v.stderr:.4f}" if abs(v.mean) < 0.1 else str(v)
         if isinstance(v, float):
             return f"{v:.0f}" if v >= 1 else f"{v:g}"
         return str(v)

@@ -31,25 +31,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 
 from pyrofail.bnn.hsic import INPUT_SCALES, gaussian_gram, hsic_jackknife
 from pyrofail.bnn.posterior import BNNPosterior
 from pyrofail.errors import UsageError, check_positive_int
+from pyrofail.estimate import Estimate
 
 __all__ = ["Estimate", "Evaluation", "dependence_r2", "evaluate", "mean_estimate"]
-
-
-class Estimate(NamedTuple):
-    """A value and its standard error."""
-
-    value: float
-    stderr: float
-
-    def __str__(self) -> str:
-        return f"{self.value:.3f} ± {self.stderr:.3f}"
 
 
 def mean_estimate(v: torch.Tensor) -> Estimate:
@@ -80,7 +70,7 @@ def dependence_r2(
 
     Example:
         >>> x = torch.linspace(-2, 2, 200)[:, None]
-        >>> dependence_r2(x, x[:, 0].sin()).value > 0.95
+        >>> dependence_r2(x, x[:, 0].sin()).mean > 0.95
         True
     """
     from sklearn.model_selection import KFold, cross_val_predict
@@ -119,8 +109,8 @@ class Evaluation:
         return self.estimates[name]
 
     def as_dict(self) -> dict[str, dict[str, float]]:
-        """JSON-ready: name -> ``{"value", "stderr"}``."""
-        return {k: e._asdict() for k, e in self.estimates.items()}
+        """JSON-ready: name -> ``{"mean", "stderr"}``."""
+        return {k: {"mean": e.mean, "stderr": e.stderr} for k, e in self.estimates.items()}
 
 
 @torch.no_grad()
@@ -157,13 +147,13 @@ def evaluate(
 
     est = {"test_ll": mean_estimate(test["log_lik"])}
     mse = mean_estimate(sq_err)
-    rmse = math.sqrt(mse.value)
+    rmse = math.sqrt(mse.mean)
     est["rmse"] = Estimate(rmse, mse.stderr / (2 * rmse) if rmse > 0 else float("nan"))
     est["coverage90"] = mean_estimate(inside)
     est["train_ll"] = mean_estimate(train)
     est["train_ll_prior_z"] = mean_estimate(train_prior["log_lik"])
     est["gap"] = Estimate(
-        est["train_ll"].value - est["test_ll"].value,
+        est["train_ll"].mean - est["test_ll"].mean,
         math.hypot(est["train_ll"].stderr, est["test_ll"].stderr),
     )
 

@@ -28,7 +28,6 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 
 from pyrofail.errors import UsageError
-from pyrofail.stages.pool import call, threads_per_worker
 
 __all__ = ["DaskBackend", "INSTALL", "RETRIES", "check_address", "connect"]
 
@@ -126,6 +125,15 @@ class DaskBackend:
         return out
 
 
+def call(fn: Callable, args: tuple, threads: int | None):
+    """``fn(*args)`` on a worker, with ``threads`` torch threads (``None``: as the worker has)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return fn(*args)
+
+
 def _token() -> str:
     import uuid
 
@@ -133,9 +141,12 @@ def _token() -> str:
 
 
 @contextlib.contextmanager
-def connect(address: str, workers: int = 1, device: str = "cpu", quiet: bool = True) -> Iterator[DaskBackend]:
+def connect(
+    address: str, workers: int = 1, device: str = "cpu", quiet: bool = True, threads: int = 1
+) -> Iterator[DaskBackend]:
     """A :class:`DaskBackend` on the cluster at ``address``, or on a ``LocalCluster`` of
-    ``workers`` single-threaded processes (``address="local"``), closed at the end of the block.
+    ``workers`` processes whose tasks run with ``threads`` torch threads each
+    (``address="local"``), closed at the end of the block.
     Fails with a :class:`~pyrofail.errors.UsageError` when Dask is not installed, no scheduler
     answers, or no worker offers a GPU for a CUDA device."""
     distributed = _distributed()
@@ -154,8 +165,7 @@ def connect(address: str, workers: int = 1, device: str = "cpu", quiet: bool = T
                 resources=resources,
             )
             client = distributed.Client(cluster)
-            threads = threads_per_worker(workers)
-        else:
+        else:  # a worker's tasks run with the threads its environment gives them
             try:
                 client = distributed.Client(address, timeout=CONNECT_TIMEOUT)
             except (OSError, TimeoutError, ValueError) as e:

@@ -35,9 +35,9 @@ from pyrofail.analysis.downstream import attacks, disentanglement, outliers, sel
 from pyrofail.analysis.figures.plots import noise_figure, probe_figure, robustness_figure
 from pyrofail.analysis.reference import grid
 from pyrofail.analysis.uncertainty import paired_difference
+from pyrofail.records import JobRecord, RunFolder
+from pyrofail.records.folder import job_data, job_id, load_fit, process_id, truth_of
 from pyrofail.runs import atomic_write_json, read_json
-from pyrofail.stages.folder import RunFolder, job_id, process_id, truth_of
-from pyrofail.stages.jobs import job_data, load_job
 from pyrofail.stages.pool import run_tasks
 
 __all__ = ["EPSILONS", "run"]
@@ -61,6 +61,13 @@ def _codes(guide, x: torch.Tensor) -> torch.Tensor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return q.sample((256,)).mean(0)
+
+
+def load_job(folder: Path):
+    """``(config, truth, model, guide)`` of a finished job."""
+    record = RunFolder.read(JobRecord, Path(folder) / "metrics.json")
+    model, guide = load_fit(folder, record.build)
+    return record.config, truth_of(record.config), model, guide
 
 
 def _current(path: Path, key: dict):
@@ -123,7 +130,8 @@ def job_tasks(folder: Path, truth_folder: Path, seed: int) -> dict:
     out = {"key": key, "job": job_id(config)}
     out["total_mutual_information"] = metrics.total_mutual_information(guide, x, seed=seed)
     if getattr(model, "learn_noise", False) and truth is not None:
-        out["noise"] = learned_noise(model, truth, read_json(folder / "metrics.json").get("restarts", []))
+        restarts = RunFolder.read(JobRecord, folder / "metrics.json").restarts
+        out["noise"] = learned_noise(model, truth, [vars(r) for r in restarts])
     if truth.latent_dim >= 2 and test.z is not None:
         codes = _codes(guide, x)
         out["mig"] = _strip(disentanglement.mig(codes, test.z, seed=seed))
@@ -188,14 +196,14 @@ def baseline_job(group: list[dict], k: int) -> str | None:
     """The plain VAE among a process's jobs: the mean-field guide trained jointly by the ELBO at
     latent dimension ``k``, the one every other fit is compared with."""
     for r in group:
-        c = r["config"]
+        c = r.config
         if (c["guide"], c["objective"], c["latent_dim"], c.get("procedure", "joint")) == (
             "mean_field",
             "elbo",
             k,
             "joint",
         ):
-            return r["job"]
+            return r.job
     return None
 
 
@@ -273,10 +281,10 @@ def compare_jobs(records: dict, mfg: str, truth_record: dict) -> dict:
 
 def run_data(folder: RunFolder, name: str, group: list[dict], seed: int) -> dict:
     """The tasks on a user's data set: each job's record, and each against the plain VAE."""
-    tasks = [(folder.job_dir(r["job"]), seed) for r in group]
+    tasks = [(folder.job_dir(r.job), seed) for r in group]
     folder.say(f"downstream: {name}: {len(tasks)} jobs")
     records = {rec["job"]: rec for rec in run_tasks(data_tasks, tasks, folder.workers)}
-    base = baseline_job(group, group[0]["config"]["latent_dim"])
+    base = baseline_job(group, group[0].config["latent_dim"])
     jobs = {job: {k: v for k, v in rec.items() if k != "key"} for job, rec in records.items()}
     if any("probe" in rec for rec in jobs.values()):
         probe_figure(folder.figures / f"representation-{name}.png", name, jobs)
@@ -294,20 +302,20 @@ def run(folder: RunFolder) -> None:
     seed = int(folder.options["seed"])
     summary = {}
     for name, group in folder.by_process().items():
-        config = group[0]["config"]
+        config = group[0].config
         if truth_of(config) is None:
             summary[name] = run_data(folder, name, group, seed)
             continue
         truth_record = truth_tasks(config, folder.truth_dir(name), seed)
-        tasks = [(folder.job_dir(r["job"]), folder.truth_dir(name), seed) for r in group]
+        tasks = [(folder.job_dir(r.job), folder.truth_dir(name), seed) for r in group]
         folder.say(f"downstream: {name}: {len(tasks)} jobs")
         records = {rec["job"]: rec for rec in run_tasks(job_tasks, tasks, folder.workers)}
         k_true = truth_of(config).latent_dim
         mfg = next(
             (
-                r["job"]
+                r.job
                 for r in group
-                if (r["config"]["guide"], r["config"]["objective"], r["config"]["latent_dim"])
+                if (r.config["guide"], r.config["objective"], r.config["latent_dim"])
                 == ("mean_field", "elbo", k_true)
             ),
             None,
@@ -319,9 +327,7 @@ def run(folder: RunFolder) -> None:
             "against_mfg": None if mfg is None else compare_jobs(records, mfg, truth_record),
         }
         robustness_figure(folder.figures / f"robustness-{name}.png", name, summary[name]["jobs"])
-        learned = {
-            r["job"]: (r["config"], records[r["job"]]["noise"]) for r in group if "noise" in records[r["job"]]
-        }
+        learned = {r.job: (r.config, records[r.job]["noise"]) for r in group if "noise" in records[r.job]}
         if learned:
             noise_figure(folder.figures / f"noise-{name}.png", name, learned)
     if summary:

@@ -4,10 +4,10 @@ At the analysis points — the first ``reference_points`` test points of a job's
 posterior :math:`p(z \\mid x)` of the ground truth (once per process) and of each finished
 job's learned model, by the exact grid (:math:`K \\le 2`) or NUTS
 (:func:`pyrofail.analysis.reference_posterior`), stored as ArviZ ``InferenceData`` with the
-settings that made it; a reference with the same settings is never recomputed.
+settings that made it (its ``key``); a reference with the same key is never recomputed.
 
-Reads: ``config.json``, ``jobs/<job>/{config.json, model.pt}``.
-Writes: ``truth/<model>/reference.nc``, ``jobs/<job>/reference.nc``.
+Reads: ``jobs/<job>/{metrics.json, model.pt, guide.pt, test.pt}``.
+Writes: ``truth/<process>/reference.nc``, ``jobs/<job>/reference.nc``.
 """
 
 from __future__ import annotations
@@ -20,46 +20,14 @@ import torch
 from pyrofail.analysis.reference import grid, reference_posterior
 from pyrofail.analysis.reference import idata as reference_data
 from pyrofail.errors import UsageError
-from pyrofail.stages.folder import RunFolder, process_id, truth_of
-from pyrofail.stages.jobs import job_data, load_job
+from pyrofail.records import JobRecord, RunFolder
+from pyrofail.records.folder import has_reference, process_id, truth_of
 from pyrofail.stages.pool import run_tasks
 
-__all__ = [
-    "DEFAULT_POINTS",
-    "DRAWS",
-    "analysis_points",
-    "has_reference",
-    "load_reference",
-    "run",
-    "settings_of",
-]
+__all__ = ["GUIDE_CANDIDATES", "load_reference", "run"]
 
-DRAWS = 500  # reference draws per point: enough for the mode finder and the figures
-DEFAULT_POINTS = 300  # a few hundred points keep the stage to seconds per job
-# On a user's data, references of learned models with more latent dimensions than this are
-# not computed (NUTS over K > 3 on a few hundred points is hours on two cores).
-MAX_K_WITHOUT_TRUTH = 3
-
-
-def settings_of(options: dict) -> dict | None:
-    """The reference settings of a run (``None`` with ``--no-reference``)."""
-    method = options.get("reference", "auto")
-    if method is None:
-        return None
-    return {
-        "method": method,
-        "points": int(options.get("reference_points", DEFAULT_POINTS)),
-        "draws": DRAWS,
-        "seed": int(options["seed"]),
-    }
-
-
-def analysis_points(config: dict, points: int):
-    """``(x_ref, x_test)``: the first ``points`` test points of a job's data and all of them,
-    as float64."""
-    _, splits = job_data(config)
-    x = splits.test.x.double()
-    return x[: min(points, x.shape[0])], x
+# draws of the trained guide that join the multi-start search for the posterior's maxima
+GUIDE_CANDIDATES = 8
 
 
 def _key(config: dict, settings: dict) -> dict:
@@ -78,14 +46,8 @@ def load_reference(path: Path, key: dict):
     return ref if ref.posterior.attrs.get("key") == json.dumps(key, sort_keys=True) else None
 
 
-# draws of the trained guide that join the multi-start search for the posterior's maxima
-GUIDE_CANDIDATES = 8
-
-
-def _compute(model, config: dict, settings: dict, path: Path, guide=None) -> str:
-    key = _key(config, settings)
+def _compute(model, x_ref, key: dict, settings: dict, path: Path, guide=None) -> None:
     if load_reference(path, key) is None:
-        x_ref, _ = analysis_points(config, settings["points"])
         options = {}
         nuts = settings["method"] == "nuts" or (
             settings["method"] == "auto" and model.latent_dim > grid.MAX_K
@@ -100,46 +62,42 @@ def _compute(model, config: dict, settings: dict, path: Path, guide=None) -> str
         )
         ref.posterior.attrs["key"] = json.dumps(key, sort_keys=True)
         reference_data.save(ref, path)
-    return str(path)
 
 
-def truth_reference(config: dict, settings: dict, path: Path) -> str:
-    """The ground truth's reference at the analysis points of ``config``'s data."""
-    return _compute(truth_of(config), config, settings, path)
+def truth_reference(folder: RunFolder, record: JobRecord) -> str:
+    """The ground truth's reference at the analysis points of ``record``'s process; returns
+    its name."""
+    settings = folder.reference_settings
+    x_ref, _ = folder.analysis_points(record.job)
+    path = folder.truth_dir(process_id(record.config)) / "reference.nc"
+    _compute(truth_of(record.config), x_ref, _key(record.config, settings), settings, path)
+    return f"truth/{process_id(record.config)}"
 
 
-def job_reference(folder: Path, settings: dict) -> str:
-    """A finished job's learned model's reference (in float64)."""
-    config, _, model, guide = load_job(folder)
-    return _compute(model.double(), config, settings, Path(folder) / "reference.nc", guide=guide)
+def job_reference(folder: RunFolder, record: JobRecord) -> str:
+    """A finished job's learned model's reference (in float64); returns the job's name."""
+    settings = folder.reference_settings
+    model, guide = folder.fitted(record)
+    x_ref, _ = folder.analysis_points(record.job)
+    path = folder.job_dir(record.job) / "reference.nc"
+    _compute(model.double(), x_ref, _key(record.config, settings), settings, path, guide=guide)
+    return record.job
 
 
 def run(folder: RunFolder) -> None:
-    settings = settings_of(folder.options)
-    if settings is None:
+    if folder.reference_settings is None:
         return
     groups = folder.by_process()
     tasks = [
-        (truth_reference, (group[0]["config"], settings, folder.truth_dir(name) / "reference.nc"))
-        for name, group in groups.items()
-        if truth_of(group[0]["config"]) is not None and has_reference(group[0]["config"])
+        (truth_reference, (folder, group[0]))
+        for group in groups.values()
+        if truth_of(group[0].config) is not None and has_reference(group[0].config)
     ]
-    jobs = [r["config"] for group in groups.values() for r in group if has_reference(r["config"])]
-    # the NUTS references of the largest K take longest: start them first
-    jobs.sort(key=lambda cfg: -cfg["latent_dim"])
-    tasks += [(job_reference, (folder.job_dir(cfg), settings)) for cfg in jobs]
-    folder.say(f"references: {len(tasks)} posteriors ({settings['method']}), {folder.workers} at a time")
-    run_tasks(_dispatch, tasks, folder.workers)
-
-
-def has_reference(config: dict) -> bool:
-    """Whether the run computes a reference for this job's learned model."""
-    if config.get("data") is not None:
-        return config["latent_dim"] <= MAX_K_WITHOUT_TRUTH
-    truth = truth_of(config)
-    if not getattr(truth, "has_density", True):
-        return False  # data on a manifold (degenerate_line): no posterior reference to compare with
-    return getattr(truth, "num_classes", None) is None  # not for the semi-supervised model
+    jobs = [r for group in groups.values() for r in group if has_reference(r.config)]
+    jobs.sort(key=lambda r: -r.config["latent_dim"])  # the NUTS references of the largest K first
+    tasks += [(job_reference, (folder, r)) for r in jobs]
+    label = f"references ({folder.reference_settings['method']})"
+    run_tasks(_dispatch, tasks, folder.workers, threads=folder.threads, label=label, quiet=folder.quiet)
 
 
 def _dispatch(fn, args):

@@ -17,21 +17,22 @@ from pathlib import Path
 
 from pyrofail.analysis.figures.bnn import predictive_bands
 from pyrofail.bnn import experiment
-from pyrofail.runs import atomic_write_json, read_json
-from pyrofail.stages.folder import RunFolder
+from pyrofail.estimate import Estimate
+from pyrofail.records import RunFolder
+from pyrofail.records.regression import RegressionRecord, RegressionRow
 from pyrofail.stages.pool import run_tasks
 
 __all__ = ["run", "run_process"]
 
 
-def _plain(value):
-    """An experiment row's value as JSON: an estimate as ``{"value", "stderr"}``."""
-    if hasattr(value, "stderr") and hasattr(value, "value"):
-        return {"value": float(value.value), "stderr": float(value.stderr)}
-    return value
+def _row(row: dict) -> RegressionRow:
+    """An experiment's row as a record: its estimates apart from the method's name, seconds, λ."""
+    plain = {k: v for k, v in row.items() if k in ("method", "seconds", "lam")}
+    estimates = {k: v for k, v in row.items() if isinstance(v, Estimate)}
+    return RegressionRow(**plain, estimates=estimates)
 
 
-def run_process(process: str, options: dict, folder: Path, figures: Path) -> dict:
+def run_process(process: str, options: dict, folder: Path, figures: Path) -> RegressionRecord:
     """One process's experiment (``regression/<process>.json``), computed once."""
     path = folder / f"{process}.json"
     key = {
@@ -42,10 +43,9 @@ def run_process(process: str, options: dict, folder: Path, figures: Path) -> dic
         "options": options.get("bnn_options", {}),
         "sizes": options.get("bnn_sizes", {}),
     }
-    if path.exists():
-        record = read_json(path)
-        if record.get("key") == key:
-            return record
+    record = RunFolder.read(RegressionRecord, path)
+    if record is not None and record.key == key:
+        return record
     ex = experiment(
         process,
         tuple(options["bnn_methods"]),
@@ -60,13 +60,8 @@ def run_process(process: str, options: dict, folder: Path, figures: Path) -> dic
             ex.results, ex.data.x_train, ex.data.y_train, figures / f"bnn-{process}.png", title=process
         )
         figure = f"figures/{drawn.name}"
-    record = {
-        "key": key,
-        "process": process,
-        "rows": [{k: _plain(v) for k, v in row.items()} for row in ex.rows],
-        "figure": figure,
-    }
-    atomic_write_json(path, record)
+    record = RegressionRecord(key, process, [_row(row) for row in ex.rows], figure)
+    RunFolder.write(record, path)
     return record
 
 
@@ -75,5 +70,5 @@ def run(folder: RunFolder) -> None:
     if not processes:
         return
     tasks = [(name, folder.options, folder.root / "regression", folder.figures) for name in processes]
-    folder.say(f"regression: {', '.join(processes)} ({', '.join(folder.options['bnn_methods'])})")
-    run_tasks(run_process, tasks, folder.workers)
+    label = f"regression ({', '.join(folder.options['bnn_methods'])})"
+    run_tasks(run_process, tasks, folder.workers, threads=folder.threads, label=label, quiet=folder.quiet)

@@ -14,7 +14,7 @@ from pyrofail.guides.m2 import M2Guide
 from pyrofail.models.latent_bernoulli import LatentBernoulli
 from pyrofail.models.latent_gaussian import LatentGaussian
 from pyrofail.models.m2 import m2_model
-from pyrofail.nn import MLP, Batched
+from pyrofail.nn import ACTIVATION, MLP, Batched
 from pyrofail.objectives.m2 import M2ELBO, M2IWAE
 
 __all__ = ["LIKELIHOODS", "guide", "learned_model", "learned_model_for", "objective", "check_stackable"]
@@ -28,7 +28,7 @@ def learned_model(
     noise_scale: float | None,
     *,
     hidden: Sequence[int] = (50, 50, 50),
-    activation: str = "leaky_relu",
+    activation: str = ACTIVATION,
     learn_noise: bool = False,
     likelihood: str = "gaussian",
     noise_per_feature: bool = False,
@@ -91,7 +91,7 @@ def guide(
     data_dim: int,
     *,
     hidden: Sequence[int] = (50, 50, 50),
-    activation: str = "leaky_relu",
+    activation: str = ACTIVATION,
     options: dict | None = None,
     num_classes: int | None = None,
     restarts: int | None = None,

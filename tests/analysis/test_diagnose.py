@@ -16,7 +16,7 @@ from torch import nn
 
 from pyrofail import zoo
 from pyrofail.analysis import diagnose
-from pyrofail.analysis.diagnose import MARGIN_NATS, conclude, evidence
+from pyrofail.analysis.diagnose import MARGIN_NATS, conclude, evidence, training_flags
 from pyrofail.analysis.hardness import HARD_KL, _LogJoint, best_mean_field
 from pyrofail.guides.base import AmortizedGuide
 from pyrofail.models import LatentGaussian, LinearGaussian
@@ -96,43 +96,48 @@ def _noisy(value, seed):
 
 def _side(label, kl, mleo, pmo=0.3, seed=0):
     return {
-        "label": label,
+        "job": label,
         "kl": _noisy(kl, seed),
         "mleo": _noisy(mleo, seed + 1),
         "pmo_gap": _noisy(pmo, 2),
-        "elbo_stderr": 0.005,
+        "elbo_error": 0.005,
     }
+
+
+def _text(verdict) -> str:
+    return " ".join(verdict.sentences())
 
 
 def test_simpler_posteriors_and_worse_px_is_a_data_distribution_failure():
     ev = evidence(_noisy(0.6, 9), _side("vae", 0.05, 0.30), _side("iwae", 0.5, 0.01, seed=5))
     out = conclude(ev)
-    assert out["failure"] == "data distribution"
-    assert out["conditions"] == {"Cx1": True, "Cx2": True, "Cz2": False}
-    text = " ".join(out["sentences"])
-    assert "MLEO 0.300 against 0.010 nats" in text and "Cx1 needs 2%" in text and "at 100% of the" in text
-    assert "more flexible variational family" in out["guidelines"][0]
+    assert out.failure == "data distribution"
+    assert out.conditions == {"Cx1": True, "Cx2": True, "Cz2": False}
+    text = _text(out)
+    assert "MLEO 0.300 ± 0.001 against 0.010 ± 0.001 nats" in text and "Cx1 needs 2%" in text
+    assert "at 100% ± 0% of the" in text
+    assert out.guidelines == ["flexible"] and "more flexible variational family" in text
 
 
 def test_simpler_posteriors_and_the_same_px_is_a_latent_space_failure():
     ev = evidence(_noisy(0.6, 9), _side("vae", 0.05, 0.02), _side("iwae", 0.5, 0.01, seed=5))
     out = conclude(ev)
-    assert out["failure"] == "latent space"
-    assert out["conditions"] == {"Cx1": True, "Cx2": False, "Cz2": True}
-    assert "latent space" in out["guidelines"][0]
+    assert out.failure == "latent space"
+    assert out.conditions == {"Cx1": True, "Cx2": False, "Cz2": True}
+    assert out.guidelines == ["latent"] and "latent space of an MFG-VAE" in _text(out)
 
 
 def test_no_simplification_is_undetermined():
     ev = evidence(_noisy(0.6, 9), _side("vae", 0.58, 0.02), _side("iwae", 0.5, 0.01, seed=5))
     out = conclude(ev)
-    assert out["failure"] == "undetermined"
-    assert out["conditions"] == {"Cx1": True, "Cx2": None, "Cz2": None}
+    assert (out.failure, out.reason) == ("undetermined", "no-trade")
+    assert out.conditions == {"Cx1": True, "Cx2": None, "Cz2": None}
 
 
 def test_easy_true_posteriors_predict_no_failure():
     ev = evidence(_noisy(0.02, 9), _side("vae", 0.0, 0.30), None)
     out = conclude(ev)
-    assert out["failure"] == "none" and out["conditions"]["Cx1"] is False
+    assert out.failure == "none" and out.conditions["Cx1"] is False
 
 
 def test_an_inconclusive_px_difference_is_undetermined():
@@ -141,20 +146,20 @@ def test_an_inconclusive_px_difference_is_undetermined():
     side["mleo"] = torch.cat((torch.full((100,), -0.16), torch.full((100,), 0.24))).double()
     ev = evidence(_noisy(0.6, 9), side, _side("iwae", 0.5, 0.0, seed=5))
     out = conclude(ev)
-    assert out["failure"] == "undetermined"
-    assert "cannot be told from" in " ".join(out["sentences"])
+    assert (out.failure, out.reason) == ("undetermined", "px-unclear")
+    assert "cannot be told from" in _text(out)
 
 
 def test_differences_inside_the_margin_do_not_count():
     margin = MARGIN_NATS
     ev = evidence(_noisy(0.6, 9), _side("vae", 0.6 - 0.8 * margin, 0.3), _side("iwae", 0.5, 0.01, seed=5))
-    assert conclude(ev)["failure"] == "undetermined"
+    assert conclude(ev).failure == "undetermined"
     ev = evidence(_noisy(0.6, 9), _side("vae", 0.05, 0.01 + 0.8 * margin), _side("iwae", 0.5, 0.01, seed=5))
-    assert conclude(ev)["failure"] == "latent space"
+    assert conclude(ev).failure == "latent space"
 
 
 @pytest.mark.parametrize(
-    "hard, kl, elbo_stderr, holds",
+    "hard, kl, elbo_error, holds",
     [
         (20, 0.11, 0.005, True),  # 10% of 200 points at 0.11 nats; 2 x 0.005 / 0.11 = 9.1%
         (16, 0.11, 0.005, False),  # 8%
@@ -162,21 +167,81 @@ def test_differences_inside_the_margin_do_not_count():
         (40, 0.11, 0.02, False),  # a noisy one for more: 36%
         (40, 0.7, 0.02, True),  # unless the hard points are far from mean-field: 5.7%
         (10, 0.7, 0.02, False),  # 5%
+        (200, 0.11, 0.1, None),  # 2 x 0.1 / 0.11 > 100%: even every point hard is not measurable
     ],
 )
-def test_cx1_needs_the_share_that_moves_the_test_elbo_by_two_standard_errors(hard, kl, elbo_stderr, holds):
+def test_cx1_needs_the_share_that_moves_the_test_elbo_by_two_standard_errors(hard, kl, elbo_error, holds):
     truth_kl = torch.zeros(N, dtype=torch.float64)
     truth_kl[:hard] = kl
-    ev = evidence(truth_kl, {**_side("vae", 0.0, 0.0), "elbo_stderr": elbo_stderr}, None)
-    assert ev["truth"]["share_hard"] == hard / N
-    assert conclude(ev)["conditions"]["Cx1"] is holds
+    ev = evidence(truth_kl, {**_side("vae", 0.0, 0.0), "elbo_error": elbo_error}, None)
+    assert ev.truth_share_hard.mean == hard / N
+    assert ev.cx1_share <= 1.0
+    assert conclude(ev).conditions["Cx1"] is holds
+
+
+def test_the_elbo_error_is_the_sampling_error_over_the_test_points():
+    """Cx1's share rests on the error with which the run knows the population's -ELBO: the
+    spread of the per-point values over sqrt(N), not the Monte Carlo error of each estimate."""
+    neg_elbo = torch.linspace(0.0, 2.0, 400, dtype=torch.float64)  # sd 0.578, N 400: se 0.0289
+    side = {**_side("vae", 0.0, 0.0), "neg_elbo": neg_elbo}
+    side.pop("elbo_error")
+    ev = evidence(_noisy(0.6, 9), side, None)
+    assert ev.elbo_error == pytest.approx(float(neg_elbo.std() / 20), rel=1e-9)
+    assert ev.cx1_share == pytest.approx(2 * ev.elbo_error / 0.6, rel=1e-3)
+
+
+def test_too_few_test_rows_is_undetermined_with_the_rows_needed():
+    """Fewer than MIN_ROWS test points: undetermined whatever the estimates (a difference of
+    the margin needs n = ((z_0.975 + z_0.8) sd / margin)^2 test points)."""
+    side = _side("vae", 0.05, 0.3)
+    side["mleo"] = torch.tensor([0.3, -0.3] * 6, dtype=torch.float64) + 0.3  # 12 points, sd 0.313
+    ev = evidence(_noisy(0.6, 9), side, None)
+    out = conclude(ev)
+    assert ev.px_cost.mean > 2 * ev.px_cost.stderr + MARGIN_NATS  # it would look decisive
+    assert ev.rows_needed == math.ceil(((1.959964 + 0.841621) * float(side["mleo"].std()) / MARGIN_NATS) ** 2)
+    assert (out.failure, out.reason) == ("undetermined", "too-few-rows")
+    assert f"12 test rows, about {ev.rows_needed} needed" in _text(out)
+
+
+def test_a_kept_px_needs_the_power_to_have_seen_a_difference():
+    """A latent-space verdict claims p(x) is kept: with fewer test points than rows_needed it
+    is undetermined, with as many it stands."""
+    spread = torch.tensor([0.2, -0.2] * 50, dtype=torch.float64)  # 100 points, sd 0.2: ~126 needed
+    side = {**_side("vae", 0.05, 0.0), "mleo": spread}
+    out = conclude(evidence(_noisy(0.6, 9), side, None))
+    assert (out.failure, out.reason) == ("undetermined", "too-few-rows")
+    side = {**_side("vae", 0.05, 0.0), "mleo": spread.repeat(2)}  # 200 points
+    assert conclude(evidence(_noisy(0.6, 9), side, None)).failure == "latent space"
+
+
+def test_when_the_mfg_vae_fits_best_there_is_no_trade_to_detect():
+    ev = evidence(_noisy(0.6, 9), _side("vae", 0.6, 0.0), None)
+    out = conclude(ev, reference="vae", mfg_is_best=True)
+    assert (out.failure, out.reason) == ("none", "mfg-is-best")
+    text = _text(out)
+    assert "no trade to detect" in text and "ground truth" not in text.replace("no ground truth", "")
 
 
 def test_without_a_richer_fit_px_is_compared_with_the_truth():
     out = conclude(evidence(_noisy(0.6, 9), _side("vae", 0.05, 0.30), None), learn_noise=True)
-    assert out["failure"] == "data distribution"
-    assert out["evidence"]["px_cost"]["against"] == "the ground truth"
-    assert any("noise scale" in g for g in out["guidelines"])
+    assert out.failure == "data distribution"
+    assert out.evidence.richer is None and "Its p(x) is worse than the ground truth's" in _text(out)
+    assert "sigma" in out.guidelines
+
+
+def test_training_flags_name_the_under_trained_fit():
+    restarts = [
+        {"init": "ground_truth", "validation_objective": -1.10},
+        {"init": "random", "validation_objective": -1.05},  # 0.05 better than the truth's start
+    ]
+    history = {
+        "step": [10, 20, 30, 40],
+        "validation": [[-1.3, -1.3], [-1.2, -1.2], [-1.15, -1.1], [-1.1, -1.05]],
+    }
+    kinds = [f.kind for f in training_flags("j", restarts, history, selected=1)]
+    assert kinds == ["truth-started-worse", "still-improving"]
+    flat = {"step": [10, 20, 30, 40], "validation": [[-1.1, -1.05]] * 4}
+    assert training_flags("j", restarts[::-1][:1], flat, selected=1) == []
 
 
 def test_the_pmo_gap_is_split_by_the_hardness_of_the_true_posterior():
@@ -184,10 +249,10 @@ def test_the_pmo_gap_is_split_by_the_hardness_of_the_true_posterior():
     side = _side("vae", 0.05, 0.3)
     side["pmo_gap"] = torch.cat((torch.full((50,), 1.2), torch.full((150,), 0.1))).double()
     ev = evidence(truth_kl, side, None)
-    assert ev["mean_field"]["pmo_gap_hard"] == pytest.approx(1.2)
-    assert ev["mean_field"]["pmo_gap_easy"] == pytest.approx(0.1)
-    assert ev["mean_field"]["pmo_share_hard"] == pytest.approx(60 / 75)  # 50 * 1.2 of 50 * 1.2 + 150 * 0.1
-    text = " ".join(conclude(ev)["sentences"])
+    assert ev.mean_field.pmo_gap_hard == pytest.approx(1.2)
+    assert ev.mean_field.pmo_gap_easy == pytest.approx(0.1)
+    assert ev.mean_field.pmo_share_hard == pytest.approx(60 / 75)  # 50 * 1.2 of 50 * 1.2 + 150 * 0.1
+    text = _text(conclude(ev))
     assert "1.200 nats on the 25% of points with hard posteriors under the ground truth" in text
     assert "80% of its total, and 0.100" in text
 
@@ -222,31 +287,31 @@ class LaplaceGuide(AmortizedGuide):
 
 
 @pytest.mark.parametrize(
-    "decoder, inverse, failure",
+    "decoder, inverse, failure, n",
     [
         # u / 2 and |u - 1/2| have the same law: exactly the truth's p(x)
-        (lambda z: (torch.special.ndtr(z) / 2) ** 2, lambda x: 2 * x.sqrt(), "latent space"),
+        (lambda z: (torch.special.ndtr(z) / 2) ** 2, lambda x: 2 * x.sqrt(), "latent space", 40),
         # uniform on [0, 1/2] instead of the truth's 1 / sqrt(x) on [0, 1/4]: MLEO 1 + log 2 - log 2
-        (lambda z: torch.special.ndtr(z) / 2, lambda x: 2 * x, "data distribution"),
+        (lambda z: torch.special.ndtr(z) / 2, lambda x: 2 * x, "data distribution", 40),
     ],
 )
-def test_diagnose_names_the_failure_of_an_analytic_decoder(decoder, inverse, failure):
+def test_diagnose_names_the_failure_of_an_analytic_decoder(decoder, inverse, failure, n):
     truth = zoo.model("quadratic").double()
-    x = truth.sample(40, seed=3).x.double()
+    x = truth.sample(n, seed=3).x.double()
     learned = LatentGaussian(Decoder(decoder), 1, 1, 0.01).double()
     mfg = (learned, LaplaceGuide(learned, inverse))
     richer = (truth, LaplaceGuide(truth, lambda x: 0.5 + x.sqrt()))  # the truth as the richer fit
     out = diagnose(truth, x, mfg, richer, labels=("vae", "truth-as-richer"), num_draws=400)
-    assert out["failure"] == failure
-    ev = out["evidence"]
-    assert ev["truth"]["share_hard"] > 0.5 and ev["truth"]["kl_mean"] > 0.4  # Cx1: two equal modes
-    assert ev["mean_field"]["kl_mean"] < 0.15  # the learned posteriors are unimodal
-    assert abs(ev["richer"]["mleo"]) < 1e-3  # the truth against itself
+    ev = out.evidence
+    assert ev.truth_share_hard.mean > 0.5 and ev.truth_kl.mean > 0.4  # Cx1: two equal modes
+    assert ev.mean_field.kl_star.mean < 0.15  # the learned posteriors are unimodal
+    assert abs(ev.richer.mleo.mean) < 1e-3  # the truth against itself
     if failure == "latent space":
-        assert abs(ev["mean_field"]["mleo"]) < 0.02  # the same p(x), up to the test sample
-        assert ev["mean_field"]["posterior_shift"] > 0.2  # but not the same latent space
+        assert abs(ev.mean_field.mleo.mean) < 0.02  # the same p(x), up to the test sample
+        assert ev.mean_field.posterior_shift.mean > 0.2  # but not the same latent space
     else:
-        assert ev["mean_field"]["mleo"] > 0.5
+        assert ev.mean_field.mleo.mean > 0.5
+    assert out.failure == failure
 
 
 def test_diagnose_takes_a_float32_fit():
@@ -256,4 +321,4 @@ def test_diagnose_takes_a_float32_fit():
     guide = zoo.guide("mean_field", latent_dim=1, data_dim=1)
     assert next(guide.parameters()).dtype == torch.float32
     out = diagnose(truth, x, (truth, guide), None, num_draws=100)
-    assert out["evidence"]["elbo_stderr"] > 0
+    assert out.evidence.elbo_error > 0

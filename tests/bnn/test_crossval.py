@@ -123,27 +123,27 @@ def test_cross_validate_pools_every_point_once_and_pairs_on_all_of_them():
 
     diff = cv.per_point["noise_constrained"]["test_ll"] - cv.per_point["mean_field"]["test_ll"]
     assert mf["paired_diff"] is None and mf["fold_paired_diff"] is None
-    assert nc["paired_diff"].value == pytest.approx(float(diff.double().mean()), abs=1e-9)
+    assert nc["paired_diff"].mean == pytest.approx(float(diff.double().mean()), abs=1e-9)
     assert nc["paired_diff"].stderr == pytest.approx(float(diff.double().std() / math.sqrt(N)), abs=1e-9)
-    assert nc["test_ll"].value - mf["test_ll"].value == pytest.approx(nc["paired_diff"].value, abs=1e-6)
-    assert mf["test_ll"].value == pytest.approx(float(cv.per_point["mean_field"]["test_ll"].double().mean()))
+    assert nc["test_ll"].mean - mf["test_ll"].mean == pytest.approx(nc["paired_diff"].mean, abs=1e-6)
+    assert mf["test_ll"].mean == pytest.approx(float(cv.per_point["mean_field"]["test_ll"].double().mean()))
     # per fold: experiment()'s paired differences, whose size-weighted mean is the pooled one
     per_fold = nc["fold_paired_diff"]
     assert len(per_fold) == 2 and all(isinstance(e, Estimate) for e in per_fold)
     for k, e in enumerate(per_fold):
-        assert e.value == pytest.approx(float(diff[cv.fold_of == k].double().mean()), abs=1e-6)
+        assert e.mean == pytest.approx(float(diff[cv.fold_of == k].double().mean()), abs=1e-6)
         assert cv.fold_rows[k][1]["paired_diff"] == e
-    assert nc["paired_diff"].value == pytest.approx(sum(e.value for e in per_fold) / 2, abs=1e-6)
+    assert nc["paired_diff"].mean == pytest.approx(sum(e.mean for e in per_fold) / 2, abs=1e-6)
     assert nc["lam"] == [10.0, 10.0] and mf["lam"] is None
     assert nc["fold_heterogeneity"]["df"] == 1 and 0 <= nc["fold_heterogeneity"]["p"] <= 1
     assert mf["seconds"] == pytest.approx(sum(rows[0]["seconds"] for rows in cv.fold_rows))
     sq = cv.per_point["mean_field"]["test_sq_err"].double().mean()
-    assert mf["rmse"].value == pytest.approx(float(sq.sqrt()), rel=1e-9)
+    assert mf["rmse"].mean == pytest.approx(float(sq.sqrt()), rel=1e-9)
     # tables: the pooled one like experiment()'s, and one row per fold plus the pooled row
     assert cv.table().count("\n") == 3 and "| noise_constrained |" in cv.table()
     folds = cv.fold_table().splitlines()
     assert len(folds) == 2 + 2 + 1 and folds[-1].startswith("| pooled |  | 442 |")
-    assert str(nc["paired_diff"]) in folds[-1] or f"{nc['paired_diff'].value:.4f}" in folds[-1]
+    assert str(nc["paired_diff"]) in folds[-1] or f"{nc['paired_diff'].mean:.4f}" in folds[-1]
 
 
 def test_the_benchmark_records_the_folds(tmp_path, capsys):

@@ -91,8 +91,8 @@ def test_each_method_runs_on_a_tiny_case_with_finite_metrics(method, tiny):
     assert post.w.shape == (20, post.network.num_weights) and post.z.shape == (20, 30)
     ev = bnn.evaluate(post, tiny.x_test, tiny.y_test, num_z=5, hsic_draws=5)
     for name, est in ev.estimates.items():
-        assert math.isfinite(est.value) and math.isfinite(est.stderr) and est.stderr >= 0, name
-    assert 0 <= ev["coverage90"].value <= 1
+        assert math.isfinite(est.mean) and math.isfinite(est.stderr) and est.stderr >= 0, name
+    assert 0 <= ev["coverage90"].mean <= 1
     if method == "noise_constrained":
         assert post.info["lam"] == max(post.info["validation"], key=lambda v: post.info["validation"][v][0])
 

@@ -3,8 +3,10 @@
 import json
 
 from pyrofail.analyze import main
+from pyrofail.records.regression import RegressionRecord
+from pyrofail.report import RunRecords
+from pyrofail.report.regression import section as section_regression
 from pyrofail.stages.regression import run_process
-from pyrofail.stages.report import Results, section_regression
 
 OPTIONS = {
     "regression": ["bimodal"],
@@ -24,28 +26,28 @@ def test_a_process_is_written_once_and_reported_with_its_paired_difference(tmp_p
     folder.mkdir()
     (tmp_path / "figures").mkdir()
     record = run_process("bimodal", OPTIONS, folder, tmp_path / "figures")
-    assert [r["method"] for r in record["rows"]] == ["truth", "mean_field", "noise_constrained"]
+    assert [r.method for r in record.rows] == ["truth", "mean_field", "noise_constrained"]
     assert (tmp_path / "figures" / "bnn-bimodal.png").exists()
-    on_disk = json.loads((folder / "bimodal.json").read_text())
-    assert on_disk["rows"][2]["paired_diff"]["stderr"] > 0
+    on_disk = RegressionRecord.from_json(json.loads((folder / "bimodal.json").read_text()))
+    assert on_disk.rows[2].estimates["paired_diff"].stderr > 0
     # the same options read the stored record back instead of fitting again
     stamp = (folder / "bimodal.json").stat().st_mtime_ns
     assert run_process("bimodal", OPTIONS, folder, tmp_path / "figures") == on_disk
     assert (folder / "bimodal.json").stat().st_mtime_ns == stamp
 
-    res = Results(options={}, jobs=[], failed={}, regression={"bimodal": on_disk})
+    res = RunRecords(options={}, jobs=[], failed={}, regression={"bimodal": on_disk})
     text = "\n".join(section_regression(res))
     assert "| noise_constrained |" in text and "### bimodal" in text
     assert "- noise_constrained against mean_field: test log-likelihood" in text
 
 
 def test_no_regression_processes_no_section():
-    assert section_regression(Results(options={}, jobs=[], failed={})) == []
+    assert section_regression(RunRecords(options={}, jobs=[], failed={})) == []
 
 
 def test_a_bad_regression_name_or_method_exits_2(tmp_path, capsys):
     for argv, message in (
-        (["--regression", "nope"], "unknown regression process 'nope'"),
+        (["--regression", "nope"], "unknown --regression 'nope'"),
         (["--bnn-methods", "vi"], "unknown --bnn-methods 'vi'"),
     ):
         assert main(["--preset", "tiny", *argv, "--out", str(tmp_path / "x")]) == 2

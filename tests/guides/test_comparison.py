@@ -1,34 +1,36 @@
-"""The report's "guides compared" section: one sentence per model, K and objective, every
+"""The report's "guides compared" section: one sentence per process, K and objective, every
 difference paired over the same test points and called a tie inside two standard errors."""
 
 import math
 
 import torch
 
-from pyrofail.stages.report import guides_compared
+from pyrofail.records.findings import Findings
+from pyrofail.report import choices
+from pyrofail.stages import findings
+from tests.factories import estimate, job, points, run_folder
 
 
-def _job(model, k, guide, objective, log_px, stderr=0.0):
-    name = f"{model}-K{k}-{guide}-{objective}"
-    record = {
-        "job": name,
-        "config": {"model": model, "latent_dim": k, "guide": guide, "objective": objective},
-        "metrics": {
-            "test_neg_log_px": -float(torch.as_tensor(log_px).mean()),
-            "test_neg_log_px_stderr": stderr,
-        },
-    }
-    return record, {"log_px": torch.as_tensor(log_px, dtype=torch.float64).tolist()}
+def _job(process, k, guide, objective, log_px, mc_stderr=0.0):
+    """A job whose per-point log p(x) are ``log_px``, importance-sampled with a Monte Carlo
+    error of the mean of ``mc_stderr`` (0: quadrature)."""
+    lp = torch.as_tensor(log_px, dtype=torch.float64)
+    record = job(process, k, guide, objective, test_neg_log_px=estimate(-float(lp.mean())))
+    per_point = [mc_stderr * math.sqrt(lp.numel())] * lp.numel() if mc_stderr else None
+    return record, points(log_px=lp, log_px_stderr=per_point)
 
 
-def _run(*jobs):
-    return [r for r, _ in jobs], {r["job"]: p for r, p in jobs}
+def _section(tmp_path, *jobs):
+    folder = run_folder(tmp_path, [r for r, _ in jobs], {r.job: p for r, p in jobs})
+    findings.run(folder)
+    return choices.guides_section(folder.read(Findings, folder.root / "findings.json"))
 
 
-def test_names_the_best_family_and_its_paired_margin_over_each_other():
+def test_names_the_best_family_and_its_paired_margin_over_each_other(tmp_path):
     base = torch.linspace(-0.5, 1.5, 100, dtype=torch.float64)  # the spread over points, shared
     wiggle = 0.01 * torch.tensor([(-1.0) ** i for i in range(100)], dtype=torch.float64)
-    results, points = _run(
+    lines = _section(
+        tmp_path,
         _job("figure8", 1, "mean_field", "elbo", base - 0.05),
         _job("figure8", 1, "flow", "elbo", base),
         _job("figure8", 1, "full_rank", "elbo", base - 0.04 + wiggle),
@@ -38,25 +40,24 @@ def test_names_the_best_family_and_its_paired_margin_over_each_other():
         _job("clusters", 2, "mean_field", "elbo", base + 0.002 + 0.1 * wiggle * 10),
         _job("clusters", 2, "flow", "elbo", base),
     )
-    text = guides_compared(results, points)
     se_wiggle = float((0.04 + wiggle).std() / math.sqrt(100))
-    assert text.splitlines() == [
-        "- clusters K=2 elbo: mean_field's test log p(x) (0.502) ties with flow's "
+    assert [line for line in lines if line.startswith("- ")] == [
+        "- clusters K=2 elbo: mean_field's test log p(x) (0.502 ± 0.010) ties with flow's "
         f"(difference 0.002 ± {float((0.002 + wiggle).std() / 10):.3f} nats).",
-        "- figure8 K=1 elbo: flow's test log p(x) (0.500) is higher than full_rank's by "
+        "- figure8 K=1 elbo: flow's test log p(x) (0.500 ± 0.010) is higher than full_rank's by "
         f"0.040 ± {se_wiggle:.3f} nats and mean_field's by 0.050 ± 0.000 nats.",
     ]
 
 
-def test_importance_sampling_error_widens_the_tie():
+def test_importance_sampling_error_widens_the_tie(tmp_path):
     base = torch.linspace(-1.0, 1.0, 50, dtype=torch.float64)
-    results, points = _run(
-        _job("figure8", 1, "mean_field", "elbo", base - 0.03, stderr=0.02),
-        _job("figure8", 1, "flow", "elbo", base, stderr=0.02),
+    lines = _section(
+        tmp_path,
+        _job("figure8", 1, "mean_field", "elbo", base - 0.03, mc_stderr=0.02),
+        _job("figure8", 1, "flow", "elbo", base, mc_stderr=0.02),
     )
-    assert "ties with mean_field's (difference 0.030 ± 0.028 nats)" in guides_compared(results, points)
+    assert "ties with mean_field's (difference 0.030 ± 0.028 nats)" in "\n".join(lines)
 
 
-def test_nothing_to_compare_with_one_guide():
-    results, points = _run(_job("figure8", 1, "mean_field", "elbo", [0.9, 1.0]))
-    assert guides_compared(results, points) is None
+def test_nothing_to_compare_with_one_guide(tmp_path):
+    assert _section(tmp_path, _job("figure8", 1, "mean_field", "elbo", [0.9, 1.0])) == []

@@ -1,0 +1,77 @@
+"""Everything the report renders, read once from the run folder's records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyrofail.records import JobRecord, RunFolder
+from pyrofail.records.findings import Findings
+from pyrofail.records.folder import process_id
+from pyrofail.records.posterior import PosteriorRecord, TruthHardness
+from pyrofail.records.regression import RegressionRecord
+from pyrofail.records.verdict import Verdicts
+from pyrofail.runs import read_json
+
+__all__ = ["RunRecords"]
+
+
+@dataclass
+class RunRecords:
+    """The records of a run: options, finished and failed jobs, reference settings, posterior
+    and hardness records, verdicts, findings, a user's data description, downstream and
+    regression results, and the run-level figures."""
+
+    options: dict
+    jobs: list[JobRecord]
+    failed: dict
+    settings: dict | None = None
+    posterior: dict[str, PosteriorRecord] = field(default_factory=dict)
+    hardness: dict[str, TruthHardness] = field(default_factory=dict)
+    verdicts: Verdicts | None = None
+    findings: Findings = field(default_factory=Findings)
+    data: dict | None = None
+    downstream: dict = field(default_factory=dict)
+    regression: dict = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, folder: RunFolder) -> RunRecords:
+        out = cls(folder.options, folder.finished_jobs(), folder.failed_jobs(), folder.reference_settings)
+        root = folder.root
+        out.data = read_json(root / "data.json") if (root / "data.json").exists() else None
+        out.downstream = read_json(root / "downstream.json") if (root / "downstream.json").exists() else {}
+        for name in folder.options.get("regression") or []:
+            record = folder.read(RegressionRecord, root / "regression" / f"{name}.json")
+            if record is not None:
+                out.regression[name] = record
+        out.findings = folder.read(Findings, root / "findings.json") or Findings()
+        for r in out.jobs:
+            record = folder.read(PosteriorRecord, folder.job_dir(r.job) / "posterior.json")
+            if record is not None:
+                out.posterior[r.job] = record
+        out.verdicts = folder.read(Verdicts, root / "verdicts.json")
+        for name in dict.fromkeys(process_id(r.config) for r in out.jobs):
+            record = folder.read(TruthHardness, folder.truth_dir(name) / "hardness.json")
+            if record is not None:
+                out.hardness[name] = record
+            for stem in (f"posterior-{name}", f"pmo-gap-{name}"):
+                if (folder.figures / f"{stem}.png").exists():
+                    out.figures.append(f"figures/{stem}.png")
+        if out.verdicts is not None:
+            out.figures += [f"figures/failure-map-{p}.png" for p in out.verdicts.failure_map]
+        return out
+
+    @property
+    def has_posterior(self) -> bool:
+        return self.settings is not None and self.verdicts is not None and bool(self.posterior)
+
+    @property
+    def on_data(self) -> bool:
+        return self.options.get("data") is not None
+
+    def job(self, name: str) -> JobRecord | None:
+        return next((r for r in self.jobs if r.job == name), None)
+
+    def relative(self, path: str, root: Path) -> str:
+        return str(Path(path).relative_to(root))
