@@ -7,8 +7,15 @@ samples from a private seed, so that the same call gives the same numbers.
   (:func:`pyrofail.bounds.elbo`), with its Monte Carlo standard error;
 * :math:`-\log p_\theta(x)`: exact quadrature for :math:`K \le 2`
   (:mod:`pyrofail.analysis.reference.grid`), otherwise importance sampling from the guide;
-* :math:`\operatorname{avg}_i I(x; z_i)`: see :func:`mutual_information`;
+* :math:`\operatorname{avg}_i I(x; z_i)`: :func:`mutual_information`
+  (:mod:`pyrofail.analysis.information`);
 * MLEO: :math:`\mathrm{KL}(p_{GT}(x) \,\|\, p_\theta(x))` on fresh ground-truth samples.
+
+**Memory.** Every function streams over the points in chunks sized from ``budget``, the
+worker's memory budget (:mod:`pyrofail.memory`, default 1 GiB), so its peak does not grow with
+the number of points; the random draws belong to fixed blocks of points
+(:func:`pyrofail.bounds.block_seed`), and the quadrature runs on fixed blocks of
+:data:`GRID_POINTS` points, so the budget never changes the numbers.
 """
 
 from __future__ import annotations
@@ -17,12 +24,16 @@ import math
 
 import torch
 
-from pyrofail import bounds, quadrature
+from pyrofail import bounds, memory, quadrature
+from pyrofail.analysis.information import marginals, mutual_information, total_mutual_information
 from pyrofail.analysis.reference import grid
 
 __all__ = [
+    "GRID_POINTS",
     "aggregate_posterior_kl",
+    "grid_log_px",
     "log_px",
+    "marginals",
     "mleo",
     "mutual_information",
     "negative_elbo",
@@ -30,15 +41,40 @@ __all__ = [
     "total_mutual_information",
 ]
 
+# Points per call of the quadrature: fixed, so that a box widened for one point (the grid
+# rebuilds its mesh when a posterior reaches the edge) touches the same neighbours whatever the
+# budget; the mesh build this repeats costs a few per cent of the integration.
+GRID_POINTS = 2048
+# float64 (point, node) tensors the quadrature holds at once per pair
+_GRID_TEMPORARIES = 4
 
-def negative_elbo(model, guide, x, num_samples: int = 100, seed: int = 0) -> dict:
+
+def negative_elbo(model, guide, x, num_samples: int = 100, seed: int = 0, budget=None) -> dict:
     r"""Test :math:`-\mathrm{ELBO}`: ``{"mean", "stderr", "per_point"}``; ``stderr`` is the
     Monte Carlo error of the mean (the spread over data points is not an error)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        est = bounds.elbo(model, guide, x, num_samples)
+    est = bounds.elbo(model, guide, x, num_samples, budget=budget, seed=seed)
     mean, err = est.mean()
     return {"mean": -float(mean), "stderr": float(err), "per_point": -est.value}
+
+
+def grid_log_px(model, x, budget=None, **options) -> torch.Tensor:
+    r""":math:`\log p(x)` per point by quadrature (:func:`pyrofail.analysis.reference.grid.grid_posterior`,
+    float64), :data:`GRID_POINTS` points a call, the (point, node) pairs of each call bounded
+    by ``budget``; ``options`` go to ``grid_posterior``.
+
+    Example:
+        >>> from pyrofail.models import LinearGaussian
+        >>> m = LinearGaussian(latent_dim=1, data_dim=1, weight=[[2.0]], noise_scale=1.0)
+        >>> x = torch.tensor([[0.0], [1.0]])
+        >>> exact = torch.distributions.Normal(0.0, 5**0.5).log_prob(x[:, 0])
+        >>> bool(torch.allclose(grid_log_px(m, x).float(), exact, atol=1e-4))
+        True
+    """
+    pairs = max(1, memory.chunk_bytes(budget) // (8 * _GRID_TEMPORARIES))
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    for lo, hi in memory.steps(x.shape[0], GRID_POINTS):
+        out[lo:hi] = grid.grid_posterior(model, x[lo:hi], budget=pairs, **options).log_px.cpu()
+    return out.to(x.device)
 
 
 def log_px(
@@ -51,31 +87,33 @@ def log_px(
     seed: int = 0,
     target_stderr: float | None = None,
     max_samples: int = 2**17,
+    budget=None,
 ) -> dict:
     r""":math:`\log p_\theta(x)` per point: ``{"per_point", "stderr", "method"}``.
 
-    ``method="grid"`` integrates exactly (:math:`K \le 2`, error below 1e-4 nats);
-    ``"is"`` importance-samples from ``guide`` with ``num_samples`` draws per point (its
-    delta-method error understates the truth when the guide misses posterior mass);
-    ``"auto"`` picks the grid whenever it applies. With ``target_stderr``, importance sampling
-    doubles its draws until the standard error of the mean over the points is below it (or
-    ``max_samples`` is reached).
+    ``method="grid"`` integrates exactly (:math:`K \le 2`, error below 1e-4 nats;
+    :func:`grid_log_px`); ``"is"`` importance-samples from ``guide`` with ``num_samples``
+    draws per point (:func:`pyrofail.bounds.iwae`; its delta-method error understates the
+    truth when the guide misses posterior mass); ``"auto"`` picks the grid whenever it
+    applies. With ``target_stderr``, importance sampling doubles its draws until the standard
+    error of the mean over the points is below it (or ``max_samples`` is reached); round
+    :math:`r` draws from ``block_seed(seed, r)``.
     """
     if method == "auto":
         method = "grid" if model.latent_dim <= grid.MAX_K else "is"
     if method == "grid":
-        lp = grid.grid_posterior(model, x).log_px.to(x.dtype)
+        lp = grid_log_px(model, x, budget).to(x.dtype)
         return {"per_point": lp, "stderr": torch.zeros_like(lp), "method": "grid"}
     if guide is None:
         raise ValueError("importance sampling of log p(x) needs a guide")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        est = bounds.iwae(model, guide, x, num_samples)
-        # more draws (doubling, each time on fresh ones) until the mean's error is small enough
-        while target_stderr is not None and _mean_stderr(est) > target_stderr and num_samples < max_samples:
-            more = bounds.iwae(model, guide, x, num_samples)
-            est = _pool(est, more)
-            num_samples *= 2
+    est = bounds.iwae(model, guide, x, num_samples, budget=budget, seed=bounds.block_seed(seed, 0))
+    rounds = 1
+    # more draws (doubling, each time on fresh ones) until the mean's error is small enough
+    while target_stderr is not None and _mean_stderr(est) > target_stderr and num_samples < max_samples:
+        more = bounds.iwae(model, guide, x, num_samples, budget=budget, seed=bounds.block_seed(seed, rounds))
+        est = _pool(est, more)
+        num_samples *= 2
+        rounds += 1
     return {"per_point": est.value, "stderr": est.stderr, "method": f"is{num_samples}"}
 
 
@@ -98,235 +136,6 @@ def _pool(a, b):
     return type(a)(value, rel.sqrt())
 
 
-def _normal_marginals(q):
-    """Per-dimension ``(loc, scale)`` ``(N, K)`` of a Gaussian guide distribution, or None."""
-    base = q
-    while hasattr(base, "base_dist") and type(base).__name__ == "Independent":
-        base = base.base_dist
-    if isinstance(base, torch.distributions.Normal):
-        return base.loc, base.scale
-    if isinstance(base, torch.distributions.MultivariateNormal):
-        return base.loc, base.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()
-    return None
-
-
-def _normal_log_prob(v, loc, scale):
-    return -0.5 * ((v - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)
-
-
-class _GaussianMarginals:
-    """Exact per-coordinate marginals of a Gaussian (diagonal or full) ``q``."""
-
-    method = "exact (Gaussian marginals)"
-
-    def __init__(self, loc, scale):
-        self.loc, self.scale = loc, scale  # (N, K)
-
-    def sample(self, s: int) -> torch.Tensor:
-        eps = torch.randn(s, *self.loc.shape, dtype=self.loc.dtype, device=self.loc.device)
-        return self.loc + self.scale * eps
-
-    def own(self, z):  # log q(z_i | x_n) for samples z (S, N, K) of point n
-        return _normal_log_prob(z, self.loc, self.scale)
-
-    def every(self, v):  # log q(v_i | x_m) for flat samples v (B, K) against every m: (B, N, K)
-        return _normal_log_prob(v[:, None, :], self.loc[None], self.scale[None])
-
-
-class _MixtureMarginals(_GaussianMarginals):
-    r"""Exact per-coordinate marginals of a mixture of diagonal Gaussians:
-    :math:`q(z_i \mid x) = \sum_c \pi_c\, \mathcal N(z_i; \mu_{ci}, \sigma_{ci}^2)`."""
-
-    method = "exact (mixture marginals)"
-
-    def __init__(self, q):
-        self.q = q
-        self.locs, self.scales, self.log_w = q.locs, q.scales, q.log_weights  # (N,C,K), (N,C)
-
-    def sample(self, s: int) -> torch.Tensor:
-        return self.q.sample((s,))
-
-    def own(self, z):  # (S, N, K)
-        lp = _normal_log_prob(z.unsqueeze(-2), self.locs, self.scales)  # (S, N, C, K)
-        return torch.logsumexp(lp + self.log_w[..., None], -2)
-
-    def every(self, v):  # (B, K) -> (B, N, K)
-        lp = _normal_log_prob(v[:, None, None, :], self.locs[None], self.scales[None])  # (B, N, C, K)
-        return torch.logsumexp(lp + self.log_w[None, ..., None], -2)
-
-
-class _ExactOneDimensional(_GaussianMarginals):
-    """K = 1: the marginal is the distribution itself, evaluated with its own ``log_prob``."""
-
-    method = "exact (K = 1 log_prob)"
-
-    def __init__(self, q):
-        self.q = q
-        self.n = q.batch_shape[-1]
-
-    def sample(self, s: int) -> torch.Tensor:
-        return self.q.sample((s,))
-
-    def own(self, z):
-        return self.q.log_prob(z)[..., None]
-
-    def every(self, v):
-        return self.q.log_prob(v[:, None, :].expand(-1, self.n, -1))[..., None]
-
-
-class _LeaveOneOutKDE(_GaussianMarginals):
-    r"""Other families with :math:`K > 1`: each coordinate's marginal
-    :math:`q(z_i \mid x_n)` by a Gaussian kernel estimate on ``T`` draws, evaluated at those
-    draws leaving the draw itself out, with the bandwidth per point and coordinate that
-    maximises the leave-one-out likelihood over a grid of multiples of a robust Silverman width
-    (:math:`0.9 \min(\hat s, \mathrm{IQR}/1.34)\, T^{-1/5}`; Silverman 1986, sec. 3.4). The
-    aggregate uses the same kernels (all ``T`` of every other point)."""
-
-    method = "leave-one-out kernel estimate"
-    FACTORS = (0.25, 0.5, 1.0, 2.0)
-
-    def __init__(self, q, t: int):
-        self.draws = q.sample((t,))  # (T, N, K)
-        d = self.draws
-        sd = d.std(0)
-        iqr = d.quantile(0.75, 0) - d.quantile(0.25, 0)
-        base = 0.9 * torch.minimum(sd, iqr / 1.34).clamp_min(1e-6) * t ** (-0.2)  # (N, K)
-        best, best_ll = base, None
-        for f in self.FACTORS:
-            ll = self._loo(d, base * f).mean(0)  # (N, K)
-            if best_ll is None:
-                best, best_ll = base * f, ll
-            else:
-                better = ll > best_ll
-                best, best_ll = torch.where(better, base * f, best), torch.where(better, ll, best_ll)
-        self.width = best
-
-    @staticmethod
-    def _loo(d, width):
-        t = d.shape[0]
-        lp = _normal_log_prob(d[:, None], d[None], width)  # (T, T, N, K)
-        eye = torch.eye(t, dtype=torch.bool, device=d.device)[..., None, None]
-        lp = lp.masked_fill(eye, -math.inf)
-        return torch.logsumexp(lp, 1) - math.log(t - 1)
-
-    def sample(self, s: int) -> torch.Tensor:
-        return self.draws[:s]
-
-    def own(self, z):  # z are the first S draws: leave each out of its own estimate
-        s = z.shape[0]
-        lp = _normal_log_prob(z[:, None], self.draws[None], self.width)  # (S, T, N, K)
-        eye = torch.eye(s, self.draws.shape[0], dtype=torch.bool, device=z.device)[..., None, None]
-        lp = lp.masked_fill(eye, -math.inf)
-        return torch.logsumexp(lp, 1) - math.log(self.draws.shape[0] - 1)
-
-    def every(self, v):  # (B, K) -> (B, N, K), all T kernels of every point
-        lp = _normal_log_prob(v[:, None, None, :], self.draws[None], self.width[None, None])  # (B, T, N, K)
-        return torch.logsumexp(lp, 1) - math.log(self.draws.shape[0])
-
-
-def marginals(q, kernel_samples: int = 64):
-    """The per-coordinate marginals of a guide distribution ``q`` (batch ``(N,)``), exact where
-    the family allows it (Gaussian, mixture of diagonal Gaussians, any family at K = 1)."""
-    normal = _normal_marginals(q)
-    if normal is not None:
-        return _GaussianMarginals(*normal)
-    if all(hasattr(q, a) for a in ("locs", "scales", "log_weights")):
-        return _MixtureMarginals(q)
-    if q.event_shape[-1] == 1:
-        return _ExactOneDimensional(q)
-    return _LeaveOneOutKDE(q, kernel_samples)
-
-
-@torch.no_grad()
-def mutual_information(
-    guide,
-    x,
-    num_samples: int = 10,
-    seed: int = 0,
-    kernel_samples: int = 64,
-    budget: int = 2**24,
-    per_point: bool = False,
-) -> torch.Tensor:
-    r"""Encoder-side mutual information per latent dimension, :math:`I(x; z_i)` ``(K,)``.
-
-    .. math::
-
-        I(x; z_i) = \mathbb E_{x}\, \mathbb E_{q(z_i \mid x)}
-            \big[\log q(z_i \mid x) - \log q(z_i)\big], \qquad
-        q(z_i) = \frac1N \sum_{m=1}^N q(z_i \mid x_m),
-
-    with :math:`x` the given points (the empirical data distribution) and ``num_samples``
-    draws of :math:`z_i` per point; the aggregate posterior :math:`q(z_i)` is the exact
-    mixture over the same points (Hoffman & Johnson 2016, "ELBO surgery"), so the estimate is
-    at most :math:`\log N`. The marginals :math:`q(z_i \mid x)` are exact for Gaussian and
-    mixture-of-Gaussian guides and for any guide at :math:`K = 1`; otherwise a leave-one-out
-    kernel estimate from ``kernel_samples`` draws per point (:func:`marginals`). Yacoby et al.
-    report :math:`\operatorname{avg}_i I(x; z_i)`.
-
-    :param per_point: return the contribution of every point ``(N, K)`` (their mean is the
-        estimate), for standard errors and paired comparisons.
-
-    Example:
-        >>> import pyro.distributions as dist, torch
-        >>> class Channel:  # q(z | x) = N(x, 0.1^2): I(x; z) = 0.5 log(1 + 1 / 0.01) for x ~ N(0, 1)
-        ...     def distribution(self, x):
-        ...         return dist.Normal(x, 0.1).to_event(1)
-        >>> x = torch.randn(2000, 1, generator=torch.Generator().manual_seed(0))
-        >>> round(float(mutual_information(Channel(), x, num_samples=20)[0]), 1)
-        2.3
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        q = guide.distribution(x)
-        marg = marginals(q, kernel_samples)
-        z = marg.sample(num_samples)  # (S, N, K)
-        log_cond = marg.own(z)
-        s, n, k = z.shape
-        flat = z.reshape(-1, k)
-        chunk = max(1, budget // (n * k * (kernel_samples if isinstance(marg, _LeaveOneOutKDE) else 4)))
-        log_agg = torch.cat(
-            [torch.logsumexp(marg.every(flat[i : i + chunk]), 1) for i in range(0, len(flat), chunk)]
-        )
-        log_agg = log_agg.reshape(s, n, k) - math.log(n)
-    contributions = (log_cond - log_agg).mean(0)  # (N, K)
-    return contributions if per_point else contributions.mean(0)
-
-
-@torch.no_grad()
-def total_mutual_information(guide, x, num_samples: int = 4, seed: int = 0, budget: int = 2**22) -> dict:
-    r"""The encoder's mutual information with the whole code,
-    :math:`I(x; z) = \mathbb E_x \mathbb E_{q(z \mid x)}[\log q(z \mid x) - \log q(z)]`,
-    :math:`q(z) = \frac1N \sum_m q(z \mid x_m)` (the aggregate over the given points, so at
-    most :math:`\log N`), with every density the guide's own ``log_prob``. Returns
-    ``{"mean", "stderr"}`` (the standard error over points).
-
-    Example:
-        >>> import pyro.distributions as dist, torch
-        >>> class Channel:  # q(z | x) = N(x, 0.1^2 I_2), x ~ N(0, I_2): I = log(1 + 100) = 4.62
-        ...     def distribution(self, x):
-        ...         return dist.Normal(x, 0.1).to_event(1)
-        >>> x = torch.randn(3000, 2, generator=torch.Generator().manual_seed(0))
-        >>> round(total_mutual_information(Channel(), x, num_samples=8)["mean"], 1)
-        4.6
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        q = guide.distribution(x)
-        z = q.sample((num_samples,))  # (S, N, K)
-        own = q.log_prob(z)  # (S, N)
-        s, n, k = z.shape
-        flat = z.reshape(-1, k)
-        chunk = max(1, budget // (n * k))
-        agg = torch.cat(
-            [
-                torch.logsumexp(q.log_prob(flat[i : i + chunk, None, :].expand(-1, n, -1)), -1)
-                for i in range(0, len(flat), chunk)
-            ]
-        ).reshape(s, n) - math.log(n)
-    per_point = (own - agg).mean(0).double()
-    return {"mean": float(per_point.mean()), "stderr": float(per_point.std() / math.sqrt(n))}
-
-
 def mleo(
     truth,
     model,
@@ -337,6 +146,7 @@ def mleo(
     x=None,
     log_px_model=None,
     log_px_truth=None,
+    budget=None,
 ) -> dict:
     r"""Maximum-likelihood term :math:`\mathrm{KL}(p_{GT}(x) \| p_\theta(x))`.
 
@@ -347,8 +157,10 @@ def mleo(
     """
     if x is None:
         x = truth.sample(n, seed=seed).x
-    lp_true = log_px_truth if log_px_truth is not None else log_px(truth, x)["per_point"]
-    lp_model = log_px_model if log_px_model is not None else (log_px(model, x, guide=guide)["per_point"])
+    lp_true = log_px_truth if log_px_truth is not None else log_px(truth, x, budget=budget)["per_point"]
+    if log_px_model is None:
+        log_px_model = log_px(model, x, guide=guide, budget=budget)["per_point"]
+    lp_model = log_px_model
     diff = lp_true.double() - lp_model.double()
     return {
         "mean": float(diff.mean()),
@@ -361,7 +173,7 @@ def mleo(
 AGGREGATE_SPACING = {1: 0.02, 2: 0.1}
 
 
-def aggregate_posterior_kl(model, x, batch: int = 256) -> float:
+def aggregate_posterior_kl(model, x, budget=None) -> float:
     r""":math:`\mathrm{KL}(\bar p \,\|\, p(z))`, :math:`\bar p(z) = \frac1N \sum_n p_\theta(z \mid
     x_n)`: how far the model's aggregate posterior on ``x`` is from its prior, by quadrature on
     a grid of nodes (K ≤ 2; the exact posteriors, not a guide's). A model whose codes respect
@@ -382,9 +194,14 @@ def aggregate_posterior_kl(model, x, batch: int = 256) -> float:
     # the nodes in the model's precision (an MLP decoder takes nothing else), masses in float64
     z, log_w = quadrature.nodes(k, AGGREGATE_SPACING[k], dtype=x.dtype, device=x.device)
     mass = torch.zeros(z.shape[0], dtype=torch.float64, device=x.device)
+    # per (point, node): the log joint's terms, its float64 copy and the softmax (a decoder
+    # that is not latent-Gaussian runs once per pair; a latent-Gaussian one once per node)
+    latent_gaussian = hasattr(model, "mean") and hasattr(model, "_log_sigma")
+    per_pair = 4 * x.element_size() + 16 + (0 if latent_gaussian else memory.model_row_bytes(model))
+    batch = memory.rows(budget, z.shape[0] * per_pair)
     with torch.no_grad():
-        for start in range(0, x.shape[0], batch):
-            lj = quadrature.log_joint_on_nodes(model, x[start : start + batch], z, log_w)
+        for start, stop in memory.steps(x.shape[0], batch):
+            lj = quadrature.log_joint_on_nodes(model, x[start:stop], z, log_w)
             mass += torch.softmax(lj.double(), -1).sum(0)
     post = mass / x.shape[0]
     z = z.double()
@@ -405,6 +222,7 @@ def summarize(
     per_point: bool = False,
     method: str = "auto",
     target_stderr: float | None = None,
+    budget=None,
 ):
     """The foundation metrics of one fitted model on test data ``x``, as plain floats: test
     −ELBO, test −log p(x), the PMO gap, avg_i I(x; z_i), for K ≤ 2 the aggregate posterior's
@@ -413,13 +231,22 @@ def summarize(
     With ``per_point=True`` it returns ``(summary, values)``, ``values`` holding every point's
     ``neg_elbo``, ``log_px``, ``mutual_information`` (``(N, K)``) and, with ``truth``,
     ``truth_log_px``: what paired comparisons between fits on the same points need.
+
+    ``budget``: the worker's memory budget (:mod:`pyrofail.memory`), for every part.
     """
-    nelbo = negative_elbo(model, guide, x, elbo_samples, seed)
+    nelbo = negative_elbo(model, guide, x, elbo_samples, seed, budget=budget)
     lpx = log_px(
-        model, x, guide=guide, method=method, num_samples=is_samples, seed=seed, target_stderr=target_stderr
+        model,
+        x,
+        guide=guide,
+        method=method,
+        num_samples=is_samples,
+        seed=seed,
+        target_stderr=target_stderr,
+        budget=budget,
     )
     lp = lpx["per_point"].double()
-    mi_points = mutual_information(guide, x, seed=seed, per_point=True)
+    mi_points = mutual_information(guide, x, seed=seed, per_point=True, budget=budget)
     mi = mi_points.mean(0)
     out = {
         "test_neg_elbo": nelbo["mean"],
@@ -433,9 +260,9 @@ def summarize(
     }
     values = {"neg_elbo": nelbo["per_point"], "log_px": lp, "mutual_information": mi_points}
     if lpx["method"] == "grid" and model.latent_dim in AGGREGATE_SPACING:
-        out["aggregate_kl"] = aggregate_posterior_kl(model, x)
+        out["aggregate_kl"] = aggregate_posterior_kl(model, x, budget)
     if truth is not None:
-        truth_lp = log_px(truth, x)["per_point"].double()
+        truth_lp = log_px(truth, x, budget=budget)["per_point"].double()
         kl = mleo(truth, model, x=x, log_px_model=lp, log_px_truth=truth_lp)
         out["mleo"] = kl["mean"]
         out["truth_neg_log_px"] = -kl["truth_log_px"]
