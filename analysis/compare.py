@@ -39,7 +39,9 @@ far the latent space moved), and the MLEO per point,
 :math:`\mathrm{KL}(p_{GT}(x) \,\|\, p_\theta(x))` (Yacoby, Pan & Doshi-Velez 2020,
 arXiv:2007.07124, eq. 3).
 
-Every Monte Carlo draw comes from ``seed``: the same call gives the same numbers.
+Every Monte Carlo draw comes from ``seed``: the same call gives the same numbers, whatever the
+memory budget (the points are compared in chunks, each block of :data:`POINT_BLOCK` points
+drawing from its own seed).
 """
 
 from __future__ import annotations
@@ -50,10 +52,12 @@ import math
 import numpy as np
 import torch
 
+from pyrofail import bounds, memory
 from pyrofail.analysis import reference as _reference
 from pyrofail.analysis.reference import modes as _modes
 from pyrofail.analysis.reference import quality
 from pyrofail.analysis.reference.modes import reference_modes
+from pyrofail.bounds import POINT_BLOCK
 
 __all__ = ["compare", "pareto_k_threshold"]
 
@@ -118,35 +122,45 @@ def _energy(y: torch.Tensor, z: torch.Tensor, lw: torch.Tensor, seed: int, budge
     return e_yz - 0.5 * e_yy, 2 * e_yz - e_yy - e_zz
 
 
+class _Reference:
+    """What the comparison reads of a reference, once: ``log p(x)`` ``(N,)``, the draws
+    ``(N, S', K)`` with their normalised log weights ``(N, S')``, and the modes per point."""
+
+    def __init__(self, ref, modes_of_ref, seed: int, like: torch.Tensor):
+        self.log_px = _reference.log_px(ref)[0].to(like)
+        zp, lwp = _reference.draws(ref)
+        self.z, self.lw = zp.to(like), lwp.to(like)
+        self.modes = modes_of_ref if modes_of_ref is not None else reference_modes(ref, seed=seed)
+
+
 @torch.no_grad()
-def _against(log_joint, q, zq: torch.Tensor, x: torch.Tensor, ref, modes_of_ref, seed: int) -> dict:
-    """Every per-point quantity of the guide distribution ``q`` (draws ``zq`` ``(S, N, K)``)
-    against the posterior of ``log_joint`` given by ``ref``."""
-    log_w = log_joint(zq, x) - q.log_prob(zq)  # (S, N)
+def _against(log_joint, q, zq: torch.Tensor, x: torch.Tensor, ref: _Reference, part: slice, seeds) -> dict:
+    """Every per-point quantity of the guide distribution ``q`` of the points ``x`` (draws
+    ``zq`` ``(S, n, K)``) against the posterior of ``log_joint`` given by ``ref`` at the points
+    ``part`` of the reference; ``seeds``: one seed per block of :data:`POINT_BLOCK` points
+    (the energy's resampling)."""
+    log_w = log_joint(zq, x) - q.log_prob(zq)  # (S, n)
     elbo = log_w.mean(0)
-    log_px = _reference.log_px(ref)[0].to(elbo)
-    zp, lwp = _reference.draws(ref)  # (N, S', K), (N, S')
-    zp, lwp = zp.to(x), lwp.to(x)
-    lq = q.log_prob(zp.transpose(0, 1)).transpose(0, 1)  # (N, S')
-    lj = log_joint(zp, x[:, None, :])  # (N, S')
+    log_px = ref.log_px[part]
+    zp, lwp = ref.z[part], ref.lw[part]  # (n, S', K), (n, S')
+    lq = q.log_prob(zp.transpose(0, 1)).transpose(0, 1)  # (n, S')
+    lj = log_joint(zp, x[:, None, :])  # (n, S')
     w = lwp.exp()
     # 0 * (-inf) is nan: weightless draws do not count, a draw with weight where q has no
     # density makes the forward KL infinite
     terms = torch.where(w > 0, lj - lq, torch.zeros_like(lj))
     forward = (w * terms).sum(-1) - log_px
     forward = torch.where(torch.isfinite(forward) | torch.isnan(forward), forward, torch.inf)
-    if modes_of_ref is None:
-        modes_of_ref = reference_modes(ref, seed=seed)
     ref_err, counts = [], []
-    all_centres, all_labels = modes_of_ref
-    for n in range(x.shape[0]):
+    all_centres, all_labels = ref.modes
+    for i, n in enumerate(range(part.start, part.stop)):
         centres, labels = all_centres[n].to(x), all_labels[n]
-        p_mass = _modes.mode_masses(zp[n], centres, labels, lwp[n])
-        q_mass = _modes.mode_masses(zq[:, n], centres, labels)
+        p_mass = _modes.mode_masses(zp[i], centres, labels, lwp[i])
+        q_mass = _modes.mode_masses(zq[:, i], centres, labels)
         ref_err.append(0.5 * (q_mass - p_mass).abs().sum())
         counts.append(float(p_mass.numel()))
     t = min(ENERGY_SAMPLES, zq.shape[0])
-    score, distance = _energy(zq[:t].transpose(0, 1), zp, lwp, seed)
+    score, distance = _blockwise_energy(zq[:t].transpose(0, 1), zp, lwp, seeds)
     pmo = log_px - elbo
     return {
         "elbo": elbo,
@@ -160,6 +174,16 @@ def _against(log_joint, q, zq: torch.Tensor, x: torch.Tensor, ref, modes_of_ref,
         "energy_distance": distance,
         "pareto_k": _pareto_k(log_w.T).to(x),
     }
+
+
+def _blockwise_energy(y, z, lw, seeds):
+    """:func:`_energy` block by block of :data:`POINT_BLOCK` points, each resampling from its
+    own seed."""
+    parts = [
+        _energy(y[i : i + POINT_BLOCK], z[i : i + POINT_BLOCK], lw[i : i + POINT_BLOCK], seed)
+        for i, seed in zip(range(0, y.shape[0], POINT_BLOCK), seeds)
+    ]
+    return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
 
 
 def _summary(per_point: dict, num_samples: int, usable: torch.Tensor) -> dict:
@@ -196,6 +220,7 @@ def compare(
     truth_modes=None,
     gated: bool = True,
     gate_options: dict | None = None,
+    budget=None,
 ) -> dict:
     r"""Posterior bias of ``guide`` (and ``model``) at every row of ``x`` (module docstring).
 
@@ -210,6 +235,10 @@ def compare(
     :param truth: the ground-truth process; adds the MLEO per point and the guide against the
         true posterior (``truth_reference``, computed when not given).
     :param num_samples: guide draws per point (ELBO, forward terms, PSIS).
+    :param budget: the worker's memory budget (:mod:`pyrofail.memory`): the points are
+        compared chunk by chunk within it; block :math:`b` of :data:`POINT_BLOCK` points draws
+        from ``block_seed(seed, b)`` (:func:`pyrofail.bounds.block_seed`), so the budget never
+        changes the numbers.
     :param modes, truth_modes: precomputed
         :func:`~pyrofail.analysis.reference.modes.reference_modes` of the two references.
     :returns: ``{"n_points", "reference_method", "usable" (N,) bool, "excluded", "reasons",
@@ -222,19 +251,41 @@ def compare(
         reference = _reference.reference_posterior(model, x, method, num_draws=num_draws, seed=seed)
     m, g = _double(model), _double(guide)
     xd = torch.as_tensor(x).double()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        q = g.distribution(xd)
-        zq = q.sample((num_samples,))  # (S, N, K)
-    per_model = _against(m.log_joint, q, zq, xd, reference, modes, seed)
     if truth is not None and truth_reference is None:
         truth_reference = _reference.reference_posterior(truth, x, method, num_draws=num_draws, seed=seed)
+    ref = _Reference(reference, modes, seed, xd)
+    against_truth = truth is not None and truth.latent_dim == model.latent_dim
+    if against_truth:
+        t64, truth_ref = _double(truth), _Reference(truth_reference, truth_modes, seed, xd)
+    n = xd.shape[0]
+    per_model, per_truth = {}, {}
+    # guide draws and log weights (S, n) and the reference's (n, S') for a chunk of points
+    row = memory.model_row_bytes(m, g) * (num_samples + ref.z.shape[1])
+    for lo, hi in memory.steps(n, memory.rows(budget, row, multiple=POINT_BLOCK)):
+        blocks = range(lo // POINT_BLOCK, (hi - 1) // POINT_BLOCK + 1)
+        zq = []
+        for b in blocks:  # every block of points draws from its own seed, whatever the chunk
+            with bounds.seeded(bounds.block_seed(seed, b)):
+                q_block = g.distribution(xd[b * POINT_BLOCK : min(hi, (b + 1) * POINT_BLOCK)])
+                zq.append(q_block.sample((num_samples,)))
+        zq, q, part = torch.cat(zq, 1), g.distribution(xd[lo:hi]), slice(lo, hi)
+        seeds = [bounds.block_seed(seed, b, 1) for b in blocks]
+        _store(per_model, _against(m.log_joint, q, zq, xd[lo:hi], ref, part, seeds), part, n)
+        if against_truth:
+            _store(per_truth, _against(t64.log_joint, q, zq, xd[lo:hi], truth_ref, part, seeds), part, n)
+            # how far the model's posterior is from the truth's: the latent space moved
+            shift = []
+            for b in blocks:
+                i = slice(b * POINT_BLOCK, min(hi, (b + 1) * POINT_BLOCK))
+                zm, _ = _resample(ref.z[i], ref.lw[i], ENERGY_SAMPLES, bounds.block_seed(seed, b, 2))
+                shift.append(_energy(zm, truth_ref.z[i], truth_ref.lw[i], bounds.block_seed(seed, b, 3))[1])
+            _store(per_truth, {"posterior_shift": torch.cat(shift)}, part, n)
     usable = torch.ones(xd.shape[0], dtype=torch.bool)
     reasons = [""] * xd.shape[0]
     if gated:
         refs = [("model", reference)] + ([("truth", truth_reference)] if truth is not None else [])
-        for name, ref in refs:
-            q_ref = quality.gate(ref, **(gate_options or {}))
+        for name, r in refs:
+            q_ref = quality.gate(r, **(gate_options or {}))
             usable &= q_ref.ok
             reasons = [f"{a}; {name}: {b}".strip("; ") if b else a for a, b in zip(reasons, q_ref.reasons())]
     out = {
@@ -257,11 +308,15 @@ def compare(
         "mean": float(kept.mean()) if kept.numel() else math.nan,
         "stderr": float(kept.std() / math.sqrt(kept.numel())) if kept.numel() > 1 else 0.0,
     }
-    if truth.latent_dim == model.latent_dim:
-        per_truth = _against(_double(truth).log_joint, q, zq, xd, truth_reference, truth_modes, seed)
-        # how far the model's posterior is from the truth's: the latent space moved
-        zm, _ = _resample(*_reference.draws(reference), ENERGY_SAMPLES, seed + 1)
-        zt, lwt = _reference.draws(truth_reference)
-        per_truth["posterior_shift"] = _energy(zm.to(xd), zt.to(xd), lwt.to(xd), seed + 2)[1]
+    if against_truth:
         out["truth"] = {"per_point": per_truth, "mean": _summary(per_truth, num_samples, usable)}
     return out
+
+
+def _store(into: dict, values: dict, part: slice, n: int) -> None:
+    """Write a chunk's per-point ``values`` into ``into`` at ``part`` (outputs allocated at the
+    first chunk, float64, ``(N,)``)."""
+    for key, v in values.items():
+        if key not in into:
+            into[key] = torch.empty(n, dtype=torch.float64)
+        into[key][part] = v.double().cpu()

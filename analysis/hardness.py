@@ -19,6 +19,7 @@ import math
 import numpy as np
 import torch
 
+from pyrofail import memory
 from pyrofail.analysis.reference import idata as reference_data
 from pyrofail.analysis.reference import reference_posterior
 from pyrofail.analysis.reference.grid import feature_sigma
@@ -146,6 +147,7 @@ def best_mean_field(
     steps: int = BEST_STEPS,
     inits: int = BEST_INITS,
     seed: int = 0,
+    budget=None,
 ) -> dict:
     r"""The best mean-field Gaussian for every point's posterior and its reverse KL, KL*(x).
 
@@ -161,6 +163,10 @@ def best_mean_field(
     is an upper bound on the true minimum, equal to it when a start lies in its basin. For a
     Gaussian posterior with precision :math:`\Lambda` it is
     :math:`\tfrac12(\sum_i \log\Lambda_{ii} - \log\det\Lambda)`.
+
+    Points are optimised in chunks within ``budget``, the worker's memory budget
+    (:mod:`pyrofail.memory`): each point's starts are optimised on their own, so the chunks
+    give the same numbers as one batch (to float rounding).
 
     :returns: ``{"kl", "loc", "scale"}`` per point, ``"mean"`` (the mean KL*),
         ``"share_hard"`` (share of points with KL* > :data:`HARD_KL`) and ``"hard_kl"``.
@@ -179,6 +185,33 @@ def best_mean_field(
     t, w = (a.to(dev) for a in _gauss_hermite(k, GH_NODES.get(k, max(3, int(4096 ** (1 / k))))))
     log_px = reference_data.log_px(reference)[0].double().to(dev)
     loc0, log_s0 = (a.to(dev) for a in _inits(reference, modes, inits))  # (N, I, K)
+    n = x.shape[0]
+    kl_star = torch.empty(n, dtype=torch.float64, device=dev)
+    loc, scale = (torch.empty(n, k, dtype=torch.float64, device=dev) for _ in range(2))
+    # every point's starts are optimised on their own (the loss is a sum over points and Adam
+    # works element by element), so chunks of points give the numbers of one big batch; a
+    # point holds inits x nodes rows of the log joint with their gradients
+    row = 8 * (8 * work.data_dim + 10 * k) if log_joint.tabulated else memory.model_row_bytes(work)
+    per_point = inits * t.shape[0] * memory.TRAINING_FACTOR * row
+    for lo, hi in memory.steps(n, memory.rows(budget, per_point)):
+        part = slice(lo, hi)
+        kl_star[part], loc[part], scale[part] = _optimise(
+            log_joint, x[part], log_px[part], loc0[part], log_s0[part], t, w, steps
+        )
+    return {
+        "kl": kl_star,
+        "loc": loc,
+        "scale": scale,
+        "mean": float(kl_star.mean()),
+        "share_hard": float((kl_star > HARD_KL).double().mean()),
+        "hard_kl": HARD_KL,
+    }
+
+
+def _optimise(log_joint, x, log_px, loc0, log_s0, t, w, steps: int):
+    """KL* ``(n,)`` and the best ``(loc, scale)`` ``(n, K)`` of the points ``x`` from their
+    starts ``(n, I, K)`` (Adam, cosine schedule; quadrature nodes ``t`` and weights ``w``)."""
+    k = loc0.shape[-1]
     s0 = log_s0.exp()
     u = torch.zeros_like(loc0, requires_grad=True)
     v = torch.zeros_like(loc0, requires_grad=True)
@@ -187,7 +220,7 @@ def best_mean_field(
 
     def kl():
         loc, log_s = loc0 + s0 * u, log_s0 + v
-        z = loc[:, :, None, :] + log_s.exp()[:, :, None, :] * t  # (N, I, G, K)
+        z = loc[:, :, None, :] + log_s.exp()[:, :, None, :] * t  # (n, I, G, K)
         expect = (log_joint(z, xs) * w).sum(-1)
         return log_px[:, None] - log_s.sum(-1) - const - expect
 
@@ -208,12 +241,4 @@ def best_mean_field(
         loc = torch.gather(loc0 + s0 * u, 1, pick)[:, 0]
         scale = torch.gather((log_s0 + v).exp(), 1, pick)[:, 0]
         # not clamped at 0: a negative KL* can only come from quadrature error, and shows it
-        kl_star = value.gather(1, best[:, None])[:, 0]
-    return {
-        "kl": kl_star,
-        "loc": loc,
-        "scale": scale,
-        "mean": float(kl_star.mean()),
-        "share_hard": float((kl_star > HARD_KL).double().mean()),
-        "hard_kl": HARD_KL,
-    }
+        return value.gather(1, best[:, None])[:, 0], loc, scale

@@ -24,6 +24,8 @@ import math
 
 import torch
 
+from pyrofail import bounds, memory
+from pyrofail.analysis import metrics
 from pyrofail.analysis.reference import grid
 from pyrofail.errors import UsageError
 
@@ -42,10 +44,11 @@ __all__ = [
 ]
 
 
-def quadrature_log_px(model, x: torch.Tensor, **options) -> torch.Tensor:
+def quadrature_log_px(model, x: torch.Tensor, budget=None, **options) -> torch.Tensor:
     r""":math:`\log p(x)` per point by :func:`pyrofail.analysis.reference.grid.grid_posterior` (float64):
     for a :class:`~pyrofail.models.m2.LabelView`, :math:`\log p(x \mid y)`; for a labelled model
-    itself, the label summed out (uniform mesh on its ``log_joint``).
+    itself, the label summed out (uniform mesh on its ``log_joint``). The points go through the
+    quadrature in fixed blocks within ``budget`` (:func:`pyrofail.analysis.metrics.grid_log_px`).
 
     Example:
         >>> from pyrofail import zoo
@@ -53,8 +56,7 @@ def quadrature_log_px(model, x: torch.Tensor, **options) -> torch.Tensor:
         >>> quadrature_log_px(truth.given_label(0), truth.sample(2, seed=0).x).dtype
         torch.float64
     """
-    post = grid.grid_posterior(model, x, **options)
-    return post.log_px
+    return metrics.grid_log_px(model, x, budget, **options)
 
 
 def _check_model(model, name: str = "model") -> None:
@@ -81,7 +83,7 @@ def _labels(y, x) -> torch.Tensor:
 
 
 @torch.no_grad()
-def class_log_likelihoods(model, x: torch.Tensor) -> torch.Tensor:
+def class_log_likelihoods(model, x: torch.Tensor, budget=None) -> torch.Tensor:
     r""":math:`\log p(x \mid y = c)` for every class and point, ``(C, N)`` (float64), by quadrature
     of the model at each label (:meth:`~pyrofail.models.m2.LabelledLatentGaussian.given_label`).
 
@@ -92,7 +94,7 @@ def class_log_likelihoods(model, x: torch.Tensor) -> torch.Tensor:
         torch.Size([2, 3])
     """
     _check_model(model)
-    return torch.stack([quadrature_log_px(model.given_label(c), x) for c in range(model.num_classes)])
+    return torch.stack([quadrature_log_px(model.given_label(c), x, budget) for c in range(model.num_classes)])
 
 
 def _log_class_probs(model) -> torch.Tensor:
@@ -100,7 +102,7 @@ def _log_class_probs(model) -> torch.Tensor:
 
 
 @torch.no_grad()
-def log_px(model, x: torch.Tensor, per_class: torch.Tensor | None = None) -> torch.Tensor:
+def log_px(model, x: torch.Tensor, per_class: torch.Tensor | None = None, budget=None) -> torch.Tensor:
     r""":math:`\log p(x) = \log \sum_y p(y)\, p(x \mid y)` per point (float64), the label summed
     out exactly over the per-class quadratures (``per_class``, if already computed).
 
@@ -110,11 +112,13 @@ def log_px(model, x: torch.Tensor, per_class: torch.Tensor | None = None) -> tor
         >>> log_px(truth, truth.sample(3, seed=0).x).shape
         torch.Size([3])
     """
-    lc = class_log_likelihoods(model, x) if per_class is None else per_class
+    lc = class_log_likelihoods(model, x, budget) if per_class is None else per_class
     return torch.logsumexp(lc.cpu() + _log_class_probs(model)[:, None], 0)
 
 
-def class_mleo(model, truth, x: torch.Tensor, y, *, truth_per_class=None, model_per_class=None) -> list[dict]:
+def class_mleo(
+    model, truth, x: torch.Tensor, y, *, truth_per_class=None, model_per_class=None, budget=None
+) -> list[dict]:
     r"""Per class :math:`c`, :math:`\mathrm{KL}(p_{GT}(x \mid c) \,\|\, p_\theta(x \mid c))`
     estimated by the mean of :math:`\log p_{GT}(x \mid c) - \log p_\theta(x \mid c)` over the test
     points of class :math:`c` (which are draws from :math:`p_{GT}(x \mid c)`), each density by
@@ -128,8 +132,8 @@ def class_mleo(model, truth, x: torch.Tensor, y, *, truth_per_class=None, model_
         [0.0, 0.0]
     """
     y = _labels(y, x)
-    lt = class_log_likelihoods(truth, x) if truth_per_class is None else truth_per_class
-    lm = class_log_likelihoods(model, x) if model_per_class is None else model_per_class
+    lt = class_log_likelihoods(truth, x, budget) if truth_per_class is None else truth_per_class
+    lm = class_log_likelihoods(model, x, budget) if model_per_class is None else model_per_class
     diff = (lt - lm).cpu()
     out = []
     for c in range(truth.num_classes):
@@ -138,7 +142,7 @@ def class_mleo(model, truth, x: torch.Tensor, y, *, truth_per_class=None, model_
     return out
 
 
-def mleo(model, truth, x: torch.Tensor, *, truth_per_class=None, model_per_class=None) -> dict:
+def mleo(model, truth, x: torch.Tensor, *, truth_per_class=None, model_per_class=None, budget=None) -> dict:
     r""":math:`\mathrm{KL}(p_{GT}(x) \,\|\, p_\theta(x))`, the mean of :math:`\log p_{GT}(x) -
     \log p_\theta(x)` over test points drawn from the truth, with the label summed out of both
     (:func:`log_px`): ``{"mean", "stderr", "n"}``.
@@ -149,8 +153,8 @@ def mleo(model, truth, x: torch.Tensor, *, truth_per_class=None, model_per_class
         >>> round(mleo(truth, truth, truth.sample(10, seed=0).x)["mean"], 6)
         0.0
     """
-    lt = log_px(truth, x, truth_per_class)
-    lm = log_px(model, x, model_per_class)
+    lt = log_px(truth, x, truth_per_class, budget)
+    lm = log_px(model, x, model_per_class, budget)
     return _mean_se(lt - lm)
 
 
@@ -175,7 +179,7 @@ def accuracy(guide, x: torch.Tensor, y) -> dict:
 
 
 @torch.no_grad()
-def bayes_accuracy(truth, x: torch.Tensor, y, *, truth_per_class=None) -> dict:
+def bayes_accuracy(truth, x: torch.Tensor, y, *, truth_per_class=None, budget=None) -> dict:
     r"""Accuracy of the Bayes classifier :math:`\arg\max_c p_{GT}(c)\, p_{GT}(x \mid c)` (exact,
     by quadrature): the ceiling for any :math:`q(y \mid x)` where the classes overlap.
 
@@ -187,7 +191,7 @@ def bayes_accuracy(truth, x: torch.Tensor, y, *, truth_per_class=None) -> dict:
         True
     """
     y = _labels(y, x)
-    lc = class_log_likelihoods(truth, x) if truth_per_class is None else truth_per_class
+    lc = class_log_likelihoods(truth, x, budget) if truth_per_class is None else truth_per_class
     pred = (lc.cpu() + _log_class_probs(truth)[:, None]).argmax(0)
     hit = (pred == y.cpu()).double()
     a, n = float(hit.mean()), hit.numel()
@@ -245,9 +249,60 @@ def _median_draw(draws: torch.Tensor, dim: int) -> torch.Tensor:
     return draws.median(dim).values
 
 
+# points per block of the counterfactual draws: fixed, so that a point's draws never depend on
+# how many points there are or on the budget
+DRAW_POINTS = 256
+
+
+def _draw_seed(seed: int, block: int) -> int:
+    """The seed of a block of counterfactual draws: ``seed`` itself for the first block (a class
+    of at most :data:`DRAW_POINTS` points draws as one quadrature call with ``seed`` would),
+    ``block_seed(seed, b)`` for the others."""
+    return seed if block == 0 else bounds.block_seed(seed, block)
+
+
+def _grid_draws(model, x, num_draws: int, seed: int, budget) -> torch.Tensor:
+    """``num_draws`` exact posterior draws per point ``(n, S, K)`` (quadrature, one call)."""
+    pairs = max(1, memory.chunk_bytes(budget) // 32)
+    return grid.grid_posterior(model, x, num_draws=num_draws, seed=seed, budget=pairs).draws
+
+
+def _medians(draw, x, seed: int) -> torch.Tensor:
+    """The median draw per point ``(n, K)``, block by block of :data:`DRAW_POINTS` points;
+    ``draw(x_block, seed, start)`` gives the block's draws ``(n_b, S, K)``."""
+    out = []
+    for b, (lo, hi) in enumerate(memory.steps(x.shape[0], DRAW_POINTS)):
+        out.append(_median_draw(draw(x[lo:hi], _draw_seed(seed, b), lo), 1))
+    return torch.cat(out)
+
+
+def _true_counterfactuals(truth, truth64, xc, c, other, num_draws, seed, budget):
+    """The truth's counterfactual at its median posterior draw per point ``(n, D)`` and the
+    mean distance of its counterfactual draws from it ``(n,)``, block by block (the draws of
+    block ``b`` from ``_draw_seed(seed, b)``, as the model's)."""
+    medians, spreads = [], []
+    for b, (lo, hi) in enumerate(memory.steps(xc.shape[0], DRAW_POINTS)):
+        draws = _grid_draws(truth.given_label(c), xc[lo:hi], num_draws, _draw_seed(seed, b), budget)
+        z = _median_draw(draws, 1)
+        cf = truth64.curve(z, other[lo:hi]).cpu()
+        cf_draws = truth64.curve(draws, other[lo:hi, None]).cpu()
+        medians.append(cf)
+        spreads.append((cf_draws - cf[:, None]).norm(dim=-1).mean(-1))
+    return torch.cat(medians), torch.cat(spreads)
+
+
 @torch.no_grad()
 def counterfactual_error(
-    model, guide, x: torch.Tensor, y, truth, *, seed: int = 0, method: str = "model", num_draws: int = 401
+    model,
+    guide,
+    x: torch.Tensor,
+    y,
+    truth,
+    *,
+    seed: int = 0,
+    method: str = "model",
+    num_draws: int = 401,
+    budget=None,
 ) -> dict:
     r"""How far the learned counterfactual of each test point is from the true one.
 
@@ -269,6 +324,11 @@ def counterfactual_error(
         encoder gives.
     :param num_draws: posterior draws per point (same seed for truth and model, so a model
         identical to the truth gets identical draws).
+    :param budget: the worker's memory budget (:mod:`pyrofail.memory`). The points of a class go
+        through in fixed blocks of :data:`DRAW_POINTS`, each drawing from its own seed
+        (:func:`_draw_seed`), so neither
+        the number of points nor the budget changes a point's draws (as long as a block's
+        (point, node) pairs fit the quadrature's chunk: the grid draws chunk by chunk).
 
     Returns ``{"mean", "stderr", "n", "per_class", "per_point", "counterfactuals",
     "true_counterfactuals", "truth_spread", "method"}``: the mean error over points and its
@@ -307,19 +367,17 @@ def counterfactual_error(
             continue
         xc = x[mine.to(x.device)]
         other = torch.full((mine.numel(),), 1 - c, dtype=torch.long)
-        true_draws = grid.grid_posterior(truth.given_label(c), xc, num_draws=num_draws, seed=seed).draws
-        z_true = _median_draw(true_draws, 1)  # (n, 1)
-        cf_true = truth64.curve(z_true, other).cpu()
-        cf_draws = truth64.curve(true_draws, other[:, None]).cpu()
-        spread[mine] = (cf_draws - cf_true[:, None]).norm(dim=-1).mean(-1)
-        if method == "model":
-            draws = grid.grid_posterior(model.given_label(c), xc, num_draws=num_draws, seed=seed).draws
-            z_hat = _median_draw(draws, 1)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                q = guide.distribution(xc, torch.full((mine.numel(),), c, dtype=torch.long, device=xc.device))
-                z_hat = _median_draw(q.sample((num_draws,)), 0)
+        cf_true, spread[mine] = _true_counterfactuals(truth, truth64, xc, c, other, num_draws, seed, budget)
+        label = torch.full((mine.numel(),), c, dtype=torch.long, device=xc.device)
+
+        def draws(xb, s, lo, c=c, label=label):
+            if method == "model":
+                return _grid_draws(model.given_label(c), xb, num_draws, s, budget)
+            with bounds.seeded(s, xb.device):
+                q = guide.distribution(xb, label[lo : lo + xb.shape[0]])
+                return q.sample((num_draws,)).transpose(0, 1)  # (n, S, 1)
+
+        z_hat = _medians(draws, xc, seed)
         device = model64.log_noise.device
         cf = model64.curve(z_hat.to(dtype=torch.float64, device=device), other.to(device)).cpu()
         errors[mine] = (cf - cf_true).norm(dim=-1)
@@ -336,10 +394,13 @@ def counterfactual_error(
     }
 
 
-def summarize(model, guide, x: torch.Tensor, y, truth, *, seed: int = 0, num_draws: int = 401) -> dict:
+def summarize(
+    model, guide, x: torch.Tensor, y, truth, *, seed: int = 0, num_draws: int = 401, budget=None
+) -> dict:
     """Every metric of this module on test points ``(x, y)`` as plain floats (the quadratures
     shared): collapse, counterfactual error (model and guide), per-class MLEO, MLEO of
-    :math:`p(x)`, accuracy and the Bayes accuracy.
+    :math:`p(x)`, accuracy and the Bayes accuracy; ``budget``: the worker's memory budget
+    (:mod:`pyrofail.memory`), for every part.
 
     Example:
         >>> from pyrofail import zoo
@@ -349,8 +410,8 @@ def summarize(model, guide, x: torch.Tensor, y, truth, *, seed: int = 0, num_dra
         >>> summarize(truth, M2Guide(1, 2, hidden=(4,)), data.x, data.y, truth)["mleo"]
         0.0
     """
-    lt = class_log_likelihoods(truth, x)
-    lm = class_log_likelihoods(model, x)
+    lt = class_log_likelihoods(truth, x, budget)
+    lm = class_log_likelihoods(model, x, budget)
     kl = mleo(model, truth, x, truth_per_class=lt, model_per_class=lm)
     out = {"mleo": kl["mean"], "mleo_stderr": kl["stderr"]}
     for r in class_mleo(model, truth, x, y, truth_per_class=lt, model_per_class=lm):
@@ -361,7 +422,9 @@ def summarize(model, guide, x: torch.Tensor, y, truth, *, seed: int = 0, num_dra
     col = collapse(model, truth)
     out.update(separation=col["learned"], separation_truth=col["truth"], separation_ratio=col["ratio"])
     for method in ("model", "guide"):
-        cf = counterfactual_error(model, guide, x, y, truth, seed=seed, method=method, num_draws=num_draws)
+        cf = counterfactual_error(
+            model, guide, x, y, truth, seed=seed, method=method, num_draws=num_draws, budget=budget
+        )
         out[f"counterfactual_error_{method}"] = cf["mean"]
         out[f"counterfactual_error_{method}_stderr"] = cf["stderr"]
         out["counterfactual_truth_spread"] = cf["truth_spread"]

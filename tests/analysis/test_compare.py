@@ -205,3 +205,47 @@ def test_posterior_figures_are_written(one_d, tmp_path):
     b = pp.pmo_gap_figure(tmp_path / "gap.png", x, gaps, marked=x[[0, 5]], truth=truth, title="lg")
     for path in (a, b):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- streaming in bounded memory (pyrofail.memory) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many():
+    """150 points (three blocks of 64): enough for a small budget to take several chunks."""
+    truth = LinearGaussian(latent_dim=1, data_dim=2, noise_scale=0.5, seed=3).double()
+    x = truth.sample(150, seed=5).x.double()
+    ref = reference_posterior(truth, x, "grid", num_draws=200)
+    return truth, x, ref, reference_modes(ref)
+
+
+def test_compare_is_the_same_for_every_budget(many):
+    """A 4 MiB working set takes the 150 points 64 at a time (three chunks), 1 GiB all at once:
+    every per-point quantity, for the model and against the truth, is the same to float
+    rounding (each block of 64 points draws from its own seed, whatever the chunk)."""
+    truth, x, ref, modes = many
+    guide = ExactPosteriorGuide(truth, scale_factor=1.3, shift=0.1)
+    kw = dict(
+        reference=ref, truth=truth, truth_reference=ref, modes=modes, truth_modes=modes, num_samples=300
+    )
+    small, large = (
+        compare(truth, guide, x, budget="16MiB", **kw),
+        compare(truth, guide, x, budget="1GiB", **kw),
+    )
+    for side in ("model", "truth"):
+        for key, value in large[side]["per_point"].items():
+            assert torch.allclose(
+                small[side]["per_point"][key], value, rtol=1e-6, atol=1e-6, equal_nan=True
+            ), key
+    assert small["model"]["mean"] == pytest.approx(large["model"]["mean"], rel=1e-6)
+
+
+def test_best_mean_field_is_the_same_for_every_budget(many):
+    """KL* optimises every point's starts on their own: chunks of points give one batch's
+    numbers."""
+    from pyrofail.analysis.hardness import best_mean_field
+
+    truth, x, ref, modes = many
+    a = best_mean_field(truth, x, ref, modes=modes, steps=40, budget="16MiB")
+    b = best_mean_field(truth, x, ref, modes=modes, steps=40, budget="1GiB")
+    assert torch.allclose(a["kl"], b["kl"], atol=1e-8) and torch.allclose(a["loc"], b["loc"], atol=1e-8)
