@@ -127,8 +127,8 @@ def test_stage_one_reaches_the_maximum_likelihood_linear_decoder():
         seed=0,
     )
     model, stage, best = libi._likelihood_by_quadrature(config, problem, libi._options(config))
-    w = float(model.decoder.weights[0].reshape(()))
-    c = float(model.decoder.biases[0].reshape(()))
+    w = float(model.decoder.weights[0].detach().reshape(()))
+    c = float(model.decoder.biases[0].detach().reshape(()))
     assert w * w == pytest.approx(V - SIGMA**2, rel=0.01)
     assert c == pytest.approx(M, abs=0.01)
     assert stage["refresh"] == 10  # one full pass per epoch: 1,000 points in batches of 100
