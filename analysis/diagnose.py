@@ -17,9 +17,12 @@ This module decides each condition from measured numbers and returns the decisio
 mean-field Gaussian reaches at that point (:func:`pyrofail.analysis.hardness.best_mean_field`);
 a posterior is *hard* when KL* > :data:`HARD_KL` :math:`= -\log 0.9`, the cost of a Gaussian
 that fits one mode exactly and misses a tenth of the mass. Cx1 holds when the share of hard
-points reaches :func:`cx1_share`, the share whose cost (share × the mean KL* of the hard
-points) would move the test −ELBO by two of its standard errors — the *sampling* error over
-the test points, with which the run knows the population's −ELBO.
+points reaches :func:`cx1_share`, the share whose cost to any mean-field encoder (share × the
+mean KL* of the hard points, what the hard posteriors add to the −ELBO) is two of its standard
+errors above zero: the *sampling* error of that cost over the points, paired per point as every
+other comparison here — not the Monte Carlo error of an estimate (a noisier estimator would
+ask for more), nor the unpaired error of the test −ELBO itself, which on a real table is
+dominated by the rows' own spread of log p(x).
 
 *Whether the MFG-VAE traded* is read off its learned model :math:`p_\theta`: its posteriors
 are simpler when :math:`\overline{\mathrm{KL}^*_{GT}} - \overline{\mathrm{KL}^*_\theta}` exceeds
@@ -39,7 +42,6 @@ import math
 
 import torch
 
-from pyrofail.analysis import metrics
 from pyrofail.analysis import reference as _reference
 from pyrofail.analysis.compare import compare
 from pyrofail.analysis.hardness import HARD_KL, best_mean_field
@@ -51,6 +53,7 @@ __all__ = [
     "MARGIN_NATS",
     "MIN_ROWS",
     "conclude",
+    "cost_error",
     "cx1_share",
     "diagnose",
     "evidence",
@@ -71,13 +74,13 @@ _Z_TEST, _Z_POWER = 1.959964, 0.841621
 TRAINING_NATS = 0.01
 
 
-def cx1_share(elbo_error: float, hard_kl_mean: float = HARD_KL) -> float:
+def cx1_share(cost_error: float, hard_kl_mean: float = HARD_KL) -> float:
     r"""The share of points Cx1 asks for ("a large proportion of x"): the share at which the
     cost the truth imposes on any mean-field encoder at its hard points, share ×
     ``hard_kl_mean`` nats (the mean KL* over the points with KL* > :data:`HARD_KL`, so at least
-    share × :data:`HARD_KL`), reaches two standard errors of the test −ELBO (``elbo_error``);
-    below it the hard posteriors cannot move the objective measurably. Capped at 1: a value of
-    1 means even every point being hard would not be measurable (see :func:`conclude`).
+    share × :data:`HARD_KL`), reaches two standard errors (``cost_error``, its sampling error
+    over the points); below it the hard posteriors' cost cannot be told from zero. Capped at 1:
+    a value of 1 means even every point being hard would not be measurable (see :func:`conclude`).
 
     Example:
         >>> round(cx1_share(0.005), 3)  # a test -ELBO known to 0.005 nats, posteriors just hard
@@ -87,7 +90,16 @@ def cx1_share(elbo_error: float, hard_kl_mean: float = HARD_KL) -> float:
         >>> cx1_share(1.0)  # four test rows: nothing the posteriors cost could be seen
         1.0
     """
-    return min(1.0, 2.0 * float(elbo_error) / max(float(hard_kl_mean), HARD_KL))
+    return min(1.0, 2.0 * float(cost_error) / max(float(hard_kl_mean), HARD_KL))
+
+
+def cost_error(kl_star) -> float:
+    """The sampling error over the points of the hard posteriors' mean cost, KL* where it
+    exceeds :data:`HARD_KL` and 0 elsewhere (at least 1e-12, so that no hard point at all never
+    meets a share of 0; infinite for a single point)."""
+    kl = torch.as_tensor(kl_star, dtype=torch.float64)
+    error = Estimate.of(torch.where(kl > HARD_KL, kl, torch.zeros_like(kl))).stderr
+    return math.inf if error is None else max(error, 1e-12)
 
 
 def rows_needed(differences, margin: float = MARGIN_NATS) -> int:
@@ -138,12 +150,6 @@ def _side(d: dict, hard: torch.Tensor) -> Side:
     )
 
 
-def _elbo_error(d: dict) -> float:
-    if "neg_elbo" in d:
-        return Estimate.of(_tensor(d["neg_elbo"])).stderr or math.inf
-    return float(d["elbo_error"])
-
-
 def evidence(truth_kl, mean_field: dict, richer: dict | None = None) -> Evidence:
     r"""The numbers the conditions are decided on.
 
@@ -151,15 +157,14 @@ def evidence(truth_kl, mean_field: dict, richer: dict | None = None) -> Evidence
         of the ground truth, or of the best-fitting model that stands in for it).
     :param mean_field: the MFG-VAE (mean-field guide, ELBO): ``{"job", "kl"`` (KL* of its model
         at the same analysis points), ``"pmo_gap"`` (at the analysis points), ``"mleo"``
-        (:math:`\log p_{GT}(x) - \log p_\theta(x)` per test point), ``"neg_elbo"`` (its −ELBO
-        per test point, whose sampling error sets :func:`cx1_share`; or ``"elbo_error"``
-        directly), optionally ``"posterior_shift"`` (per analysis point)``}``.
+        (:math:`\log p_{GT}(x) - \log p_\theta(x)` per test point), optionally
+        ``"posterior_shift"`` (per analysis point)``}``.
     :param richer: the same for a richer family's model (IWAE, a richer guide), or ``None``:
         then :math:`p(x)` is compared with the truth's (MLEO against 0).
     """
     kl_gt = _tensor(truth_kl)
     hard = kl_gt > HARD_KL
-    error = _elbo_error(mean_field)
+    error = cost_error(kl_gt)
     hard_mean = float(kl_gt[hard].mean()) if bool(hard.any()) else HARD_KL
     mleo_mf = _tensor(mean_field["mleo"])
     mleo_rich = _tensor(richer["mleo"]) if richer is not None else torch.zeros_like(mleo_mf)
@@ -172,7 +177,7 @@ def evidence(truth_kl, mean_field: dict, richer: dict | None = None) -> Evidence
         truth_share_hard=Estimate.of(hard.double()),
         cx1_share=cx1_share(error, hard_mean),
         cx1_reachable=2.0 * error / max(hard_mean, HARD_KL) <= 1.0,
-        elbo_error=error,
+        cost_error=error,
         mean_field=_side(mean_field, hard),
         richer=None if richer is None else _side(richer, hard),
         simpler=Estimate.paired(kl_gt, _tensor(mean_field["kl"])),
@@ -270,15 +275,6 @@ def training_flags(job: str, restarts: list, history: dict, selected: int) -> li
     return flags
 
 
-def _dtype(*modules, default: torch.dtype) -> torch.dtype:
-    """The floating dtype of the first parameter or buffer of ``modules``, else ``default``."""
-    for m in modules:
-        for t in (*m.parameters(), *m.buffers()):
-            if t.is_floating_point():
-                return t.dtype
-    return default
-
-
 def diagnose(
     truth,
     x: torch.Tensor,
@@ -318,9 +314,6 @@ def diagnose(
             model, guide, x, ref, truth, truth_reference=ref_gt, modes=modes, truth_modes=modes_gt, seed=seed
         )
         best = best_mean_field(model, x, ref, modes=modes, seed=seed)
-        # the ELBO in the fit's own precision: a float32 network takes no float64 input
-        x_fit = x.to(_dtype(guide, model, default=x.dtype))
-        neg_elbo = metrics.negative_elbo(model, guide, x_fit, num_samples=1000, seed=seed)["per_point"]
         truth_side = cmp.get("truth") or {}
         sides.append(
             {
@@ -329,7 +322,6 @@ def diagnose(
                 "mleo": cmp["mleo"]["per_point"],
                 "pmo_gap": cmp["model"]["per_point"]["pmo_gap"],
                 "posterior_shift": (truth_side.get("per_point") or {}).get("posterior_shift"),
-                "neg_elbo": neg_elbo,
             }
         )
     ev = evidence(truth_best["kl"], sides[0], sides[1])

@@ -139,7 +139,7 @@ def resolve(args: argparse.Namespace) -> dict:
     out = {k: options._copy(v) for k, v in PRESETS[args.preset].items()}
     if "no_reference" in given and "reference" in given:
         raise UsageError("--reference and --no-reference exclude each other; give one of them")
-    data_names = {n for n, o in options.OPTIONS.items() if o.kind == "data" and n != "data"}
+    data_names = {n for n, o in options.OPTIONS.items() if o.kind == "data" and n not in ("data", "program")}
     for name, value in given.items():
         if name in options.OPTIONS and name not in data_names:
             out[name] = value
@@ -151,6 +151,8 @@ def resolve(args: argparse.Namespace) -> dict:
         out["objective_options"].setdefault("iwae", {})["num_particles"] = given["num_particles"]
     if given.get("matched_budget"):
         out["objective_options"].setdefault("iwae", {})["matched_budget"] = True
+    if "program" in given and "data" not in given:
+        raise UsageError("--program needs --data: the points to check the program at")
     if "data" in given:
         _data_options(out, given)
     elif data_names & set(given):
@@ -190,7 +192,7 @@ def _data_options(out: dict, given: dict) -> None:
             raise UsageError(f"--data replaces {options.flag_of(name)}: give one of them")
     out["process"], out["truth_noise"] = None, None
     out["data"] = given["data"]
-    data = {}
+    data = {} if "program" not in given else {"standardize": False, "folds": 1}  # the program's own units
     for name in ("columns", "labels", "binarize", "delimiter", "folds"):
         if name in given:
             data[name] = given[name]
@@ -271,6 +273,10 @@ def validate(out: dict) -> None:
         kinds.insert(0, ("model", "process"))
     else:
         _check_data(out)
+    if out.get("program") is not None:
+        from pyrofail.stages.program import load_program
+
+        load_program(out["program"])  # importable, and a model and a guide
     for kind, key in kinds:
         for name in out[key]:
             check_choice(options.flag_of(key), name, zoo.names(kind))
@@ -333,21 +339,39 @@ def _cli_spelling(message: str) -> str:
     return message
 
 
+# tables with fewer rows than this are cross-fitted by default, so that every row is a test point
+FOLD_BELOW_ROWS = 1000
+DEFAULT_FOLDS = 5
+
+
 def _check_data(out: dict) -> None:
+    """Read the user's data once: every fold must fit and test, a Bernoulli likelihood needs
+    binary data; small tables are cross-fitted unless ``--folds`` says otherwise."""
     data_options = out["data_options"]
     try:
         if data_options.get("fractions") is not None:
             check_fractions(data_options["fractions"], "--split")
-        splits = load_splits(out["data"], **_loader_options(data_options), seed=out["seed"])
+        splits = load_splits(out["data"], **_loader_options(data_options, None), seed=out["seed"])
+        rows = sum(len(getattr(splits, part)) for part in ("train", "val", "test"))
+        if "folds" not in data_options and rows < FOLD_BELOW_ROWS:
+            data_options["folds"] = DEFAULT_FOLDS
+        folds = int(data_options.get("folds") or 1)
+        for fold in range(folds if folds > 1 else 0):
+            load_splits(out["data"], **_loader_options(data_options, fold), seed=out["seed"])
         if out.get("likelihood") == "bernoulli":
             check_binary(splits.train.x, f"--data {out['data']}")
     except UsageError as e:
         raise UsageError(_cli_spelling(str(e))) from None
 
 
-def _loader_options(data_options: dict) -> dict:
-    """The data options :func:`pyrofail.data.load_splits` takes (cross-fitting is the run's)."""
-    return {k: v for k, v in data_options.items() if k != "folds"}
+def _loader_options(data_options: dict, fold: int | None) -> dict:
+    """The data options :func:`pyrofail.data.load_splits` takes, for one ``fold`` of a
+    cross-fitted run (``None``: the plain split)."""
+    out = {k: v for k, v in data_options.items() if k not in ("folds", "fold")}
+    folds = int(data_options.get("folds") or 1)
+    if fold is not None and folds > 1:
+        out.update(fold=fold, folds=folds)
+    return out
 
 
 def _print_registry() -> None:
@@ -450,13 +474,21 @@ def main(argv=None) -> int:
 def _describe_data(out: dict) -> dict:
     """What ``data.json`` records of a user's data: source, options, split sizes and rows,
     features, and the standardisation applied (from the training rows)."""
-    splits = load_splits(out["data"], **_loader_options(out["data_options"]), seed=out["seed"])
+    folds = int(out["data_options"].get("folds") or 1)
+    parts = [
+        load_splits(
+            out["data"], **_loader_options(out["data_options"], f if folds > 1 else None), seed=out["seed"]
+        )
+        for f in range(folds)
+    ]
+    splits = parts[0]
     return {
         "source": out["data"],
         "options": out["data_options"],
         "features": list(splits.train.features or []),
+        "folds": folds,
         "sizes": {part: len(getattr(splits, part)) for part in ("train", "val", "test")},
-        "rows": {part: idx.tolist() for part, idx in (splits.index or {}).items()},
+        "rows": [{part: idx.tolist() for part, idx in (s.index or {}).items()} for s in parts],
         "standardizer": None if splits.standardizer is None else splits.standardizer.to_dict(),
     }
 

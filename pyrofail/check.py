@@ -39,61 +39,22 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from pyrofail.errors import UsageError, check_positive_int
 from pyrofail.estimate import Estimate
 from pyrofail.programs import ProgramGuide, adapt, is_adapted
+from pyrofail.records.program import ProgramCheck
 
-__all__ = ["VERDICTS", "CheckResult", "check"]
+__all__ = ["VERDICTS", "CheckResult", "check", "write"]
 
 VERDICTS = ("ok", "family", "amortization", "family+amortization", "undetermined")
 POINTS = 200  # test points checked by default (the grid's and KL*'s cost grow with them)
 
 
-@dataclass(frozen=True)
-class CheckResult:
-    """What :func:`check` measured (estimates over the points whose reference passed its
-    quality gate) and decided (module docstring); ``per_point`` holds the per-point values
-    ``(N,)`` (``usable`` marks the gated points)."""
-
-    n_points: int
-    usable: int
-    reference: str
-    latent_dim: int
-    guide_family: str
-    neg_elbo: Estimate
-    neg_log_px: Estimate
-    pmo_gap: Estimate
-    kl_star: Estimate
-    share_hard: Estimate
-    hard_share_needed: float
-    amortization_gap: Estimate
-    forward_kl: Estimate
-    mode_mass_error: Estimate
-    pareto_k_bad_share: float
-    gap_large: bool
-    hard: bool
-    richer_family: str
-    amortization: str
-    verdict: str
-    seed: int
-    seconds: dict = field(default_factory=dict)
-    per_point: dict = field(default_factory=dict, repr=False)
-
-    def to_dict(self) -> dict:
-        """A JSON record: estimates as :meth:`Estimate.to_dict`, per-point values as lists."""
-        out = {}
-        for key, value in self.__dict__.items():
-            if isinstance(value, Estimate):
-                out[key] = value.to_dict()
-            elif key == "per_point":
-                out[key] = {k: torch.as_tensor(v).tolist() for k, v in value.items()}
-            else:
-                out[key] = value
-        return out
+CheckResult = ProgramCheck  # what check returns: a record of the run folder's schema
 
 
 def _family(guide, x: torch.Tensor) -> str:
@@ -152,7 +113,8 @@ def check(
     kwargs: dict | None = None,
     data_plate: str | None = None,
     reference_options: dict | None = None,
-) -> CheckResult:
+    out=None,
+) -> ProgramCheck:
     r"""Check a fitted model and guide against the model's own posterior (module docstring).
 
     :param model, guide: Pyro programs ``model(x, **kwargs)``, ``guide(x, **kwargs)`` (adapted
@@ -166,7 +128,9 @@ def check(
     :param points: at most this many points, drawn without replacement with ``seed``
         (``None``: all).
     :param num_samples: guide draws per point for the ELBO and the PSIS diagnostic.
-    :returns: a :class:`CheckResult`.
+    :param out: a folder to write the check to as a run folder: ``program.json`` and the same
+        ``report.md`` the command line writes (``python -m pyrofail.analyze --program``).
+    :returns: a :class:`~pyrofail.records.program.ProgramCheck`.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -185,7 +149,7 @@ def check(
     from pyrofail.analysis import metrics
     from pyrofail.analysis import reference as _reference
     from pyrofail.analysis.compare import compare
-    from pyrofail.analysis.diagnose import MARGIN_NATS, cx1_share
+    from pyrofail.analysis.diagnose import MARGIN_NATS, cost_error, cx1_share
     from pyrofail.analysis.hardness import HARD_KL, best_mean_field
     from pyrofail.analysis.reference.modes import reference_modes
 
@@ -229,7 +193,8 @@ def check(
     hard_points = (kl > HARD_KL)[ok]
     share = Estimate.of(hard_points.double())
     hard_kl = float(kl[ok][hard_points].mean()) if bool(hard_points.any()) else HARD_KL
-    needed = cx1_share(mc, hard_kl)
+    # Cx1's cut, as the diagnosis reads it: the hard posteriors' cost two standard errors above 0
+    needed = cx1_share(cost_error(kl[ok]), hard_kl)
     kl_est = Estimate.of(kl[ok])
     amort_est = Estimate.paired(pmo[ok], kl[ok], mc_stderr=mc)
     gap = Estimate.of(pmo[ok], mc_stderr=mc)
@@ -239,7 +204,7 @@ def check(
     gap_large = gap.verdict(MARGIN_NATS) == "greater"
     k_bad = cmp["model"]["mean"].get("pareto_k_bad_share", math.nan)
     clock["total"] = time.perf_counter() - start
-    return CheckResult(
+    result = ProgramCheck(
         n_points=int(xt.shape[0]),
         usable=int(ok.sum()),
         reference=_reference.method(ref),
@@ -263,10 +228,34 @@ def check(
         seed=int(seed),
         seconds={k: round(v, 3) for k, v in clock.items()},
         per_point={
-            "pmo_gap": pmo,
-            "kl_star": kl,
-            "log_px": pp["log_px"].double().cpu(),
-            "elbo": pp["elbo"].double().cpu(),
-            "usable": ok,
+            "pmo_gap": pmo.tolist(),
+            "kl_star": kl.tolist(),
+            "log_px": pp["log_px"].double().cpu().tolist(),
+            "elbo": pp["elbo"].double().cpu().tolist(),
+            "usable": ok.tolist(),
         },
     )
+    if out is not None:
+        write(result, out)
+    return result
+
+
+def write(result: ProgramCheck, out) -> Path:
+    """``result`` as a run folder at ``out``: ``config.json``, ``program.json`` and the report
+    (:mod:`pyrofail.report`); returns the report's path."""
+    from pyrofail import report
+    from pyrofail.records import RunFolder
+    from pyrofail.runs import RUN_FORMAT, atomic_write_json, atomic_write_text, versions
+
+    out = Path(out)
+    if not (out / "config.json").exists():
+        options = {"program": result.program, "preset": "program", "seed": result.seed, "reference": None}
+        atomic_write_json(
+            out / "config.json",
+            {"format": RUN_FORMAT, "options": options, "jobs": [], "versions": versions()},
+        )
+    folder = RunFolder.open(out)
+    folder.write(result, out / "program.json")
+    records = report.RunRecords.read(folder)
+    atomic_write_text(out / "report.md", report.markdown(records))
+    return out / "report.md"

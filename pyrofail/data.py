@@ -165,6 +165,8 @@ def split(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     seed: int = 0,
     standardize: bool | None = None,
+    fold: int | None = None,
+    folds: int | None = None,
 ) -> Splits:
     r"""A seeded random train / validation / test split of ``data``, standardised on its
     training rows.
@@ -177,6 +179,10 @@ def split(
     :param fractions: train, validation and test shares (default 60/20/20).
     :param standardize: ``None`` (default) standardises unless the data are binary (0/1);
         ``True`` on binary data is refused (their 0/1 values are what a Bernoulli likelihood needs).
+    :param fold, folds: cross-fitting: the permuted rows are cut into ``folds`` blocks of
+        near-equal size (``torch.tensor_split``); block ``fold`` is the test part, and the other
+        rows are split into training and validation rows in the ratio of ``fractions``' first
+        two shares, so the ``folds`` test parts of one seed partition the data.
 
     Example:
         >>> data = Dataset(torch.arange(20.0).reshape(10, 2))
@@ -185,8 +191,12 @@ def split(
         (6, 2, 2)
         >>> parts.train.x.mean(0).abs().max().item() < 1e-6
         True
+        >>> sorted(torch.cat([split(data, fold=k, folds=5).index["test"] for k in range(5)]).tolist())
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     """
     n = len(data)
+    if folds is not None and folds >= 2:
+        return _fold(data, fractions, seed, standardize, fold, folds)
     n_train, n_val, _ = split_sizes(n, fractions)
     binary = is_binary(data.x)
     if standardize is None:
@@ -201,6 +211,11 @@ def split(
         "val": perm[n_train : n_train + n_val].sort().values,
         "test": perm[n_train + n_val :].sort().values,
     }
+    return _parts(data, index, standardize)
+
+
+def _parts(data: Dataset, index: dict, standardize: bool) -> Splits:
+    """The parts ``index`` names, standardised with the training rows' statistics."""
     parts = {k: data[v.to(data.x.device)] for k, v in index.items()}
     scaler = None
     if standardize:
@@ -208,6 +223,33 @@ def split(
         for part in parts.values():
             part.x = scaler.transform(part.x)
     return Splits(parts["train"], parts["val"], parts["test"], standardizer=scaler, index=index)
+
+
+def _fold(data: Dataset, fractions, seed: int, standardize: bool, fold, folds: int) -> Splits:
+    n = len(data)
+    fractions = check_fractions(fractions)
+    check_positive_int("folds", folds)
+    if fold is None or not 0 <= int(fold) < folds:
+        raise UsageError(f"fold={fold} is not allowed; expected 0 <= fold < {folds}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    blocks = torch.tensor_split(perm, folds)
+    test = blocks[fold]
+    rest = torch.cat([b for k, b in enumerate(blocks) if k != fold])
+    n_val = max(1, math.floor(fractions[1] / (fractions[0] + fractions[1]) * rest.numel() + 0.5))
+    n_train = rest.numel() - n_val
+    if n_train < MIN_TRAIN_ROWS or test.numel() < MIN_TEST_ROWS:
+        raise UsageError(
+            f"the data have {n} rows, too few for {folds} folds: a fold gives {n_train}/{n_val}/"
+            f"{test.numel()} train/validation/test rows, and a check needs at least {MIN_TRAIN_ROWS} "
+            f"training and {MIN_TEST_ROWS} test rows"
+        )
+    index = {
+        "train": rest[:n_train].sort().values,
+        "val": rest[n_train:].sort().values,
+        "test": test.sort().values,
+    }
+    binary = is_binary(data.x)
+    return _parts(data, index, (not binary) if standardize is None else standardize)
 
 
 def load(
@@ -270,8 +312,11 @@ def load_splits(
     seed: int = 0,
     header: bool = True,
     delimiter: str | None = None,
+    fold: int | None = None,
+    folds: int | None = None,
 ) -> Splits:
-    """:func:`load` then :func:`split`: the train / validation / test parts of a user's data.
+    """:func:`load` then :func:`split`: the train / validation / test parts of a user's data
+    (``fold``/``folds``: cross-fitting, see :func:`split`).
 
     ``standardize=None`` (default) standardises unless the data are binary or the source's
     features share one scale (``digits``, whose three always-blank pixels have no spread).
@@ -284,4 +329,4 @@ def load_splits(
     data = load(source, columns=columns, labels=labels, binarize=binarize, header=header, delimiter=delimiter)
     if standardize is None and not loaders.default_standardize(source):
         standardize = False
-    return split(data, fractions=fractions, seed=seed, standardize=standardize)
+    return split(data, fractions=fractions, seed=seed, standardize=standardize, fold=fold, folds=folds)

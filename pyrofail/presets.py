@@ -104,6 +104,7 @@ PRESETS = {
         "pretrain_steps": 100,
         "objective_options": {"iwae": {"num_particles": 4}},
         "is_samples": 200,
+        "downstream_points": 500,
         "bnn_hidden": [8],
         "bnn_sizes": {"n_train": 60, "n_test": 40},
         "bnn_options": {

@@ -1,6 +1,7 @@
 """The jobs of a run: the product over the sweep options, each resolved to a job config.
 
-A job config holds the sweep values of its job (``process``, ``truth_noise``, ``latent_dim``,
+A job config holds the sweep values of its job (and, with cross-fitting on a user's data,
+its fold) (``process``, ``truth_noise``, ``latent_dim``,
 ``guide``, ``objective`` and, when it is not the usual joint training, ``procedure``), every
 option that changes a fit (:func:`pyrofail.options.job_names`) with the per-guide,
 per-objective, per-procedure and per-process tables resolved for that job, and the user's data
@@ -43,6 +44,8 @@ _TABLES = (
 
 def expand(options: dict) -> list[dict]:
     """The cartesian product over the sweep options, one resolved config per job."""
+    if options.get("program") is not None:
+        return []  # a user's own fitted program: checked, not fitted
     options = {"truth_noise": None, "procedure": ["joint"], **options}
     if options.get("data") is not None:  # a user's data set takes the place of the processes
         options["process"], options["truth_noise"] = [None], None
@@ -50,9 +53,12 @@ def expand(options: dict) -> list[dict]:
     base = {k: options[k] for k in job_names() if k in options and k not in _TABLES}
     if options.get("data") is not None:
         base["data"], base["data_options"] = options["data"], dict(options.get("data_options", {}))
+    folds = int((options.get("data_options") or {}).get("folds") or 1)
     jobs = []
-    for process, noise, k, guide, objective, procedure in itertools.product(*axes):
+    for fold, process, noise, k, guide, objective, procedure in itertools.product(range(folds), *axes):
         cfg = dict(base, process=process, latent_dim=int(k), guide=guide, objective=objective)
+        if folds > 1:  # cross-fitting: one job per fold, tested on its held-out rows
+            cfg["data_options"] = {**cfg["data_options"], "fold": fold}
         if noise is not None:
             cfg["truth_noise"] = float(noise)
         if procedure != "joint":

@@ -71,7 +71,7 @@ def test_two_equal_modes_are_a_family_failure():
     r = check(model, guide, x, points=None)
     # the best mean-field Gaussian sits on one of two equal, separated modes: KL* = log 2
     assert torch.allclose(
-        r.per_point["kl_star"], torch.full((12,), math.log(2), dtype=torch.float64), atol=0.01
+        r.point_values("kl_star").double(), torch.full((12,), math.log(2), dtype=torch.float64), atol=0.01
     )
     assert r.share_hard.mean == 1.0 and r.hard and r.kl_star.mean > HARD_KL
     assert (r.gap_large, r.richer_family, r.amortization, r.verdict) == (True, "yes", "no", "family")

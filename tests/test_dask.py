@@ -108,7 +108,7 @@ def _job_folder(out, index):
     config = out / "config.json"
     if not config.exists():
         return None
-    from pyrofail.stages.folder import job_id
+    from pyrofail.records.folder import job_id
 
     return out / "jobs" / job_id(json.loads(config.read_text())["jobs"][index])
 

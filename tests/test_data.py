@@ -105,8 +105,9 @@ def test_split_is_seeded_disjoint_and_covers_every_row():
 
 def test_split_sizes_round_each_fraction():
     assert split_sizes(442) == (266, 88, 88)  # 0.2 * 442 = 88.4
-    assert split_sizes(10, (0.5, 0.25, 0.25)) == (4, 3, 3)  # 2.5 rounds up
-    assert split_sizes(4) == (2, 1, 1)
+    assert split_sizes(12, (0.5, 0.25, 0.25)) == (6, 3, 3)
+    assert split_sizes(14, (0.5, 0.25, 0.25)) == (6, 4, 4)  # 3.5 rounds up
+    assert split_sizes(12) == (8, 2, 2)  # the smallest table a check can run on, near the default split
 
 
 def test_standardisation_uses_the_training_rows_only():
@@ -204,12 +205,26 @@ def test_constant_column_is_named(tmp_path):
 
 
 def test_too_few_rows_for_the_split(tmp_path):
-    path = _csv(tmp_path, "a,b\n1,2\n3,4\n5,6\n")
+    """Five rows: one test row can have no standard error; the table ends the run in one line."""
+    path = _csv(tmp_path, "a,b\n" + "".join(f"{i},{2 * i}\n" for i in range(5)))
     with pytest.raises(
-        UsageError, match=r"the data have 3 rows, too few for the split .* at least 2 training"
+        UsageError, match=r"the data have 5 rows, too few to fit and test: the split 0.6,0.2,0.2 gives 3/1/1"
     ) as e:
         load_splits(path)
     _one_line(e)
+    assert "at least 5 training rows, 1 validation row and 2 test rows" in str(e.value)
+
+
+def test_folds_partition_the_rows_and_split_the_rest_like_the_split(tmp_path):
+    data = Dataset(torch.arange(200.0).reshape(100, 2))
+    tests = []
+    for k in range(5):
+        parts = split(data, fractions=(0.6, 0.2, 0.2), seed=3, fold=k, folds=5)
+        assert (len(parts.train), len(parts.val), len(parts.test)) == (60, 20, 20)  # 80 rows in 3:1
+        seen = torch.cat([parts.index[p] for p in ("train", "val", "test")]).sort().values
+        assert torch.equal(seen, torch.arange(100))  # every row in exactly one part
+        tests.append(parts.index["test"])
+    assert torch.equal(torch.cat(tests).sort().values, torch.arange(100))  # the test parts partition
 
 
 def test_unknown_data_set_lists_the_known_ones():

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from pyrofail import fit, zoo
+from pyrofail.estimate import Estimate
+from pyrofail.records.downstream import LearnedNoise
 from pyrofail.report.downstream import _noise_lines
 from pyrofail.stages.downstream import learned_noise
 
@@ -40,24 +42,22 @@ def test_learned_noise_summarises_the_finished_restarts_against_the_truth():
     ]
     rec = learned_noise(model, truth, restarts)
     values = np.array([0.05, 0.07, 0.09])
-    assert rec["selected"] == pytest.approx(0.05)
-    assert rec["truth"] == pytest.approx(0.1)
-    assert rec["ratio"] == pytest.approx(0.5)
-    assert rec["restart_values"] == pytest.approx(values.tolist())
-    assert rec["mean"] == pytest.approx(values.mean())
-    assert rec["stderr"] == pytest.approx(values.std(ddof=1) / np.sqrt(3))
+    assert rec.selected == pytest.approx(0.05)
+    assert rec.truth == pytest.approx(0.1)
+    assert rec.ratio == pytest.approx(0.5)
+    assert rec.restart_values == pytest.approx(values.tolist())
+    assert rec.over_restarts.mean == pytest.approx(values.mean())
+    assert rec.over_restarts.stderr == pytest.approx(values.std(ddof=1) / np.sqrt(3))
 
 
 def _record(mean, stderr):
-    return {"selected": mean, "restart_values": [mean] * 4, "mean": mean, "stderr": stderr, "truth": 0.1,
-            "ratio": mean / 0.1}  # fmt: skip
+    return LearnedNoise(mean, [mean] * 4, Estimate(mean, stderr, 4), 0.1, mean / 0.1)
 
 
 def test_the_report_calls_a_sigma_below_the_truth_noise_learned_as_signal_and_a_close_one_a_tie():
-    jobs = {"a-elbo": {"noise": _record(0.05, 0.005)}, "b-iwae": {"noise": _record(0.095, 0.005)}}
-    lines = _noise_lines("p", jobs)
+    lines = _noise_lines("p", {"a-elbo": _record(0.05, 0.005), "b-iwae": _record(0.095, 0.005)})
     rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ") and "-" in line[:4]}
     assert "below: noise learned as signal" in rows["a-elbo"]
     assert "| tie |" in rows["b-iwae"]
     assert "figures/noise-p.png" in lines[-2]
-    assert _noise_lines("p", {"c": {}}) == []
+    assert _noise_lines("p", {}) == []

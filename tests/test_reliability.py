@@ -42,9 +42,9 @@ class _Evil:
 
 # Command-line inputs: (arguments, text that the one-line message must contain)
 CLI_CASES = [
-    (["--model", "figure9"], "unknown model 'figure9'; choose one of: clusters, degenerate_line, "),
-    (["--guide", "gauss"], "unknown guide 'gauss'; choose one of:"),
-    (["--objective", "kl"], "unknown objective 'kl'; choose one of:"),
+    (["--model", "figure9"], "unknown --process 'figure9'; choose one of: clusters, degenerate_line, "),
+    (["--guide", "gauss"], "unknown --guide 'gauss'; choose one of:"),
+    (["--objective", "kl"], "unknown --objective 'kl'; choose one of:"),
     (["--latent-dim", "0"], "--latent-dim=0 is not allowed; expected an integer >= 1"),
     (["--restarts", "0"], "--restarts=0 is not allowed"),
     (["--steps", "0"], "--steps=0 is not allowed"),
@@ -58,7 +58,7 @@ CLI_CASES = [
     (["--device", "tpu"], "--device 'tpu' is not allowed; use cpu or cuda"),
     (["--workers", "0"], "--workers=0 is not allowed"),
     (["--truth-option", "figure8.width=2"], "figure8 has no option 'width'; choose one of: scale"),
-    (["--truth-option", "clusters.scale=2"], "model 'clusters' is not in --model (figure8)"),
+    (["--truth-option", "clusters.scale=2"], "'clusters' is not in --process (figure8)"),
     (["--truth-option", "scale"], "--truth-option 'scale' is not KEY=VALUE"),
     (["--latent-dim", "1,two"], "'1,two' is not a comma-separated list of ints"),
     (["--objective", "elbo,elbo"], "--objective lists a value twice"),
@@ -89,8 +89,8 @@ def test_cli_bad_resume_folder(make, message, capsys, tmp_path):
 
 
 def test_cli_conflicting_and_clobbering_options(capsys, tmp_path):
-    assert main(["--resume", str(tmp_path), "--model", "figure8"]) == 2
-    assert "--resume takes the options of the run; drop --model" in capsys.readouterr().err
+    assert main(["--resume", str(tmp_path), "--process", "figure8"]) == 2
+    assert "--resume takes the options of the run; drop --process" in capsys.readouterr().err
     target = tmp_path / "afile"
     target.write_text("x")
     assert main(TINY + ["--out", str(target)]) == 2
@@ -177,14 +177,16 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
 
 def test_truth_options_reach_each_job_and_name_its_folder():
     from pyrofail.analyze import build_parser, resolve
-    from pyrofail.stages.folder import job_id, truth_of
-    from pyrofail.stages.jobs import expand
+    from pyrofail.records.folder import job_id, truth_of
+    from pyrofail.sweep import expand
 
-    args = ["--preset", "tiny", "--model", "figure8,clusters", "--truth-noise", "0.1414"]
+    args = ["--preset", "tiny", "--process", "figure8,clusters", "--truth-noise", "0.1414"]
     jobs = expand(resolve(build_parser().parse_args([*args, "--truth-option", "figure8.scale=1"])))
-    by_model = {j["model"]: j for j in jobs if j["objective"] == "elbo"}
-    assert by_model["figure8"]["truth_options"] == {"scale": 1, "noise_scale": 0.1414}
-    assert by_model["clusters"]["truth_options"] == {"noise_scale": 0.1414}
+    by_model = {j["process"]: j for j in jobs if j["objective"] == "elbo"}
+    assert (
+        by_model["figure8"]["truth_options"] == {"scale": 1} and by_model["figure8"]["truth_noise"] == 0.1414
+    )
+    assert "truth_options" not in by_model["clusters"] and by_model["clusters"]["truth_noise"] == 0.1414
     assert job_id(by_model["figure8"]) == "figure8-scale1-s0.1414-K1-mean_field-elbo"
     assert truth_of(by_model["figure8"]).decoder.scale == 1.0
     plain = expand(resolve(build_parser().parse_args(["--preset", "tiny"])))

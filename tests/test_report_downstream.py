@@ -1,107 +1,94 @@
-"""The report's downstream section, from a downstream.json record of the shape the stage writes."""
+"""The report's downstream section and the M2 table, rendered from records built here."""
 
-import pytest
-
+from pyrofail.estimate import Estimate
 from pyrofail.records import M2Metrics
+from pyrofail.records.downstream import (
+    Attack,
+    DataTasks,
+    Disentanglement,
+    DownstreamSummary,
+    JobTasks,
+    Probe,
+    ProcessComparison,
+    TruthTasks,
+)
+from pyrofail.records.findings import Difference
 from pyrofail.report import RunRecords
 from pyrofail.report.downstream import section as section_downstream
 from pyrofail.report.procedures import m2_section
 from tests.factories import estimate, job
 
 
-def _dci(d, d_se):
-    return {
-        "disentanglement": d,
-        "disentanglement_stderr": d_se,
-        "completeness": 1.0,
-        "completeness_stderr": 0.0,
-        "informativeness": "r2",  # the name of the score, not a number
-        "informativeness_test": 0.264,
-        "informativeness_test_stderr": 0.047,
-    }
+def _dis(d, defined=True):
+    if not defined:
+        return Disentanglement(False, "disentanglement_lib", reason="MIG needs at least 2 codes; got 1")
+    return Disentanglement(
+        True, "disentanglement_lib", "uniform20", None, estimate(0.486, 0.029), estimate(d, 0.03),
+        estimate(0.9, 0.02), estimate(0.264, 0.047), "accuracy", 10_000,
+    )  # fmt: skip
 
 
-def _job(name):
+def _job(name, defined=True):
     robustness = [
-        {
-            "eps": eps,
-            "mean": 0.01 * eps,
-            "stderr": 0.001,
-            "truth_kl": [0.1, 0.3],
-            "denoise_error": {"mean": 1.3, "stderr": 0.05, "clean_mean": 1.2, "clean_stderr": 0.05},
-        }
+        Attack(eps, eps * 2.0, [0.01 * eps] * 2, estimate(0.01 * eps, 0.001), [0.1, 0.3], estimate(1.3, 0.05),
+               estimate(1.2, 0.05))
         for eps in (0.05, 0.2)
-    ]
-    return {
-        "job": name,
-        "total_mutual_information": {"mean": 0.3, "stderr": 0.04},
-        "robustness": robustness,
-        "auroc": {"auroc": 0.905, "stderr": 0.013},
-        "mig": {"mig": 0.486, "stderr": 0.029},
-        "dci": _dci(0.0, 0.0),
-    }
+    ]  # fmt: skip
+    return JobTasks(None, name, estimate(0.3, 0.04), robustness, _dis(0.0, defined), estimate(0.905, 0.013))
 
 
-def test_every_row_has_the_header_columns_and_dci_carries_its_errors():
-    block = {
-        "jobs": {"p-K1-mean_field-elbo": _job("p-K1-mean_field-elbo")},
-        "truth": {
-            "auroc": {"auroc": 0.989, "stderr": 0.006},
-            "mig": {"mig": 0.33, "stderr": 0.03},
-            "dci": _dci(0.934, 0.032),
-        },
-        "mfg": "p-K1-mean_field-elbo",
-        "against_mfg": None,
-    }
-    res = RunRecords(options={}, jobs=[], failed={}, downstream={"p": block})
-    lines = section_downstream(res)
+def _res(processes, jobs, truth):
+    downstream = {"summary": DownstreamSummary(processes), "jobs": jobs, "truth": truth}
+    return RunRecords(options={}, jobs=[], failed={}, downstream=downstream)
+
+
+def test_every_row_has_the_header_columns_and_a_one_code_fit_says_why_it_has_no_mig():
+    mfg, other = "p-K1-mean_field-elbo", "p-K2-mean_field-elbo"
+    truth = TruthTasks(None, 2.0, None, _dis(0.934), estimate(0.989, 0.006))
+    diff = Difference("outlier AUROC", Estimate(-0.01, 0.002, 2500), "less")
+    comparison = ProcessComparison(mfg, False, {other: {"auroc": diff}})
+    lines = section_downstream(
+        _res({"p": comparison}, {"p": {mfg: _job(mfg, defined=False), other: _job(other)}}, {"p": truth})
+    )
     table = [line for line in lines if line.startswith("|")]
-    widths = {line.count("|") for line in table}
-    assert len(widths) == 1, table  # header, separator and rows alike
-    assert "0.000 / 1.000 / 0.264 ± 0.047 |" in table[2]
-    assert table[3].startswith("| the truth's exact posterior") and "0.934 ± 0.032 /" in table[3]
+    assert len({line.count("|") for line in table}) == 1, table  # header, separator and rows alike
+    assert "— (MIG needs at least 2 codes; got 1) | — |" in table[2]
+    assert "0.486 ± 0.029 | 0.000 ± 0.030 / 0.900 ± 0.020 / 0.264 ± 0.047 |" in table[3]
+    assert table[4].startswith("| the truth's exact posterior") and "0.934 ± 0.030 /" in table[4]
     assert "0.001 ± 0.001 (0.200)" in table[2]  # the attack's KL beside the truth's mean shift
+    said = next(line for line in lines if line.startswith(f"- {other}"))
+    assert "outlier AUROC: -0.010 ± 0.002 (worse)" in said
+    assert "disentanglement_lib's protocol" in lines[2]
 
 
 def _data_job(name, cons, correct):
-    return {
-        "job": name,
-        "total_mutual_information": {"mean": 2.0, "stderr": 0.1},
-        "consistency": {"per_point": cons, "mean": sum(cons) / len(cons), "stderr": 0.01},
-        "probe": {
-            "eps": [0.0, 0.1],
-            "accuracy": [sum(c) / len(c) for c in correct],
-            "stderr": [0.02, 0.03],
-            "correct": correct,
-        },
-    }
+    accuracy = [estimate(sum(c) / len(c), s) for c, s in zip(correct, (0.02, 0.03))]
+    return DataTasks(
+        None, name, estimate(2.0, 0.1), Estimate.of(cons), cons, Probe([0.0, 0.1], accuracy, correct)
+    )
 
 
 def test_a_data_set_is_compared_with_the_plain_vae_paired_over_draws_and_test_points():
     from pyrofail.stages.downstream import baseline_job, compare_data_jobs
 
-    plain = _data_job("d-K2-mean_field-elbo", [1.0, 1.2, 1.1, 0.9], [[1, 1, 1, 0], [1, 0, 0, 0]])
-    post = _data_job("d-K2-mean_field-elbo-posthoc", [0.5, 0.7, 0.6, 0.4], [[1, 1, 1, 0], [1, 0, 1, 0]])
     group = [
         job("d", 2, procedure="posthoc_self_consistency", config={"data": "d.csv"}),
         job("d", 2, config={"data": "d.csv"}),
     ]
-    plain["job"], post["job"] = group[1].job, group[0].job
-    records = {plain["job"]: plain, post["job"]: post}
-    assert baseline_job(group, 2) == plain["job"]
-    assert baseline_job(group, 3) is None
-    against = compare_data_jobs(records, plain["job"])
-    row = against[post["job"]]
-    assert row["consistency"]["mean"] == pytest.approx(-0.5) and row["consistency"][
-        "stderr"
-    ] == pytest.approx(0)
-    assert row["accuracy_eps0"]["mean"] == 0.0
-    assert row["accuracy_eps0.1"]["mean"] == pytest.approx(0.25)
-    block = {"data": True, "baseline": plain["job"], "jobs": records, "against_baseline": against}
-    lines = section_downstream(RunRecords(options={}, jobs=[], failed={}, downstream={"d": block}))
+    plain = _data_job(group[1].job, [1.0, 1.2, 1.1, 0.9], [[1, 1, 1, 0], [1, 0, 0, 0]])
+    post = _data_job(group[0].job, [0.5, 0.7, 0.6, 0.4], [[1, 1, 1, 0], [1, 0, 1, 0]])
+    assert baseline_job(group, 2) == plain.job and baseline_job(group, 3) is None
+    records = {plain.job: plain, post.job: post}
+    against = compare_data_jobs(records, plain.job)
+    row = against[post.job]
+    assert abs(row["consistency"].estimate.mean + 0.5) < 1e-12 and row["consistency"].estimate.stderr < 1e-12
+    assert row["accuracy_eps0"].estimate.mean == 0.0
+    assert abs(row["accuracy_eps0.1"].estimate.mean - 0.25) < 1e-12
+    comparison = ProcessComparison(plain.job, True, against)
+    lines = section_downstream(_res({"d": comparison}, {"d": records}, {"d": None}))
     table = [line for line in lines if line.startswith("|")]
     assert len({line.count("|") for line in table}) == 1, table
-    said = next(line for line in lines if line.startswith(f"- {post['job']}"))
+    said = next(line for line in lines if line.startswith(f"- {post.job}"))
     assert "self-consistency -0.500 ± 0.000 (better)" in said
     assert "accuracy at ε=0.1 0.250 ± 0.250 (tie)" in said
     assert "figures/representation-d.png" in lines[-2]
@@ -119,9 +106,7 @@ def test_the_semi_supervised_table_says_which_encoder_ignores_the_label():
         bayes_accuracy=0.71,
     )
     jobs = [
-        job(
-            "s", guide="mean_field", config={"guide_options": {"label_in_encoder": False}}, semi_supervised=m2
-        ),
+        job("s", config={"guide_options": {"label_in_encoder": False}}, semi_supervised=m2),
         job("s", guide="flow", semi_supervised=m2),
     ]
     lines = m2_section(RunRecords(options={}, jobs=jobs, failed={}))

@@ -180,21 +180,22 @@ def failure_map_figure(path, model: str, rows: list) -> Path:
 def robustness_figure(path, process: str, records: dict) -> Path:
     """The encoder attack over its radius ε: per job, KL(q(z|x) ‖ q(z|x + δ)) at the worst δ
     found (mean ± two standard errors over the attacked points; solid) and the truth's exact
-    posterior shift under the same δ (dashed, where the truth's posterior is exact)."""
+    posterior shift under the same δ (dashed, where the truth's posterior is exact).
+    ``records``: ``{job: JobTasks}`` (:mod:`pyrofail.records.downstream`)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     for i, (job, rec) in enumerate(sorted(records.items())):
-        rows = rec["robustness"]
-        eps = [r["eps"] for r in rows]
+        rows = rec.robustness
+        eps = [r.eps for r in rows]
         colour = f"C{i % 10}"
         ax.errorbar(
-            eps, [r["mean"] for r in rows], yerr=[2 * r["stderr"] for r in rows], color=colour, marker="o",
-            capsize=3, label=job,
+            eps, [r.mean.mean for r in rows], yerr=[2 * (r.mean.stderr or 0.0) for r in rows], color=colour,
+            marker="o", capsize=3, label=job,
         )  # fmt: skip
-        if all("truth_kl" in r for r in rows):
-            ideal = [float(torch.tensor(r["truth_kl"]).mean()) for r in rows]
+        if all(r.truth_kl is not None for r in rows):
+            ideal = [float(torch.tensor(r.truth_kl).mean()) for r in rows]
             ax.plot(eps, ideal, color=colour, ls="--", lw=1)
-    ax.set_xlabel("attack radius ε (ℓ∞, data units)")
+    ax.set_xlabel("attack radius ε (ℓ∞, in units of the data's mean per-feature sd)")
     ax.set_ylabel("KL(q(z|x) ‖ q(z|x+δ)), nats")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
@@ -205,18 +206,18 @@ def robustness_figure(path, process: str, records: dict) -> Path:
 def probe_figure(path, name: str, records: dict) -> Path:
     """The robustness curve of a representation: per job, the test accuracy of a linear
     classifier on the encoder means under the encoder attack of radius ε (± two standard
-    errors of a proportion; ε = 0 is the clean accuracy)."""
+    errors of a proportion; ε = 0 is the clean accuracy). ``records``: ``{job: DataTasks}``."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     for i, (job, rec) in enumerate(sorted(records.items())):
-        if "probe" not in rec:
+        if rec.probe is None:
             continue
-        probe = rec["probe"]
+        p = rec.probe
         ax.errorbar(
-            probe["eps"], probe["accuracy"], yerr=[2 * s for s in probe["stderr"]], marker="o", capsize=3,
-            color=f"C{i % 10}", label=job,
+            p.eps, [a.mean for a in p.accuracy], yerr=[2 * (a.stderr or 0.0) for a in p.accuracy], marker="o",
+            capsize=3, color=f"C{i % 10}", label=job,
         )  # fmt: skip
-    ax.set_xlabel("attack radius ε (ℓ∞, data units)")
+    ax.set_xlabel("attack radius ε (ℓ∞, in units of the data's mean per-feature sd)")
     ax.set_ylabel("test accuracy of a linear probe")
     ax.legend(fontsize=7)
     ax.set_title(f"{name}: the representation under attack", fontsize=8)
@@ -228,8 +229,7 @@ def noise_figure(path, process: str, learned: dict) -> Path:
     objective (the mean over the restarts ± two standard errors; ×: the selected fit's σ), the
     truth's σ dashed. Below the line, part of the noise is modelled as signal.
 
-    :param learned: ``{job: (config, record)}`` with each record from
-        :func:`pyrofail.stages.downstream.learned_noise`.
+    :param learned: ``{job: (config, LearnedNoise)}`` (:mod:`pyrofail.records.downstream`).
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
@@ -237,16 +237,17 @@ def noise_figure(path, process: str, learned: dict) -> Path:
     truth = None
     for config, rec in learned.values():
         lines.setdefault((config["guide"], config["objective"]), []).append((config["latent_dim"], rec))
-        truth = rec["truth"]
+        truth = rec.truth
     for i, ((guide, objective), rows) in enumerate(sorted(lines.items())):
         rows.sort(key=lambda row: row[0])
         ks = [k + 0.04 * (i - len(lines) / 2) for k, _ in rows]  # side by side at each K
-        err = [2 * (rec["stderr"] or 0.0) for _, rec in rows]
-        mean = [rec["selected"] if rec["mean"] is None else rec["mean"] for _, rec in rows]
+        over = [rec.over_restarts for _, rec in rows]
+        err = [2 * (o.stderr or 0.0) if o is not None else 0.0 for o in over]
+        mean = [rec.selected if o is None else o.mean for (_, rec), o in zip(rows, over)]
         ax.errorbar(
             ks, mean, yerr=err, marker="o", capsize=3, color=f"C{i % 10}", label=f"{guide} / {objective}",
         )  # fmt: skip
-        ax.scatter(ks, [rec["selected"] for _, rec in rows], marker="x", color=f"C{i % 10}", zorder=3)
+        ax.scatter(ks, [rec.selected for _, rec in rows], marker="x", color=f"C{i % 10}", zorder=3)
     ax.axhline(truth, color="k", ls="--", lw=1, label="the truth's σ")
     ax.set_xlabel("latent dimension K")
     ax.set_ylabel("learned σ")

@@ -77,11 +77,14 @@ def process_id(config: dict) -> str:
 
 
 def job_id(config: dict) -> str:
-    """The name of a job's folder: ``<process>-K<k>-<guide>-<objective>``, and the procedure
-    when it is not the usual joint training (``...-elbo-libi``)."""
+    """The name of a job's folder: ``<process>-K<k>-<guide>-<objective>``, the procedure when it
+    is not the usual joint training (``...-elbo-libi``), and the fold with cross-fitting
+    (``...-elbo-fold2``)."""
     name = f"{process_id(config)}-K{config['latent_dim']}-{config['guide']}-{config['objective']}"
     procedure = config.get("procedure", "joint")
-    return name if procedure == "joint" else f"{name}-{procedure}"
+    name = name if procedure == "joint" else f"{name}-{procedure}"
+    fold = (config.get("data_options") or {}).get("fold")
+    return name if fold is None else f"{name}-fold{fold}"
 
 
 def truth_of(config: dict):
@@ -231,6 +234,21 @@ class RunFolder:
 
     def test_points(self, job: str) -> TestPoints | None:
         return self.read(TestPoints, self.job_dir(job) / "test_points.json")
+
+    def results(self) -> tuple[list[JobRecord], dict, dict]:
+        """``(jobs, {job: TestPoints}, {job: PosteriorRecord})`` of the finished jobs, the folds
+        of a cross-fitted fit pooled into one job tested on every row (:mod:`~pyrofail.records.folds`)."""
+        from pyrofail.records.folds import pool
+        from pyrofail.records.posterior import PosteriorRecord
+
+        jobs = self.finished_jobs()
+        points = {r.job: p for r in jobs if (p := self.test_points(r.job)) is not None}
+        posterior = {
+            r.job: p
+            for r in jobs
+            if (p := self.read(PosteriorRecord, self.job_dir(r.job) / "posterior.json"))
+        }
+        return pool(jobs, points, posterior)
 
     def say(self, text: str) -> None:
         if not self.quiet:

@@ -54,7 +54,8 @@ class Evidence(Record):
 
     ``truth_kl``/``truth_share_hard``: KL* of the ground truth's (or the stand-in's) posteriors
     and the share of points above ``hard_kl``. ``cx1_share``: the share Cx1 asks for, from
-    ``elbo_error`` (the sampling error of the MFG-VAE's test −ELBO over the test points);
+    ``cost_error`` (the sampling error over the analysis points of the hard posteriors' cost,
+    KL* where it exceeds ``hard_kl``);
     ``cx1_reachable`` is false when even every point being hard would not move it measurably.
     ``simpler``: KL*_truth − KL*_MFG, paired over the usable analysis points. ``px_cost``:
     MLEO_MFG − MLEO_comparator, paired over the test points. ``rows_needed``: the test points
@@ -67,7 +68,7 @@ class Evidence(Record):
     truth_kl: Estimate
     truth_share_hard: Estimate
     cx1_share: float
-    elbo_error: float
+    cost_error: float
     mean_field: Side
     richer: Side | None
     simpler: Estimate

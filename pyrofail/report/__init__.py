@@ -11,7 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyrofail.report import choices, diagnosis, downstream, fits, paper, posterior, procedures, regression
+from pyrofail.report import (
+    choices,
+    diagnosis,
+    downstream,
+    fits,
+    paper,
+    posterior,
+    procedures,
+    program,
+    regression,
+)
 from pyrofail.report.read import RunRecords
 
 __all__ = ["SECTIONS", "RunRecords", "console", "markdown", "summary_section"]
@@ -20,6 +30,8 @@ __all__ = ["SECTIONS", "RunRecords", "console", "markdown", "summary_section"]
 def summary_section(res: RunRecords) -> list[str]:
     """The first lines: each verdict with the number behind it and what to do; without a
     verdict, why not, the fit with the highest test log p(x), and the orderings of Table 1."""
+    if res.program is not None:
+        return ["## Summary", "", *program.summary(res.program), ""]
     if not res.jobs:
         return ["## Summary", "", "No job finished.", ""]
     lines = diagnosis.summary(res.verdicts)
@@ -66,11 +78,16 @@ def figures_section(res: RunRecords) -> list[str]:
     return [*lines, ""]
 
 
+def header(res: RunRecords) -> list[str]:
+    return program.header(res.program) if res.program is not None else fits.header(res)
+
+
 SECTIONS = (
-    fits.header,
+    header,
     summary_section,
-    fits.data_section,
-    fits.results_section,
+    lambda res: [] if res.program is None else program.section(res.program),
+    lambda res: fits.data_section(res) if res.program is None else [],
+    lambda res: fits.results_section(res) if res.jobs or res.failed else [],
     lambda res: diagnosis.section(res.verdicts),
     lambda res: paper.table1_section(res.findings),
     lambda res: choices.guides_section(res.findings),
@@ -93,5 +110,5 @@ def markdown(res: RunRecords) -> str:
 
 def console(res: RunRecords, path: Path) -> str:
     """What the command line prints at the end of a run: the summary, the fits, the path."""
-    parts = summary_section(res) + [fits.results_table(res), f"report: {path}"]
+    parts = summary_section(res) + ([fits.results_table(res)] if res.jobs else []) + [f"report: {path}"]
     return "\n".join(parts)

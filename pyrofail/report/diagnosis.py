@@ -82,15 +82,14 @@ def _cx1(v: Verdict) -> str:
     )
     if not ev.cx1_reachable:
         return (
-            f"Cx1 (= Cz1) cannot be told: {hard} But with {ev.n_test} test points the test −ELBO is "
-            f"known only to ± {number(ev.elbo_error)} nats, more than what even every point being "
-            "hard would cost."
+            f"Cx1 (= Cz1) cannot be told: {hard} But at {ev.n_points} points that cost is known only "
+            f"to ± {number(ev.cost_error)} nats, more than what even every point being hard would cost."
         )
     head = "holds" if v.conditions.get("Cx1") else "does not hold"
     return (
-        f"Cx1 (= Cz1) {head}: {hard} Cx1 needs {percent(ev.cx1_share)}: the share whose cost would "
-        f"move the test −ELBO by two of its standard errors over the {ev.n_test} test points "
-        f"(2 × {number(ev.elbo_error)})."
+        f"Cx1 (= Cz1) {head}: {hard} Cx1 needs {percent(ev.cx1_share)}: the share whose cost to any "
+        f"mean-field encoder is two standard errors above zero (2 × {number(ev.cost_error)} nats, the "
+        "sampling error of that cost over the points)."
     )
 
 

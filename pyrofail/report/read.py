@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyrofail.records import JobRecord, RunFolder
+from pyrofail.records.downstream import DataTasks, DownstreamSummary, JobTasks, TruthTasks
 from pyrofail.records.findings import Findings
 from pyrofail.records.folder import process_id
 from pyrofail.records.posterior import PosteriorRecord, TruthHardness
+from pyrofail.records.program import ProgramCheck
 from pyrofail.records.regression import RegressionRecord
 from pyrofail.records.verdict import Verdicts
 from pyrofail.runs import read_json
@@ -31,25 +33,39 @@ class RunRecords:
     verdicts: Verdicts | None = None
     findings: Findings = field(default_factory=Findings)
     data: dict | None = None
-    downstream: dict = field(default_factory=dict)
+    downstream: dict = field(default_factory=dict)  # {"summary", "jobs": {process: {job: record}}, "truth"}
     regression: dict = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
+    program: ProgramCheck | None = None  # the check of a user's own Pyro program
 
     @classmethod
     def read(cls, folder: RunFolder) -> RunRecords:
-        out = cls(folder.options, folder.finished_jobs(), folder.failed_jobs(), folder.reference_settings)
+        jobs, _, posterior = folder.results()  # cross-fitted folds pooled: one job tested on every row
+        out = cls(folder.options, jobs, folder.failed_jobs(), folder.reference_settings)
+        out.posterior = posterior
         root = folder.root
         out.data = read_json(root / "data.json") if (root / "data.json").exists() else None
-        out.downstream = read_json(root / "downstream.json") if (root / "downstream.json").exists() else {}
+        summary = folder.read(DownstreamSummary, root / "downstream.json")
+        if summary is not None:
+            out.downstream = {"summary": summary, "jobs": {}, "truth": {}}
+            for name, group in folder.by_process().items():
+                if name not in summary.processes:
+                    continue
+                kind = DataTasks if summary.processes[name].data else JobTasks
+                out.downstream["jobs"][name] = {
+                    r.job: rec
+                    for r in group
+                    if (rec := folder.read(kind, folder.job_dir(r.job) / "downstream.json"))
+                }
+                out.downstream["truth"][name] = folder.read(
+                    TruthTasks, folder.truth_dir(name) / "downstream.json"
+                )
         for name in folder.options.get("regression") or []:
             record = folder.read(RegressionRecord, root / "regression" / f"{name}.json")
             if record is not None:
                 out.regression[name] = record
         out.findings = folder.read(Findings, root / "findings.json") or Findings()
-        for r in out.jobs:
-            record = folder.read(PosteriorRecord, folder.job_dir(r.job) / "posterior.json")
-            if record is not None:
-                out.posterior[r.job] = record
+        out.program = folder.read(ProgramCheck, root / "program.json")
         out.verdicts = folder.read(Verdicts, root / "verdicts.json")
         for name in dict.fromkeys(process_id(r.config) for r in out.jobs):
             record = folder.read(TruthHardness, folder.truth_dir(name) / "hardness.json")

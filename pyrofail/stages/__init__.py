@@ -4,6 +4,7 @@ the run folder's records (:class:`~pyrofail.records.RunFolder`) and writes its o
 ==============  ==============================================  =====================================
 stage           reads                                           writes
 ==============  ==============================================  =====================================
+``program``     ``config.json`` (``--program``)                 ``program.json``
 ``jobs``        ``config.json``                                 ``jobs/<job>/`` (fit, metrics, figures)
 ``references``  finished jobs                                   ``truth/<p>/reference.nc``,
                                                                 ``jobs/<job>/reference.nc``
@@ -27,11 +28,21 @@ resuming a run reruns only what is missing. Adding a stage is one module here, o
 from __future__ import annotations
 
 from pyrofail.records import RunFolder
-from pyrofail.stages import bias, diagnosis, downstream, findings, jobs, references, regression, report
+from pyrofail.stages import (
+    bias,
+    diagnosis,
+    downstream,
+    findings,
+    jobs,
+    program,
+    references,
+    regression,
+    report,
+)
 
 __all__ = ["STAGES", "RunFolder", "run_all"]
 
-STAGES = (jobs, references, bias, diagnosis, findings, downstream, regression, report)
+STAGES = (program, jobs, references, bias, diagnosis, findings, downstream, regression, report)
 
 
 def run_all(folder: RunFolder, stages=STAGES) -> None:

@@ -28,7 +28,7 @@ import torch
 from pyrofail.analysis.diagnose import conclude, evidence, training_flags
 from pyrofail.analysis.figures.plots import failure_map_figure
 from pyrofail.records import JobRecord, RunFolder
-from pyrofail.records.folder import truth_of
+from pyrofail.records.folder import process_id, truth_of
 from pyrofail.records.posterior import PosteriorRecord, TruthHardness
 from pyrofail.records.verdict import FailureMapRow, Verdict, Verdicts
 
@@ -63,7 +63,7 @@ def _at_k(jobs: list[JobRecord], posterior: dict, k: int) -> dict:
 
 def _side(job: JobRecord, record: PosteriorRecord, points, usable: list[bool], mleo) -> dict:
     """The inputs of the evidence for one job: KL*, PMO gap and posterior shift at the usable
-    analysis points, MLEO and −ELBO at every test point."""
+    analysis points, the MLEO at every test point."""
 
     def kept(values):
         return None if values is None else [v for v, ok in zip(values, usable) if ok]
@@ -75,7 +75,6 @@ def _side(job: JobRecord, record: PosteriorRecord, points, usable: list[bool], m
         "pmo_gap": kept(record.model.per_point["pmo_gap"]),
         "posterior_shift": kept(shift),
         "mleo": mleo,
-        "neg_elbo": points.neg_elbo,
     }
 
 
@@ -167,15 +166,15 @@ def run(folder: RunFolder) -> None:
         return
     verdicts = {}
     learn_noise = folder.options.get("learn_noise") is True  # "above_true_k": not at the true K
-    for name, group in folder.by_process().items():
-        posterior = {}
-        for r in group:
-            record = folder.read(PosteriorRecord, folder.job_dir(r.job) / "posterior.json")
-            if record is not None:
-                posterior[r.job] = record
+    jobs, all_points, all_posterior = folder.results()  # cross-fitted folds pooled
+    groups: dict[str, list[JobRecord]] = {}
+    for r in jobs:
+        groups.setdefault(process_id(r.config), []).append(r)
+    for name, group in groups.items():
+        posterior = {r.job: all_posterior[r.job] for r in group if r.job in all_posterior}
         if not posterior:
             continue  # no references (the semi-supervised model): nothing to diagnose here
-        points = {r.job: folder.test_points(r.job) for r in group}
+        points = {r.job: all_points[r.job] for r in group if r.job in all_points}
         truth = truth_of(group[0].config)
         if truth is None:
             for k in sorted({r.config["latent_dim"] for r in group}):

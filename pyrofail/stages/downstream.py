@@ -2,197 +2,255 @@
 
 Per job, on its test data (Yacoby, Pan & Doshi-Velez 2020, Section 6):
 
-* **compression**: the total :math:`I(x; z)` and its share per latent dimension (the K each
-  criterion would choose is in the report's "which latent dimension" table);
-* **signal and noise**: the learned σ against the truth's (with ``--learn-noise``), over K
-  (:func:`learned_noise`; ``figures/noise-<process>.png``);
-* **disentanglement** (processes with K ≥ 2 factors): MIG and DCI of the encoder means
-  :math:`\\mathbb E_q[z \\mid x]` about the true factors
-  (:mod:`pyrofail.analysis.downstream.disentanglement`);
+* **compression**: the total :math:`I(x; z)` of the encoder (the K each criterion would choose
+  is in the report's "which latent dimension" table);
+* **signal and noise**: the learned σ against the truth's (with ``--learn-noise``);
+* **disentanglement** (fits with at least two codes of processes with two factors): MIG of the
+  encoder means about the true factors on ``--downstream-points`` fresh draws of the truth
+  (10,000: its plug-in bias under 1%), DCI on the first :data:`DCI_POINTS` of them, as
+  disentanglement_lib computes them (:mod:`pyrofail.analysis.downstream.disentanglement`);
 * **adversarial robustness**: the worst :math:`\\ell_\\infty` perturbation of each test point
-  for the encoder, KL(q(z|x) ‖ q(z|x + δ)) over an ε sweep, the truth's exact posterior shift
-  under the same δ (how sensitive an ideal encoder is), and the de-noising attack
-  (:mod:`pyrofail.analysis.downstream.attacks`);
+  for the encoder (ten starts and a corner search), KL(q(z|x) ‖ q(z|x + δ)) at radii
+  :data:`EPSILONS` in units of the data's scale (its mean per-feature sd, so that robustness
+  compares across processes), the truth's exact posterior shift under the same δ, and the
+  de-noising attack (:mod:`pyrofail.analysis.downstream.attacks`);
 * **outlier detection**: the AUROC of log p_θ(x) between held-out points and off-manifold
-  points of the truth (:mod:`pyrofail.analysis.downstream.outliers`), against the truth's own.
+  points of the truth, against the truth's own (:mod:`pyrofail.analysis.downstream.outliers`).
 
-Per process, the truth's ceilings (its posterior means' MIG/DCI, its AUROC) and every job
-against the MFG-VAE, with paired standard errors.
+Per process, every job against the MFG-VAE with *paired* standard errors: the robustness KL
+over the same attacked points, the AUROC by DeLong's paired covariance, MIG over the same
+bootstrap resamples. On a user's data: the encoder's self-consistency and, with labels, a
+linear probe's accuracy under the encoder attack, each against the plain VAE, paired (with
+cross-fitting, on the first fold's fits).
 
-Reads: ``jobs/<job>/{config.json, model.pt, guide.pt}``. Writes: ``jobs/<job>/downstream.json``,
+Reads: ``jobs/<job>/{metrics.json, model.pt, guide.pt}``. Writes: ``jobs/<job>/downstream.json``,
 ``truth/<process>/downstream.json``, ``downstream.json``, ``figures/robustness-<process>.png``,
-``figures/noise-<process>.png`` (with ``--learn-noise``).
+``figures/noise-<process>.png`` (with ``--learn-noise``), ``figures/representation-<data>.png``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from pyrofail.analysis import metrics
+from pyrofail.analysis import information
 from pyrofail.analysis.downstream import attacks, disentanglement, outliers, self_consistency
 from pyrofail.analysis.figures.plots import noise_figure, probe_figure, robustness_figure
 from pyrofail.analysis.reference import grid
-from pyrofail.analysis.uncertainty import paired_difference
+from pyrofail.estimate import Estimate
 from pyrofail.records import JobRecord, RunFolder
-from pyrofail.records.folder import job_data, job_id, load_fit, process_id, truth_of
-from pyrofail.runs import atomic_write_json, read_json
+from pyrofail.records.downstream import (
+    Attack,
+    DataTasks,
+    Disentanglement,
+    DownstreamSummary,
+    JobTasks,
+    LearnedNoise,
+    Probe,
+    ProcessComparison,
+    TruthTasks,
+)
+from pyrofail.records.findings import Difference
+from pyrofail.records.folder import job_data, process_id, truth_of
 from pyrofail.stages.pool import run_tasks
 
-__all__ = ["EPSILONS", "run"]
+__all__ = ["DCI_POINTS", "EPSILONS", "learned_noise", "run"]
 
-EPSILONS = (0.05, 0.1, 0.2)  # attack radii, in the data's units (the zoo's data span about 2)
-# the representation's attack radii on a user's data set (ε = 0: clean accuracy; Cemgil et al.
-# 2020 attack digits' pixels in [0, 1] up to 0.3)
+EPSILONS = (0.05, 0.1, 0.2)  # attack radii, in units of the data's mean per-feature sd
+# the representation's attack radii on a user's data set (ε = 0: clean accuracy)
 PROBE_EPSILONS = (0.0, 0.05, 0.1, 0.2, 0.3)
 CONSISTENCY_POINTS = 1000
 ATTACK_POINTS = 200  # test points attacked per job and radius
 ATTACK_STEPS = 50
 OUTLIERS = 500  # off-manifold points per process
+# DCI refits 100-tree classifiers per factor and bootstrap draw: on 2,000 points, 20 draws keep
+# a job to minutes and leave its standard error known only to about ±30%, which its flag says
+DCI_POINTS = 2000
+DCI_DRAWS = 20
 
 
 def _codes(guide, x: torch.Tensor) -> torch.Tensor:
     """The encoder means :math:`\\mathbb E_q[z \\mid x]` (exact, or from 256 draws)."""
-    q = guide.distribution(x)
-    try:
-        return q.mean.detach()
-    except NotImplementedError:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return q.sample((256,)).mean(0)
+    return self_consistency.encoder_mean(guide.distribution(x), seed=0).detach()
 
 
-def load_job(folder: Path):
-    """``(config, truth, model, guide)`` of a finished job."""
-    record = RunFolder.read(JobRecord, Path(folder) / "metrics.json")
-    model, guide = load_fit(folder, record.build)
-    return record.config, truth_of(record.config), model, guide
+def _factor_points(truth, folder: RunFolder):
+    """Fresh draws of the truth for disentanglement: ``(x, z)``."""
+    n = int(folder.options.get("downstream_points", disentanglement.MIG_POINTS))
+    data = truth.sample(n, seed=int(folder.options["seed"]) + 1009)
+    return data.x, data.z
 
 
-def _current(path: Path, key: dict):
-    if path.exists():
-        record = read_json(path)
-        if record.get("key") == key:
-            return record
-    return None
-
-
-def truth_tasks(config: dict, folder: Path, seed: int) -> dict:
-    """The truth's own answers: its exact posterior means' MIG/DCI (K ≤ 2), its AUROC, and the
-    off-manifold points every job is scored on."""
-    key = {"process": process_id(config), "seed": seed, "n_test": config["n_test"]}
-    done = folder / "downstream.json"
-    record = _current(done, key)
-    if record is not None:
-        return record
-    truth, splits = job_data(config)
-    test = splits.test
-    out = {"key": key}
-    if truth.latent_dim <= grid.MAX_K:
-        means = grid.grid_posterior(truth, test.x.double()).mean
-        if truth.latent_dim >= 2:
-            out["mig"] = _strip(disentanglement.mig(means, test.z, seed=seed))
-            out["dci"] = _strip(disentanglement.dci(means, test.z, bootstrap=5, seed=seed))
-        away = outliers.off_manifold(truth, OUTLIERS, seed=seed, reference=splits.val.x)
-        out["outliers_x"] = away["x"].tolist()
-        inside = outliers.outlier_scores(truth, test.x)["per_point"]
-        outside = outliers.outlier_scores(truth, away["x"])["per_point"]
-        out["auroc"] = outliers.auroc(inside, outside)
-    atomic_write_json(done, out)
+def _disentanglement(codes, factors, seed: int) -> Disentanglement:
+    """MIG and DCI of ``codes`` as a record ('not defined' with the reason where they are not)."""
+    m = disentanglement.mig(codes, factors, seed=seed)
+    if not m["defined"]:
+        return Disentanglement(False, m["protocol"], reason=m["reason"], n_points=int(codes.shape[0]))
+    d = disentanglement.dci(codes[:DCI_POINTS], factors[:DCI_POINTS], bootstrap=DCI_DRAWS, seed=seed)
+    est = {k: Estimate.from_dict(v) for k, v in (d.get("estimates") or {}).items()}
+    out = Disentanglement(
+        True,
+        m["protocol"],
+        factors=", ".join(dict.fromkeys(m["factor_discretization"])),
+        mig=Estimate.from_dict(m["estimate"]),
+        n_points=int(codes.shape[0]),
+    )
+    if d["defined"]:
+        out.disentanglement = est.get("disentanglement")
+        out.completeness = est.get("completeness")
+        out.informativeness = est.get("informativeness_test")
+        out.informativeness_kind = d["informativeness"]
+    else:
+        out.reason = d["reason"]
     return out
 
 
-def _strip(result: dict) -> dict:
-    """A metric's result as JSON: tensors and arrays become lists."""
-    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in result.items()}
+def truth_tasks(folder: RunFolder, record: JobRecord) -> str:
+    """The truth's own answers (its exact posterior means' MIG/DCI at K ≤ 2, its AUROC), the
+    off-manifold points every job is scored on, and the data's scale."""
+    config, seed = record.config, int(folder.options["seed"])
+    name = process_id(config)
+    key = {
+        "process": name,
+        "seed": seed,
+        "n_test": config["n_test"],
+        "points": folder.options.get("downstream_points"),
+    }
 
-
-def _job_record(folder: Path, seed: int, epsilons) -> tuple[dict, dict | None]:
-    """``(key, record)``: a job's downstream key and its saved record if that is current
-    (``None`` otherwise). "tasks" names this version of the record, so that a resumed run
-    recomputes an older one."""
-    key = {"job": job_id(read_json(folder / "config.json")), "seed": seed, "epsilons": list(epsilons)}
-    key["tasks"] = 2
-    return key, _current(folder / "downstream.json", key)
-
-
-def job_tasks(folder: Path, truth_folder: Path, seed: int) -> dict:
-    """Every downstream task for one job (``downstream.json``)."""
-    folder = Path(folder)
-    key, record = _job_record(folder, seed, EPSILONS)
-    if record is not None:
-        return record
-    config, truth, model, guide = load_job(folder)
-    _, splits = job_data(config)
-    test = splits.test
-    x = test.x
-    out = {"key": key, "job": job_id(config)}
-    out["total_mutual_information"] = metrics.total_mutual_information(guide, x, seed=seed)
-    if getattr(model, "learn_noise", False) and truth is not None:
-        restarts = RunFolder.read(JobRecord, folder / "metrics.json").restarts
-        out["noise"] = learned_noise(model, truth, [vars(r) for r in restarts])
-    if truth.latent_dim >= 2 and test.z is not None:
-        codes = _codes(guide, x)
-        out["mig"] = _strip(disentanglement.mig(codes, test.z, seed=seed))
-        out["dci"] = _strip(disentanglement.dci(codes, test.z, bootstrap=5, seed=seed))
-    xa = x[:ATTACK_POINTS]
-    out["robustness"] = []
-    for eps in EPSILONS:
-        attack = attacks.attack_encoder(guide, xa, eps, norm="linf", steps=ATTACK_STEPS, seed=seed)
-        row = {
-            "eps": eps,
-            "kl": attack["divergence"].tolist(),
-            "mean": attack["mean"],
-            "stderr": attack["stderr"],
-        }
+    def compute() -> TruthTasks:
+        truth, splits = job_data(config)
+        out = TruthTasks(key, attacks.data_scale(splits.train.x))
         if truth.latent_dim <= grid.MAX_K:
-            ideal = attacks.posterior_shift(truth, xa, attack["x_adv"])
-            row["truth_kl"] = ideal["per_point"].tolist()
-        denoise = attacks.attack_denoiser(model, guide, xa, eps, norm="linf", steps=ATTACK_STEPS, seed=seed)
-        row["denoise_error"] = {k: denoise[k] for k in ("mean", "stderr", "clean_mean", "clean_stderr")}
-        out["robustness"].append(row)
-    truth_record = read_json(truth_folder / "downstream.json")
-    if "outliers_x" in truth_record:
-        away = torch.tensor(truth_record["outliers_x"], dtype=x.dtype)
-        inside = outliers.outlier_scores(model, x, guide=guide)["per_point"]
-        outside = outliers.outlier_scores(model, away, guide=guide)["per_point"]
-        out["auroc"] = outliers.auroc(inside, outside)
-    atomic_write_json(folder / "downstream.json", out)
-    return out
+            if truth.latent_dim >= 2:
+                x, z = _factor_points(truth, folder)
+                means = grid.grid_posterior(truth, x.double()).mean
+                out.disentanglement = _disentanglement(means, z, seed)
+            away = outliers.off_manifold(truth, OUTLIERS, seed=seed, reference=splits.val.x)
+            out.outliers_x = away["x"].tolist()
+            inside = outliers.outlier_scores(truth, splits.test.x)["per_point"]
+            outside = outliers.outlier_scores(truth, away["x"])["per_point"]
+            a = outliers.auroc(inside, outside)
+            out.auroc = Estimate(a["auroc"], a["stderr"], a["n_inliers"] + a["n_outliers"])
+        return out
+
+    folder.cached(folder.truth_dir(name) / "downstream.json", TruthTasks, key, compute)
+    return name
 
 
-def data_tasks(folder: Path, seed: int) -> dict:
+def learned_noise(model, truth, restarts) -> LearnedNoise:
+    r"""The learned :math:`\sigma` against the truth's (signal and noise, Yacoby et al. 2020,
+    Section 6): the selected fit's, and its mean ± standard error over the restarts that
+    finished (each restart's :math:`\sigma` as the fit recorded it; a per-feature
+    :math:`\sigma` enters as its mean over features)."""
+
+    def get(r, key):
+        return r[key] if isinstance(r, dict) else getattr(r, key)
+
+    values = [
+        float(torch.tensor(get(r, "noise_scale")).mean())
+        for r in restarts
+        if get(r, "noise_scale") is not None and get(r, "validation_objective") is not None
+    ]
+    selected = float(model.noise_scale.mean())
+    true_sigma = float(torch.as_tensor(truth.noise_scale).mean())
+    over = Estimate.of(values) if len(values) > 1 else None
+    return LearnedNoise(selected, values, over, true_sigma, selected / true_sigma)
+
+
+def job_tasks(folder: RunFolder, record: JobRecord) -> str:
+    """Every downstream task for one job on a zoo process (``downstream.json``)."""
+    seed, job_dir = int(folder.options["seed"]), folder.job_dir(record.job)
+    key = {
+        "job": record.job,
+        "seed": seed,
+        "epsilons": list(EPSILONS),
+        "points": folder.options.get("downstream_points"),
+    }
+
+    def compute() -> JobTasks:
+        truth = truth_of(record.config)
+        model, guide = folder.fitted(record)
+        x = folder.test_data(record.job)["x"]
+        truth_record = folder.read(
+            TruthTasks, folder.truth_dir(process_id(record.config)) / "downstream.json"
+        )
+        out = JobTasks(
+            key,
+            record.job,
+            Estimate(**_mean_se(information.total_mutual_information(guide, x, seed=seed))),
+            [],
+        )
+        if getattr(model, "learn_noise", False):
+            out.noise = learned_noise(model, truth, record.restarts)
+        if truth.latent_dim >= 2:
+            xf, zf = _factor_points(truth, folder)
+            out.disentanglement = _disentanglement(_codes(guide, xf), zf, seed)
+        xa = x[:ATTACK_POINTS]
+        for eps in EPSILONS:
+            hit = attacks.attack_encoder(
+                guide, xa, eps, scale=truth_record.scale, steps=ATTACK_STEPS, seed=seed
+            )
+            row = Attack(eps, hit["radius"], hit["divergence"].tolist(), hit["estimate"])
+            if truth.latent_dim <= grid.MAX_K:
+                row.truth_kl = attacks.posterior_shift(truth, xa, hit["x_adv"])["per_point"].tolist()
+            d = attacks.attack_denoiser(
+                model, guide, xa, eps, scale=truth_record.scale, steps=ATTACK_STEPS, seed=seed
+            )
+            row.denoise_error = Estimate(d["mean"], d["stderr"], xa.shape[0])
+            row.clean_error = Estimate(d["clean_mean"], d["clean_stderr"], xa.shape[0])
+            out.robustness.append(row)
+        if truth_record.outliers_x is not None:
+            away = torch.tensor(truth_record.outliers_x, dtype=x.dtype)
+            inside = outliers.outlier_scores(model, x, guide=guide)["per_point"]
+            outside = outliers.outlier_scores(model, away, guide=guide)["per_point"]
+            a = outliers.auroc(inside, outside)
+            out.auroc = Estimate(a["auroc"], a["stderr"], a["n_inliers"] + a["n_outliers"])
+            out.scores_inliers, out.scores_outliers = inside.tolist(), outside.tolist()
+        return out
+
+    folder.cached(job_dir / "downstream.json", JobTasks, key, compute)
+    return record.job
+
+
+def _mean_se(result: dict) -> dict:
+    return {"mean": result["mean"], "stderr": result["stderr"]}
+
+
+def data_tasks(folder: RunFolder, record: JobRecord) -> str:
     """The downstream tasks on a user's data set (no ground truth): compression, the
     self-consistency of the encoder for its own decoder, and with labels the robustness of the
     representation — a linear classifier on the encoder means, its test accuracy under the
-    encoder attack over :data:`PROBE_EPSILONS` (:mod:`pyrofail.analysis.downstream.self_consistency`)."""
-    folder = Path(folder)
-    key, record = _job_record(folder, seed, PROBE_EPSILONS)
-    if record is not None:
-        return record
-    config, _, model, guide = load_job(folder)
-    _, splits = job_data(config)
-    train, test = splits.train, splits.test
-    out = {"key": key, "job": job_id(config)}
-    out["total_mutual_information"] = metrics.total_mutual_information(guide, test.x, seed=seed)
-    cons = self_consistency.consistency(model, guide, CONSISTENCY_POINTS, seed=seed)
-    out["consistency"] = {
-        "per_point": cons["per_point"].tolist(),
-        "mean": cons["mean"],
-        "stderr": cons["stderr"],
-    }
-    if train.y is not None and test.y is not None:
-        probe = self_consistency.linear_probe(
-            guide, train.x, train.y, test.x, test.y, eps=PROBE_EPSILONS, steps=ATTACK_STEPS, seed=seed
+    encoder attack over :data:`PROBE_EPSILONS` (in units of the data's scale)."""
+    seed, job_dir = int(folder.options["seed"]), folder.job_dir(record.job)
+    key = {"job": record.job, "seed": seed, "epsilons": list(PROBE_EPSILONS)}
+
+    def compute() -> DataTasks:
+        model, guide = folder.fitted(record)
+        _, splits = job_data(record.config)
+        train, test = splits.train, splits.test
+        cons = self_consistency.consistency(model, guide, CONSISTENCY_POINTS, seed=seed)
+        out = DataTasks(
+            key,
+            record.job,
+            Estimate(**_mean_se(information.total_mutual_information(guide, test.x, seed=seed))),
+            Estimate.of(cons["per_point"]),
+            cons["per_point"].tolist(),
         )
-        out["probe"] = {k: probe[k] for k in ("eps", "accuracy", "stderr", "shift", "norm", "objective")}
-        out["probe"]["correct"] = probe["correct"].to(torch.int8).tolist()
-    atomic_write_json(folder / "downstream.json", out)
-    return out
+        if train.y is not None and test.y is not None:
+            scale = attacks.data_scale(train.x)
+            probe = self_consistency.linear_probe(
+                guide, train.x, train.y, test.x, test.y, eps=PROBE_EPSILONS, steps=ATTACK_STEPS, seed=seed,
+                scale=scale,
+            )  # fmt: skip
+            n = test.x.shape[0]
+            accuracy = [Estimate(a, s, n) for a, s in zip(probe["accuracy"], probe["stderr"])]
+            out.probe = Probe(list(probe["eps"]), accuracy, probe["correct"].to(torch.int8).tolist())
+        return out
+
+    folder.cached(job_dir / "downstream.json", DataTasks, key, compute)
+    return record.job
 
 
-def baseline_job(group: list[dict], k: int) -> str | None:
+def baseline_job(group: list[JobRecord], k: int) -> str | None:
     """The plain VAE among a process's jobs: the mean-field guide trained jointly by the ELBO at
     latent dimension ``k``, the one every other fit is compared with."""
     for r in group:
@@ -207,128 +265,111 @@ def baseline_job(group: list[dict], k: int) -> str | None:
     return None
 
 
-def compare_data_jobs(records: dict, base: str) -> dict:
+def _diff(label: str, estimate: Estimate) -> Difference:
+    return Difference(label, estimate, estimate.verdict())
+
+
+def compare_data_jobs(records: dict[str, DataTasks], base: str) -> dict:
     """Every job against the plain VAE ``base`` on a data set: the consistency distance paired
-    over the same prior draws (each model draws z from N(0, I) with the same seed) and the
-    probe's accuracy at each ε paired over the test points."""
+    over the same prior draws and the probe's accuracy at each ε paired over the test points."""
     ref = records[base]
     out = {}
     for job, rec in records.items():
         if job == base:
             continue
         row = {
-            "consistency": paired_difference(rec["consistency"]["per_point"], ref["consistency"]["per_point"])
+            "consistency": _diff(
+                "self-consistency", Estimate.paired(rec.consistency_per_draw, ref.consistency_per_draw)
+            )
         }
-        if "probe" in rec and "probe" in ref:
-            for eps, a, b in zip(rec["probe"]["eps"], rec["probe"]["correct"], ref["probe"]["correct"]):
-                row[f"accuracy_eps{eps:g}"] = paired_difference([float(v) for v in a], [float(v) for v in b])
+        if rec.probe is not None and ref.probe is not None:
+            for eps, a, b in zip(rec.probe.eps, rec.probe.correct, ref.probe.correct):
+                row[f"accuracy_eps{eps:g}"] = _diff(f"accuracy at ε={eps:g}", Estimate.paired(a, b))
         out[job] = row
     return out
 
 
-def learned_noise(model, truth, restarts: list[dict]) -> dict:
-    r"""The learned :math:`\sigma` against the truth's (signal and noise, Yacoby et al. 2020,
-    Section 6): the selected fit's, and its mean ± standard error over the restarts that
-    finished (each restart's :math:`\sigma` as the fit recorded it). A per-feature
-    :math:`\sigma` enters as its mean over features.
-
-    :returns: ``{"selected", "restart_values", "mean", "stderr", "truth", "ratio"}``;
-        ``ratio`` = selected / truth (below 1: part of the noise was learned as signal).
-    """
-    values = [
-        float(torch.tensor(r["noise_scale"]).mean())
-        for r in restarts
-        if r.get("noise_scale") is not None and r.get("validation_objective") is not None
-    ]
-    selected = float(model.noise_scale.mean())
-    true_sigma = float(torch.as_tensor(truth.noise_scale).mean())
-    v = torch.tensor(values, dtype=torch.float64)
-    stderr = float(v.std() / len(values) ** 0.5) if len(values) > 1 else None
-    return {
-        "selected": selected,
-        "restart_values": values,
-        "mean": float(v.mean()) if values else None,
-        "stderr": stderr,
-        "truth": true_sigma,
-        "ratio": selected / true_sigma,
-    }
-
-
-def compare_jobs(records: dict, mfg: str, truth_record: dict) -> dict:
-    """Every job against the MFG-VAE ``mfg`` on each task, with paired standard errors: the
-    robustness KL per attacked point (the same points), AUROC and disentanglement by their
-    own standard errors, and the truth's values beside them."""
-    base = records[mfg]
+def compare_jobs(folder: RunFolder, group: list[JobRecord], records: dict[str, JobTasks], mfg: str) -> dict:
+    """Every job against the MFG-VAE ``mfg``, paired: the robustness KL over the same attacked
+    points, the AUROC by DeLong's paired covariance, MIG over the same bootstrap resamples (the
+    codes recomputed at the same fresh points); the truth's exact posterior shift beside them."""
+    base, seed = records[mfg], int(folder.options["seed"])
+    truth = truth_of(group[0].config)
+    factor_points = _factor_points(truth, folder) if truth.latent_dim >= 2 else None
+    by_name = {r.job: r for r in group}
+    codes_mfg = None
+    if factor_points is not None and base.disentanglement is not None and base.disentanglement.defined:
+        codes_mfg = _codes(folder.fitted(by_name[mfg])[1], factor_points[0])
     out = {}
     for job, rec in records.items():
         if job == mfg:
             continue
         row = {}
-        for a, b in zip(rec["robustness"], base["robustness"]):
-            row[f"robustness_eps{a['eps']:g}"] = paired_difference(a["kl"], b["kl"])
-        for task in ("auroc", "mig"):  # each result holds its score under the task's name
-            if task in rec and task in base:
-                se = (rec[task]["stderr"] or 0.0) ** 2 + (base[task]["stderr"] or 0.0) ** 2
-                row[task] = {"mean": rec[task][task] - base[task][task], "stderr": se**0.5}
-        out[job] = row
-    for a in base["robustness"]:
-        if "truth_kl" in a:
-            out.setdefault("truth", {})[f"robustness_eps{a['eps']:g}"] = paired_difference(
-                a["truth_kl"], a["kl"]
+        for a, b in zip(rec.robustness, base.robustness):
+            row[f"robustness_eps{a.eps:g}"] = _diff(
+                f"KL under attack at ε={a.eps:g}", Estimate.paired(a.kl, b.kl)
             )
+        if rec.scores_inliers is not None and base.scores_inliers is not None:
+            d = outliers.auroc_difference(
+                rec.scores_inliers, rec.scores_outliers, base.scores_inliers, base.scores_outliers
+            )
+            row["auroc"] = _diff("outlier AUROC", d)
+        if codes_mfg is not None and rec.disentanglement is not None and rec.disentanglement.defined:
+            codes = _codes(folder.fitted(by_name[job])[1], factor_points[0])
+            row["mig"] = _diff(
+                "MIG", disentanglement.mig_difference(codes, codes_mfg, factor_points[1], seed=seed)
+            )
+        out[job] = row
+    truth_row = {
+        f"robustness_eps{a.eps:g}": _diff(
+            f"KL under attack at ε={a.eps:g}", Estimate.paired(a.truth_kl, a.kl)
+        )
+        for a in base.robustness
+        if a.truth_kl is not None
+    }
+    if truth_row:
+        out["truth"] = truth_row
     return out
 
 
-def run_data(folder: RunFolder, name: str, group: list[dict], seed: int) -> dict:
-    """The tasks on a user's data set: each job's record, and each against the plain VAE."""
-    tasks = [(folder.job_dir(r.job), seed) for r in group]
-    folder.say(f"downstream: {name}: {len(tasks)} jobs")
-    records = {rec["job"]: rec for rec in run_tasks(data_tasks, tasks, folder.workers)}
-    base = baseline_job(group, group[0].config["latent_dim"])
-    jobs = {job: {k: v for k, v in rec.items() if k != "key"} for job, rec in records.items()}
-    if any("probe" in rec for rec in jobs.values()):
-        probe_figure(folder.figures / f"representation-{name}.png", name, jobs)
-    return {
-        "data": True,
-        "baseline": base,
-        "jobs": jobs,
-        "against_baseline": None if base is None else compare_data_jobs(records, base),
-    }
+def _process(folder: RunFolder, name: str, group: list[JobRecord]) -> ProcessComparison:
+    config = group[0].config
+    label = f"downstream: {name}"
+    if truth_of(config) is None:
+        tasks = [(data_tasks, (folder, r)) for r in group]
+        run_tasks(_dispatch, tasks, folder.workers, threads=folder.threads, label=label, quiet=folder.quiet)
+        records = {r.job: folder.read(DataTasks, folder.job_dir(r.job) / "downstream.json") for r in group}
+        base = baseline_job(group, config["latent_dim"])
+        if any(rec.probe is not None for rec in records.values()):
+            probe_figure(folder.figures / f"representation-{name}.png", name, records)
+        against = {} if base is None else compare_data_jobs(records, base)
+        return ProcessComparison(base, True, against)
+    truth_tasks(folder, group[0])
+    tasks = [(job_tasks, (folder, r)) for r in group]
+    run_tasks(_dispatch, tasks, folder.workers, threads=folder.threads, label=label, quiet=folder.quiet)
+    records = {r.job: folder.read(JobTasks, folder.job_dir(r.job) / "downstream.json") for r in group}
+    mfg = baseline_job(group, truth_of(config).latent_dim)
+    robustness_figure(folder.figures / f"robustness-{name}.png", name, records)
+    learned = {r.job: (r.config, records[r.job].noise) for r in group if records[r.job].noise is not None}
+    if learned:
+        noise_figure(folder.figures / f"noise-{name}.png", name, learned)
+    return ProcessComparison(mfg, False, {} if mfg is None else compare_jobs(folder, group, records, mfg))
+
+
+def _first_fold(group: list[JobRecord]) -> list[JobRecord]:
+    """A cross-fitted data set's tasks run on the first fold's fits (one set of fits to compare)."""
+    return [r for r in group if (r.config.get("data_options") or {}).get("fold", 0) == 0]
 
 
 def run(folder: RunFolder) -> None:
     if not folder.options.get("downstream"):
         return
-    seed = int(folder.options["seed"])
-    summary = {}
-    for name, group in folder.by_process().items():
-        config = group[0].config
-        if truth_of(config) is None:
-            summary[name] = run_data(folder, name, group, seed)
-            continue
-        truth_record = truth_tasks(config, folder.truth_dir(name), seed)
-        tasks = [(folder.job_dir(r.job), folder.truth_dir(name), seed) for r in group]
-        folder.say(f"downstream: {name}: {len(tasks)} jobs")
-        records = {rec["job"]: rec for rec in run_tasks(job_tasks, tasks, folder.workers)}
-        k_true = truth_of(config).latent_dim
-        mfg = next(
-            (
-                r.job
-                for r in group
-                if (r.config["guide"], r.config["objective"], r.config["latent_dim"])
-                == ("mean_field", "elbo", k_true)
-            ),
-            None,
-        )
-        summary[name] = {
-            "mfg": mfg,
-            "truth": {k: v for k, v in truth_record.items() if k not in ("key", "outliers_x")},
-            "jobs": {job: {k: v for k, v in rec.items() if k != "key"} for job, rec in records.items()},
-            "against_mfg": None if mfg is None else compare_jobs(records, mfg, truth_record),
-        }
-        robustness_figure(folder.figures / f"robustness-{name}.png", name, summary[name]["jobs"])
-        learned = {r.job: (r.config, records[r.job]["noise"]) for r in group if "noise" in records[r.job]}
-        if learned:
-            noise_figure(folder.figures / f"noise-{name}.png", name, learned)
+    summary = {
+        name: _process(folder, name, _first_fold(group)) for name, group in folder.by_process().items()
+    }
     if summary:
-        atomic_write_json(folder.root / "downstream.json", summary)
+        folder.write(DownstreamSummary(summary), folder.root / "downstream.json")
+
+
+def _dispatch(fn, args):
+    return fn(*args)

@@ -49,14 +49,10 @@ def trained_by(config: dict) -> str:
 
 
 class _Points:
-    """Per-point values of the jobs (``test_points.json``), read once."""
+    """Per-point values of the jobs (``test_points.json``, cross-fitted folds pooled)."""
 
-    def __init__(self, folder: RunFolder, jobs: list[JobRecord]):
-        self.values = {}
-        for r in jobs:
-            record = folder.test_points(r.job)
-            if record is not None:
-                self.values[r.job] = record
+    def __init__(self, values: dict):
+        self.values = values
 
     def has(self, job: JobRecord, key: str) -> bool:
         record = self.values.get(job.job)
@@ -265,8 +261,8 @@ def m2_counterfactuals(
 
 
 def run(folder: RunFolder) -> None:
-    jobs = folder.finished_jobs()
-    points = _Points(folder, jobs)
+    jobs, values, _ = folder.results()
+    points = _Points(values)
     baseline, m2 = m2_counterfactuals(jobs, points, "counterfactual_error")
     _, m2_guide = m2_counterfactuals(jobs, points, "counterfactual_error_guide")
     findings = Findings(
