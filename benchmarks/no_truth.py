@@ -172,12 +172,16 @@ def _verdict(folder: Path, case: Case):
     return verdict
 
 
-def _neg_log_px(folder: Path) -> dict[str, float]:
-    """Each job's test −log p(x), keyed by (objective) — the fits of both arms should match."""
+def _fits(folder: Path) -> dict[str, dict]:
+    """Each job's test −log p(x) and (with a truth) MLEO and learned σ, keyed by objective."""
     out = {}
     for job in sorted((folder / "jobs").iterdir()):
         metrics = json.loads((job / "metrics.json").read_text())["metrics"]
-        out[job.name.rsplit("-", 1)[-1]] = metrics["test_neg_log_px"]["mean"]
+        out[job.name.rsplit("-", 1)[-1]] = {
+            "neg_log_px": metrics["test_neg_log_px"]["mean"],
+            "mleo": metrics.get("mleo"),
+            "sigma": metrics.get("noise_scale"),
+        }
     return out
 
 
@@ -219,11 +223,11 @@ def summary(case: Case, out: Path) -> dict:
         }
         stamp = root / f"{arm}.time.json"
         row[arm]["wall_s"] = json.loads(stamp.read_text())["wall_s"] if stamp.exists() else None
-    fits = [_neg_log_px(root / arm) for arm in ARMS]
+    fits = [_fits(root / arm) for arm in ARMS]
     row["same_fits"] = fits[0].keys() == fits[1].keys() and all(
-        abs(fits[0][j] - fits[1][j]) < 1e-6 for j in fits[0]
+        abs(fits[0][j]["neg_log_px"] - fits[1][j]["neg_log_px"]) < 1e-6 for j in fits[0]
     )
-    row["neg_log_px"] = fits[1]
+    row["fits"] = fits[0]  # the truth arm's: with each fit's MLEO against the truth
     row["agreement"] = agreement(row["truth"]["failure"], row["data"]["failure"])
     return row
 
