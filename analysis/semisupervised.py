@@ -263,8 +263,9 @@ def _draw_seed(seed: int, block: int) -> int:
 
 def _grid_draws(model, x, num_draws: int, seed: int, budget) -> torch.Tensor:
     """``num_draws`` exact posterior draws per point ``(n, S, K)`` (quadrature, one call)."""
-    pairs = max(1, memory.chunk_bytes(budget) // 32)
-    return grid.grid_posterior(model, x, num_draws=num_draws, seed=seed, budget=pairs).draws
+    return grid.grid_posterior(
+        model, x, num_draws=num_draws, seed=seed, budget=metrics.grid_pairs(budget)
+    ).draws
 
 
 def _medians(draw, x, seed: int) -> torch.Tensor:

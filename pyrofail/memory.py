@@ -25,7 +25,7 @@ line, a run that cannot fit the budget even with chunking (the training step is 
 Example:
     >>> parse_size("1GiB"), parse_size("512MB"), parse_size("1.5 G")
     (1073741824, 512000000, 1610612736)
-    >>> chunk_bytes(parse_size("1GiB")) == 64 * 2**20, chunk_bytes(parse_size("64MiB")) == 16 * 2**20
+    >>> chunk_bytes(parse_size("1GiB")) == 16 * 2**20, chunk_bytes(parse_size("32MiB")) == 8 * 2**20
     (True, True)
     >>> rows(parse_size("64MiB"), 4096), rows(parse_size("64MiB"), 4096, multiple=1000)
     (4096, 4000)
@@ -62,12 +62,15 @@ DEFAULT_BUDGET = 2**30  # bytes per worker process: 1 GiB
 # A chunk's working set is this share of the budget; the rest holds the interpreter, torch,
 # the models and the data (RESIDENT_BYTES) and what the allocator keeps between chunks.
 CHUNK_SHARE = 4
-# ... and never more than this. Larger chunks are slower, not faster: a temporary above glibc's
-# largest mmap threshold (32 MiB) is a fresh mapping every time (page faults, zeroing), while
-# smaller ones reuse the heap. Measured on 2,000 points (K = 3, the paper's networks, one
-# core): importance sampling with 2,000 draws took 8-10 s in 64 MiB chunks, 13-14 s in 256 MiB
-# ones and 15-17 s before chunking by bytes (1M-row chunks).
-MAX_CHUNK_BYTES = 64 * 2**20
+# ... and never more than this. Larger chunks are not faster: from ~16,000 rows on, a matrix
+# product runs at full speed, and a temporary above glibc's largest mmap threshold (32 MiB) is
+# a fresh mapping every time (page faults, zeroing) where a smaller one reuses the heap.
+# Measured on 2,000 points (K = 3, the paper's networks, one core): importance sampling with
+# 2,000 draws took 3.0-4.7 CPU s in 16 MiB chunks and 3.7-4.3 in 64 MiB ones (15-17 s wall
+# before chunking by bytes, in 1M-row chunks). Small chunks also keep the peak flat: the
+# heap's layout varies from chunk to chunk by about a chunk (64 MiB chunks: the ELBO's peak
+# at 50,000 points 34 MiB above its peak at 2,000 in one run, 2 MiB in another).
+MAX_CHUNK_BYTES = 16 * 2**20
 MIN_BUDGET = 16 * 2**20  # below this nothing useful fits: a user's typo ("1M" for "1G")
 # Python, torch and pyro imported, the package loaded and a fitted model in memory: the
 # resident set of a job process before its evaluation, measured 380-450 MiB (clusters, K = 3,
@@ -137,7 +140,7 @@ def format_size(n: float) -> str:
 
 def chunk_bytes(budget=None) -> int:
     """The working set one chunk of an evaluation may use: a quarter of the worker's budget,
-    at most :data:`MAX_CHUNK_BYTES` (64 MiB)."""
+    at most :data:`MAX_CHUNK_BYTES` (16 MiB)."""
     return min(MAX_CHUNK_BYTES, resolve(budget) // CHUNK_SHARE)
 
 

@@ -179,7 +179,16 @@ def test_aggregate_posterior_kl_against_closed_forms():
 
 # -- streaming in bounded memory (pyrofail.memory) ------------------------------------------
 
-SMALL, LARGE = "16MiB", "1GiB"  # a 4 MiB working set (several chunks) and one chunk for all
+SMALL, LARGE = "16MiB", "1TiB"  # a 4 MiB working set (several chunks), and one chunk for all
+
+
+@pytest.fixture
+def unchunked(monkeypatch):
+    """Lift the cap on a chunk (pyrofail.memory.MAX_CHUNK_BYTES), so that LARGE takes every
+    point in one chunk: the evaluation as it was before streaming."""
+    from pyrofail import memory
+
+    monkeypatch.setattr(memory, "MAX_CHUNK_BYTES", 2**50)
 
 
 def _fitted_shape(k=3, hidden=(16, 16), seed=0):
@@ -201,7 +210,7 @@ def _assert_same(a, b, tol=1e-5):
 
 
 @pytest.mark.parametrize("case", ["importance sampling, K = 3", "quadrature, K = 1"])
-def test_every_metric_is_the_same_for_every_budget(case):
+def test_every_metric_is_the_same_for_every_budget(case, unchunked):
     """The budget changes how many points go through at once, never the numbers: every point's
     -ELBO, log p(x) and I(x; z_i) with a 4 MiB working set (five or more chunks here) equal
     those computed in one chunk, to float rounding."""
@@ -233,7 +242,7 @@ def test_a_points_draws_do_not_depend_on_the_other_points():
 
 
 @pytest.mark.parametrize("name", ["elbo", "iwae"])
-def test_objectives_per_point_is_the_same_for_every_budget(name):
+def test_objectives_per_point_is_the_same_for_every_budget(name, unchunked):
     from pyrofail import zoo
 
     model, guide = _fitted_shape()
@@ -246,7 +255,7 @@ def test_objectives_per_point_is_the_same_for_every_budget(name):
     assert torch.allclose(a.value, c.value, atol=1e-6)
 
 
-def test_total_mutual_information_is_the_same_for_every_budget():
+def test_total_mutual_information_is_the_same_for_every_budget(unchunked):
     x = torch.randn(400, 2, generator=torch.Generator().manual_seed(0))
     _, guide = _fitted_shape(k=2)
     a = metrics.total_mutual_information(guide, x, budget=SMALL)
