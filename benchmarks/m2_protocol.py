@@ -257,6 +257,36 @@ def run_score(args) -> dict:
     return out
 
 
+# -- reselect ------------------------------------------------------------------------------------
+def run_reselect(args) -> dict:
+    """Each restart of saved fits judged on the validation points (labels as the fit saw them)
+    by IWAE bounds with more particles (the fit's own encoder) and by the exact likelihood."""
+    torch.set_num_threads(1)
+    out = {}
+    for path in args.fits:
+        saved = torch.load(path, weights_only=False)
+        a = saved["args"]
+        data = make_data(a["seed"], a["n_train"], a["n_val"], a["n_test"], a["labelled"])
+        val, y_val = data["val"], data["y_val"]
+        rows = []
+        for r, rec in enumerate(saved["restarts"]):
+            m, g = take_restart(saved["model"], r), take_restart(saved["guide"], r)
+            row = dict(rec)
+            with torch.no_grad():
+                for s in args.eval_particles:
+                    v = M2IWAE(num_particles=s).per_point(m, g, val.x, y=y_val, seed=a["seed"]).value
+                    row[f"val_iwae{s}"] = float(v.mean())
+            ex_u, ex_l = exact_terms(m, val.x, val.y)
+            row["val_exact"] = float(torch.where(y_val >= 0, ex_l, ex_u).mean())
+            rows.append(row)
+            print(path, r, {k: round(v, 4) for k, v in row.items() if k.startswith("val_")}, flush=True)
+        out[path] = rows
+        saved["restarts"] = rows
+        with open(path.removesuffix(".pt") + ".json", "w") as fh:
+            json.dump({k: v for k, v in saved.items() if k not in ("model", "guide")}, fh, indent=1)
+    return out
+
+
 # -- table ----------------------------------------------------------------------------------------
 def over_seeds(values) -> str:
     e = Estimate.of(torch.tensor(values, dtype=torch.float64))
@@ -264,7 +294,7 @@ def over_seeds(values) -> str:
 
 
 def select(records, rule: str) -> dict:
-    key = {"objective": "validation_objective", "labels_known": "validation_labels_known"}[rule]
+    key = {"objective": "validation_objective", "labels_known": "validation_labels_known"}.get(rule, rule)
     ok = [r for r in records if r[key] is not None and math.isfinite(r[key])]
     return max(ok, key=lambda r: r[key])
 
@@ -274,7 +304,10 @@ def run_table(args) -> None:
     runs = [json.load(open(p)) for p in args.files]
     print("| rule | selected truth-started | separation ratio | cf error (encoder) | cf error (exact) |")
     print("|---|---|---|---|---|")
-    for rule in ("objective", "labels_known"):
+    rules = ["objective", "labels_known"] + sorted(
+        (k for k in runs[0]["restarts"][0] if k.startswith("val_")), key=lambda k: (len(k), k)
+    )
+    for rule in rules:
         sel = [select(r["restarts"], rule) for r in runs]
         gt = sum(s["init"] == "ground_truth" for s in sel)
         cells = [over_seeds([s[k] for s in sel]) for k in ("separation_ratio", "cf_guide", "cf_model")]
@@ -307,10 +340,13 @@ def main(argv=None):
     s.add_argument("--refit-steps", type=int, default=1500)
     s.add_argument("--pretrain-steps", type=int, default=2000)
     s.add_argument("--eval-particles", type=int, nargs="*", default=[100, 1000])
+    r = sub.add_parser("reselect")
+    r.add_argument("fits", nargs="+")
+    r.add_argument("--eval-particles", type=int, nargs="*", default=[20, 100, 1000, 5000])
     t = sub.add_parser("table")
     t.add_argument("files", nargs="+")
     args = p.parse_args(argv)
-    {"fit": run_fit, "score": run_score, "table": run_table}[args.command](args)
+    {"fit": run_fit, "score": run_score, "reselect": run_reselect, "table": run_table}[args.command](args)
 
 
 if __name__ == "__main__":
