@@ -51,14 +51,14 @@ __all__ = [
     "along_segments",
     "curvature",
     "find_maxima",
+    "log_joint_chunked",
     "refine_maxima",
-    "starting_points",
-    "top_up_points",
 ]
 
 EIG_FLOOR = 1e-2  # smallest |eigenvalue| of H used: a posterior sd of at most 10 prior sds
 SEGMENT_POINTS = 16  # points on the segment between two maxima where the persistence rule looks
 NEWTON_STEPS = 40
+CHUNK_POINTS = 2**13  # points per forward pass of the decoder (log_joint_chunked)
 
 
 @dataclass
@@ -114,9 +114,23 @@ def curvature(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(0.5 * (h + h.transpose(-1, -2)), nan=0.0)
 
 
+@torch.no_grad()
+def log_joint_chunked(model, z: torch.Tensor, x: torch.Tensor, points: int = CHUNK_POINTS) -> torch.Tensor:
+    """``model.log_joint(z, x)`` without gradients, a few thousand points at a time along ``z``'s
+    first dimension (``x`` broadcasts against the rest, as in ``log_joint``; with ``x`` of shape
+    ``(N, D)``, ``z`` ``(..., N, K)`` is flattened to ``(L, N, K)`` first). A 3 x 50 MLP decoder
+    evaluates a point about four times faster in chunks of thousands than in one batch of a
+    million (its activations stay in the cache): 0.9 s against 3.6 s for 4,000 x 300 points on
+    one thread."""
+    flatten = z.dim() > 3 and x.dim() <= 2
+    flat = z.reshape(-1, *z.shape[-2:]) if flatten else z
+    per = max(1, points // max(1, math.prod(flat.shape[1:-1])))
+    out = torch.cat([model.log_joint(flat[i : i + per], x) for i in range(0, flat.shape[0], per)])
+    return out.reshape(z.shape[:-1]) if flatten else out
+
+
 def _log_joint(model, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        lp = model.log_joint(z, x)
+    lp = log_joint_chunked(model, z, x)
     return torch.where(torch.isfinite(lp), lp, torch.full_like(lp, -math.inf))
 
 
@@ -247,44 +261,6 @@ def find_maxima(
     tril = torch.linalg.cholesky(cov)
     log_mass = log_mass.masked_fill(~valid, -math.inf)
     return Maxima(z_max, lp.masked_fill(~valid, -math.inf), log_mass, tril, valid)
-
-
-def starting_points(
-    maxima: Maxima, num_chains: int, max_chains: int, *, min_share: float = 0.005, seed: int = 0
-) -> torch.Tensor:
-    """Chain starts ``(C, N, K)`` by Laplace mass: one chain at every maximum whose share of
-    the mass is at least ``min_share`` (heaviest first), the remaining chains shared among them
-    in proportion to mass (D'Hondt's rule). ``C`` is the same for every point: at least
-    ``num_chains``, at most ``max_chains``, and otherwise the largest number of maxima of
-    non-negligible mass any point has. The first chain at a maximum starts on it; further ones
-    at a draw of its Laplace approximation, so that chains in one mode start dispersed.
-
-    Example:
-        >>> import torch
-        >>> m = Maxima(torch.tensor([[[0.0], [3.0]]]), torch.zeros(1, 2), torch.tensor([[0.0, -1.0]]),
-        ...            torch.ones(1, 2, 1, 1), torch.ones(1, 2, dtype=torch.bool))
-        >>> starting_points(m, 2, 8)[:, 0, 0].tolist()
-        [0.0, 3.0]
-    """
-    n, j, k = maxima.z.shape
-    share = maxima.shares()
-    big = maxima.valid & (share >= min_share)
-    big[:, 0] |= maxima.valid[:, 0]  # the best maximum always counts
-    c = min(max(num_chains, int(big.sum(-1).max())), max_chains)
-    gen = torch.Generator().manual_seed(int(seed) + 11)
-    count = torch.zeros(n, j, dtype=share.dtype, device=share.device)
-    rows = torch.arange(n, device=share.device)
-    out = []
-    for _ in range(c):
-        # unvisited maxima of non-negligible mass first (by mass), then D'Hondt quotients
-        prio = torch.where(count == 0, 2.0 + share, share / (count + 1)).masked_fill(~big, -math.inf)
-        pick = prio.argmax(-1)
-        jitter = count[rows, pick] > 0
-        eps = torch.randn(n, k, generator=gen, dtype=maxima.z.dtype).to(maxima.z.device)  # CPU stream
-        shift = (maxima.tril[rows, pick] @ eps[..., None])[..., 0]
-        out.append(maxima.z[rows, pick] + jitter[:, None] * shift)
-        count[rows, pick] += 1
-    return torch.stack(out)
 
 
 def _outside_draws(model, x, maxima: Maxima, num: int, top: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
@@ -426,37 +402,3 @@ def _replace_rows(maxima: Maxima, rows: torch.Tensor, found: Maxima) -> Maxima:
     for name in ("z", "log_joint", "log_mass", "tril", "valid"):
         getattr(out, name)[rows] = getattr(new, name)
     return out
-
-
-def top_up_points(maxima: Maxima, uncovered: torch.Tensor, max_chains: int, *, min_share: float = 0.005):
-    """Starts ``(C, N, K)`` for chains at the maxima that no chain's draws cover (``uncovered``
-    ``(N, J)``), heaviest first, for every point with one of at least ``min_share`` of the
-    Laplace mass; ``C`` is the most any point needs, at most ``max_chains`` (``None`` when no
-    point needs one). A point's spare chains start at its heaviest maxima, where extra draws do no
-    harm.
-
-    Example:
-        >>> import torch
-        >>> m = Maxima(torch.tensor([[[0.0], [3.0]]]), torch.zeros(1, 2), torch.tensor([[0.0, -1.0]]),
-        ...            torch.ones(1, 2, 1, 1), torch.ones(1, 2, dtype=torch.bool))
-        >>> top_up_points(m, torch.tensor([[False, True]]), 4)[:, 0, 0].tolist()
-        [3.0]
-    """
-    share = maxima.shares()
-    j = min(maxima.z.shape[1], uncovered.shape[1])
-    need = (uncovered[:, :j] & maxima.valid[:, :j] & (share[:, :j] >= min_share)).clone()
-    c = min(int(need.sum(-1).max()) if need.numel() else 0, max_chains)
-    if c == 0:
-        return None
-    # per point: the uncovered maxima by mass, then the heaviest maxima again and again
-    by_mass = share[:, :j].masked_fill(~maxima.valid[:, :j], -1.0)
-    first = torch.where(need, 2.0 + by_mass, by_mass).argsort(-1, descending=True)
-    heaviest = by_mass.argsort(-1, descending=True)
-    count = need.sum(-1, keepdim=True)
-    slot = torch.arange(c)[None].expand(maxima.z.shape[0], c)
-    cycle = (slot - count).clamp_min(0) % maxima.valid[:, :j].sum(-1, keepdim=True).clamp_min(1)
-    pick = torch.where(
-        slot < count, first.gather(1, slot.clamp_max(j - 1)), heaviest.gather(1, cycle)
-    )  # (N, C)
-    rows = torch.arange(maxima.z.shape[0])[:, None]
-    return maxima.z[rows, pick].transpose(0, 1).contiguous()

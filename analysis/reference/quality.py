@@ -45,7 +45,7 @@ A value that is missing or not a number fails its check: an unverifiable point i
 
 Example:
     >>> from pyrofail.models import LinearGaussian
-    >>> from pyrofail.analysis import quality, reference_posterior
+    >>> from pyrofail.analysis.reference import quality, reference_posterior
     >>> truth = LinearGaussian(latent_dim=1, data_dim=2, noise_scale=0.5, seed=0)
     >>> ref = reference_posterior(truth, truth.sample(3, seed=0).x, "grid", num_draws=10)
     >>> q = quality.gate(ref)

@@ -62,32 +62,24 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
-import pyro.distributions as dist
 import torch
 from scipy.stats import chi2
 
 from pyrofail.analysis.reference import stats
 from pyrofail.analysis.reference.idata import arviz, build_inference_data
-from pyrofail.analysis.reference.maxima import Maxima, find_maxima
+from pyrofail.analysis.reference.maxima import Maxima, find_maxima, log_joint_chunked
 from pyrofail.analysis.reference.modes import DIP, MIN_MASS, assign, find_modes
+from pyrofail.analysis.reference.proposal import Proposal
 
-__all__ = ["cover", "from_draws", "mode_masses_by_importance"]
+__all__ = ["Weighted", "assemble", "cover", "diagnose", "from_draws", "mode_masses_by_importance", "weigh"]
 
-STUDENT_DF = 4.0
-STUDENT_WEIGHT = 0.2  # of the Student-t components, within a mode's share of the proposal
-LAPLACE_WEIGHT = 0.1  # of the Laplace components of the maxima a mode holds, within its share
-FLOOR = 0.2  # share of the mode weights spread equally over the modes
-KERNELS = 64  # kernels per mode and latent dimension in the importance proposal
 COVER_POINTS = 16  # points on the segment from a maximum to the nearest draw
 BASIN_DIP = 0.9  # an importance draw is in a mode's basin when the way up to it never dips below this
 BASIN_REPS = 4  # representatives tried per importance draw for the way up
 COVER_QUANTILE = 0.999  # of the Laplace approximation: the ball in which a maximum's draws lie
-
-
-def _t_draw(loc, tril, eps, chi2):
-    return loc + torch.sqrt(STUDENT_DF / chi2)[..., None] * (tril @ eps[..., None])[..., 0]
 
 
 def cover(model, x, pooled, lp, lab, maxima: Maxima, dip: float = DIP) -> torch.Tensor:
@@ -113,7 +105,7 @@ def cover(model, x, pooled, lp, lab, maxima: Maxima, dip: float = DIP) -> torch.
     t = torch.arange(1, COVER_POINTS + 1, dtype=pooled.dtype) / (COVER_POINTS + 1)
     seg = maxima.z[None] + t[:, None, None, None] * (zd - maxima.z)[None]  # (T, N, J, K)
     with torch.no_grad():
-        low = model.log_joint(seg.transpose(1, 2), x).nan_to_num(nan=-math.inf).amin(0).T  # (N, J)
+        low = log_joint_chunked(model, seg.transpose(1, 2), x).nan_to_num(nan=-math.inf).amin(0).T  # (N, J)
     ends = torch.minimum(maxima.log_joint, lp[rows[:, None], nearest])
     # and the point must lie in the maximum's Laplace ball: a point in the valley next to an
     # unvisited maximum passes the segment test (the way down to it never dips below it) and
@@ -143,7 +135,7 @@ def _basin_of_draws(model, x, zs, lj, centres, labels, which, dip: float = BASIN
     t = torch.arange(1, COVER_POINTS + 1, dtype=z.dtype) / COVER_POINTS  # up to the representative
     seg = z[None, :, None] + t[:, None, None, None] * (rep - z[:, None])[None]  # (T, E, B, K)
     with torch.no_grad():
-        path = model.log_joint(seg, x[ni][:, None]).nan_to_num(nan=-math.inf)  # (T, E, B)
+        path = log_joint_chunked(model, seg, x[ni][:, None]).nan_to_num(nan=-math.inf)  # (T, E, B)
     own = lj[mi, ni][None, :, None].expand(1, -1, path.shape[-1])
     path = torch.cat([own, path])
     # uphill all the way: never below the highest point passed (a mode in between is a descent)
@@ -152,146 +144,6 @@ def _basin_of_draws(model, x, zs, lj, centres, labels, which, dip: float = BASIN
     hit = ok.any(-1)
     out[mi[hit], ni[hit]] = labels[ni[hit], near[hit, first[hit]]]
     return out
-
-
-class _Proposal:
-    r"""The importance proposal of one chunk of points (module docstring). Components, in order:
-    per mode ``g`` of the draws a Student-t (``t``) and a Gaussian kernel mixture on ``J = 64 K``
-    (at most 256) of the mode's draws (``kde``, with the mode's covariance times Silverman's
-    factor); per maximum of the optimisation a Student-t on its Laplace approximation; the
-    prior. The groups (modes) are the modes of the draws, then the maxima no draw covers.
-    """
-
-    def __init__(self, pooled, lab, lp, n_modes: int, maxima, group, defensive: float, gen, kernels=None):
-        n, t, k = pooled.shape
-        dtype = pooled.dtype
-        kernels = kernels or min(256, KERNELS * k)  # more kernels in more dimensions
-        onehot = torch.nn.functional.one_hot(lab, n_modes).to(dtype)  # (N, T, G)
-        cnt = onehot.sum(1)  # (N, G)
-        loc = torch.einsum("ntg,ntk->ngk", onehot, pooled) / cnt.clamp_min(1)[..., None]
-        dev = pooled[:, None] - loc[:, :, None]  # (N, G, T, K)
-        cov = torch.einsum("ntg,ngtk,ngtl->ngkl", onehot, dev, dev) / (cnt - 1).clamp_min(1)[..., None, None]
-        eye = torch.eye(k, dtype=dtype)
-        scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
-        cov = torch.where((cnt >= k + 2)[..., None, None], cov, scale[..., None, None] * eye)
-        cov = cov + 1e-6 * scale[..., None, None] * eye + 1e-300 * eye
-        self.loc, self.tril = loc, torch.linalg.cholesky(cov)
-        self.log_det = self.tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (N, G)
-        # J kernel centres per mode, drawn uniformly from the mode's draws
-        member = onehot.transpose(1, 2).reshape(n * n_modes, t) + 1e-30  # absent modes: any draw
-        pick = torch.multinomial(member, kernels, replacement=True, generator=gen).reshape(n, -1)
-        self.reps = pooled.gather(1, pick[..., None].expand(-1, -1, k)).reshape(n, n_modes, kernels, k)
-        self.h = (4.0 / ((k + 2) * kernels)) ** (1.0 / (k + 4))  # Silverman's rule
-        # the maxima: their groups, the modes of the draws or new groups for uncovered ones
-        if maxima is None:
-            none = torch.zeros(n, 0, dtype=dtype)
-            maxima = Maxima(
-                none[..., None].expand(n, 0, k),
-                none,
-                none,
-                none[..., None, None].expand(n, 0, k, k),
-                none.bool(),
-            )
-            group = torch.zeros(n, 0, dtype=torch.long)
-        uncovered = maxima.valid & (group < 0)
-        rank = uncovered.long().cumsum(-1) - 1
-        self.n_unrep = int(uncovered.sum(-1).max()) if uncovered.numel() else 0
-        self.group = torch.where(uncovered, n_modes + rank, group.clamp_min(0))  # (N, J)
-        self.maxima = maxima
-        n_groups = n_modes + self.n_unrep
-        # group weights: the Laplace approximation of each mode's mass, p(x, z_max) |2 pi Sigma|^(1/2)
-        # (of the draws' top and covariance, or of the maximum), mixed with equal weights (FLOOR)
-        # so that no mode is left uncovered
-        top = torch.full_like(cnt, -math.inf).scatter_reduce_(1, lab, lp, "amax")
-        lap_draws = torch.where(cnt > 0, top + self.log_det + 0.5 * k * math.log(2 * math.pi), -math.inf)
-        lap_unrep = torch.full((n, self.n_unrep), -math.inf, dtype=dtype)
-        if self.n_unrep:
-            idx = (self.group - n_modes).clamp(0, self.n_unrep - 1)
-            src = maxima.log_mass.masked_fill(~uncovered, -math.inf)
-            lap_unrep = lap_unrep.scatter_reduce(1, idx, src, "amax")
-        laplace = torch.cat([lap_draws, lap_unrep], -1)  # (N, G + U)
-        present = torch.isfinite(laplace)
-        g_count = present.sum(-1, keepdim=True).to(dtype)
-        mode_w = torch.where(present, (1 - FLOOR) * torch.softmax(laplace, -1) + FLOOR / g_count, 0.0)
-        log_group = mode_w.log() + math.log(1.0 - defensive)  # -inf where absent
-        # within a mode of the draws: t, kernels and the Laplace components of the maxima it holds
-        held = torch.zeros(n, n_groups, dtype=dtype).scatter_add_(1, self.group, maxima.valid.to(dtype))
-        lap_share = torch.where(held[:, :n_modes] > 0, LAPLACE_WEIGHT, 0.0)
-        kde = 1.0 - STUDENT_WEIGHT - lap_share
-        per_max = torch.where(
-            self.group < n_modes,
-            torch.cat([lap_share, torch.ones(n, self.n_unrep, dtype=dtype)], -1).gather(1, self.group),
-            1.0,
-        ) / held.gather(1, self.group).clamp_min(1)
-        log_max = (log_group.gather(1, self.group) + per_max.log()).masked_fill(~maxima.valid, -math.inf)
-        self.log_mix = torch.cat(
-            [
-                log_group[:, :n_modes] + math.log(STUDENT_WEIGHT),
-                log_group[:, :n_modes] + kde.log(),
-                log_max,
-                torch.full((n, 1), math.log(defensive) if defensive > 0 else -math.inf, dtype=dtype),
-            ],
-            -1,
-        )  # (N, 2G + J + 1)
-        self.n_modes, self.n_groups = n_modes, n_groups
-
-    def sample(self, m: int, gen: torch.Generator) -> torch.Tensor:
-        n, g, k = self.loc.shape
-        j_max = self.maxima.z.shape[1]
-        comp = torch.multinomial(
-            torch.softmax(self.log_mix, -1).float(), m, replacement=True, generator=gen
-        ).T  # (M, N)
-        eps = torch.randn(m, n, k, generator=gen, dtype=self.loc.dtype)
-        # a chi-square variate with STUDENT_DF = 4 degrees of freedom is a sum of 4 squared normals
-        chi2 = torch.randn(m, n, int(STUDENT_DF), generator=gen, dtype=self.loc.dtype).pow(2).sum(-1)
-        rows = torch.arange(n).expand(m, n)
-        mode = torch.where(comp < g, comp, comp - g).clamp_max(g - 1)  # (M, N)
-        t_draw = _t_draw(self.loc[rows, mode], self.tril[rows, mode], eps, chi2)
-        j = torch.randint(self.reps.shape[2], (m, n), generator=gen)
-        shaped = (self.tril[rows, mode] @ eps[..., None])[..., 0]
-        kde_draw = self.reps[rows, mode, j] + self.h * shaped
-        out = torch.where((comp < g)[..., None], t_draw, kde_draw)
-        if j_max:
-            mx = (comp - 2 * g).clamp(0, j_max - 1)
-            lap_draw = _t_draw(self.maxima.z[rows, mx], self.maxima.tril[rows, mx], eps, chi2)
-            out = torch.where(((comp >= 2 * g) & (comp < 2 * g + j_max))[..., None], lap_draw, out)
-        return torch.where((comp == 2 * g + j_max)[..., None], eps, out)
-
-    def log_probs(self, z: torch.Tensor) -> torch.Tensor:
-        """Weighted log densities of every component at ``z`` ``(M, N, K)``: ``(M, N, 2G + J + 1)``."""
-        m, n, k = z.shape
-        df = torch.tensor(STUDENT_DF, dtype=z.dtype)
-        lt = dist.MultivariateStudentT(df, self.loc, scale_tril=self.tril).log_prob(z[:, :, None, :])
-        lk = []
-        for g in range(self.n_modes):
-            # centre on the mode, then whiten by its covariance: the distances to its kernels are
-            # then of order one however narrow the mode and far from zero, and float64 keeps
-            # them exact (uncentred single precision loses them for a narrow mode far from 0)
-            tril, loc = self.tril[:, g], self.loc[:, g, :, None]  # (N, K, K), (N, K, 1)
-            zw = torch.linalg.solve_triangular(tril, z.permute(1, 2, 0) - loc, upper=False)  # (N, K, M)
-            rw = torch.linalg.solve_triangular(tril, self.reps[:, g].transpose(1, 2) - loc, upper=False)
-            d2 = torch.cdist(zw.transpose(1, 2), rw.transpose(1, 2)).square_()  # (N, M, J)
-            lse = torch.logsumexp(d2.mul_(-0.5 / self.h**2), -1)
-            lk.append(lse - math.log(self.reps.shape[2]) - k * math.log(self.h) - self.log_det[:, g, None])
-        lk = torch.stack(lk, -1).transpose(0, 1) - 0.5 * k * math.log(2 * math.pi)  # (M, N, G)
-        parts = [lt, lk]
-        if self.maxima.z.shape[1]:
-            lap = dist.MultivariateStudentT(df, self.maxima.z, scale_tril=self.maxima.tril)
-            parts.append(lap.log_prob(z[:, :, None, :]))  # (M, N, J)
-        lp = -0.5 * (z * z).sum(-1, keepdim=True) - 0.5 * k * math.log(2 * math.pi)
-        return torch.cat([*parts, lp], -1) + self.log_mix
-
-    def group_log_density(self, comp: torch.Tensor) -> torch.Tensor:
-        """The weighted density of each group's components ``(M, N, G + U)`` from the components'
-        ``comp`` ``(M, N, 2G + J + 1)``."""
-        g = self.n_modes
-        m, n = comp.shape[:2]
-        out = torch.full((m, n, self.n_groups), -math.inf, dtype=comp.dtype)
-        out[..., :g] = torch.logaddexp(comp[..., :g], comp[..., g : 2 * g])
-        for j in range(self.maxima.z.shape[1]):
-            idx = self.group[:, j].expand(m, n)[..., None]
-            out.scatter_(2, idx, torch.logaddexp(out.gather(2, idx), comp[..., 2 * g + j, None]))
-        return out
 
 
 def mode_masses_by_importance(
@@ -325,13 +177,13 @@ def mode_masses_by_importance(
         # the modes' representatives, not every draw: a draw that a chain left on its way across
         # a valley carries the label of the nearest representative, on the far side of the valley
         with torch.no_grad():
-            lp_centres = model.log_joint(centres.transpose(0, 1).to(x.dtype), x).T
+            lp_centres = log_joint_chunked(model, centres.transpose(0, 1).to(x.dtype), x).T
         group = cover(model, x, centres.to(x.dtype), lp_centres, labels, maxima)
-    proposal = _Proposal(pooled, lab, lp, n_modes, maxima, group, defensive, gen)
+    proposal = Proposal(pooled, lab, lp, n_modes, maxima, group, defensive, gen)
     zs = proposal.sample(num_importance, gen)  # (M, N, K)
     comp = proposal.log_probs(zs)  # (M, N, 2G+J+1)
     with torch.no_grad():
-        lj = model.log_joint(zs, x)  # (M, N)
+        lj = log_joint_chunked(model, zs, x)  # (M, N)
     lw = lj - torch.logsumexp(comp, -1)
     lw = torch.where(torch.isfinite(lw), lw, torch.full_like(lw, -math.inf))
     lse1, lse2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
@@ -376,14 +228,10 @@ def _chunks(total: int, size: int):
         yield slice(start, min(total, start + size))
 
 
-def _log_joint_chunked(model, z: torch.Tensor, x: torch.Tensor, budget: int = 2**18) -> torch.Tensor:
-    """``log p(x_n, z[..., n, :])`` for ``z`` ``(..., N, K)``, a bounded number at a time."""
+def _log_joint_chunked(model, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x_n, z[..., n, :])`` for ``z`` ``(..., N, K)``, a few thousand points at a time."""
     lead = z.shape[:-2]
-    flat = z.reshape(-1, *z.shape[-2:])
-    per = max(1, budget // max(1, x.shape[0]))
-    with torch.no_grad():
-        out = torch.cat([model.log_joint(flat[i], x) for i in _chunks(flat.shape[0], per)])
-    return out.reshape(*lead, x.shape[0])
+    return log_joint_chunked(model, z.reshape(-1, *z.shape[-2:]), x).reshape(*lead, x.shape[0])
 
 
 def _segment_density(model, x: torch.Tensor):
@@ -392,43 +240,55 @@ def _segment_density(model, x: torch.Tensor):
 
     def density(z, point):
         with torch.no_grad():
-            return model.log_joint(z.transpose(0, 1).to(x.dtype), x[point]).transpose(0, 1)
+            return log_joint_chunked(model, z.transpose(0, 1).to(x.dtype), x[point]).transpose(0, 1)
 
     return density
 
 
-def from_draws(
+@dataclass
+class Weighted:
+    r"""The draws of every point with their modes and weights (:func:`weigh`).
+
+    ``z`` ``(C, S, N, K)`` and their :math:`\log p(x, z)` ``lp`` ``(C, S, N)``; ``pooled``
+    ``(N, CS, K)`` (chains concatenated) with their modes ``lab`` ``(N, CS)``; the modes'
+    representatives ``centres`` ``(N, M, K)`` and ``labels`` ``(N, M)``
+    (:func:`pyrofail.analysis.reference.modes.find_modes`); ``log_w`` ``(N, CS)`` the draws'
+    normalised log weights; ``masses`` the output of :func:`mode_masses_by_importance` for all
+    points (``mode_mass`` ``(N, G)``, ``unrepresented`` ``(N, U)``, ``missing_mass``,
+    ``unrepresented_mass``, ``log_px``, ``log_px_stderr``, ``pareto_k``); ``uncovered``
+    ``(N, J)``: the maxima no mode of the draws holds (:func:`cover`)."""
+
+    z: torch.Tensor
+    lp: torch.Tensor
+    pooled: torch.Tensor
+    lab: torch.Tensor
+    centres: torch.Tensor
+    labels: torch.Tensor
+    log_w: torch.Tensor
+    masses: dict
+    uncovered: torch.Tensor
+
+    @property
+    def n_modes(self) -> int:
+        return int(self.labels.max()) + 1
+
+
+def weigh(
     model,
     x: torch.Tensor,
     z: torch.Tensor,
     *,
-    diverging: torch.Tensor | None = None,
+    maxima: Maxima | None,
     num_importance: int = 4000,
     defensive: float = 0.1,
     seed: int = 0,
-    attrs: dict | None = None,
     budget: int = 2**18,
-    maxima: Maxima | None | bool = None,
-    coverage: dict | None = None,
-):
-    r"""The reference layout (:mod:`pyrofail.analysis.reference`) from MCMC draws ``z``
-    ``(C, S, N, K)`` of any sampler: modes, re-weighting, :math:`\log p(x)`, moments and
-    diagnostics as in the module docstring.
-
-    :param maxima: the local maxima of :math:`\log p(x, z)`
-        (:func:`pyrofail.analysis.reference.maxima.find_maxima`), each of which gets a component in the
-        importance proposal; ``None`` finds them here (seeded by ``seed``), ``False`` uses none
-        (the draws and the prior component alone).
-    :param coverage: a dict to receive ``"uncovered"`` ``(N, J)``: the maxima that no mode of
-        the draws holds (:func:`cover`), for starting chains at them.
-    """
+) -> Weighted:
+    """Modes of the draws ``z`` ``(C, S, N, K)`` and the weights that give each its posterior
+    mass (module docstring), with ``maxima`` (or ``None``) as components of the proposal."""
     c, s, n, k = z.shape
     z = z.to(x.dtype)
-    if maxima is None or maxima is True:
-        maxima = find_maxima(model, x, seed=seed)
-    elif maxima is False:
-        maxima = None
-    lp = _log_joint_chunked(model, z, x, budget)  # (C, S, N)
+    lp = _log_joint_chunked(model, z, x)  # (C, S, N)
     pooled = z.permute(2, 0, 1, 3).reshape(n, c * s, k)
     lp_pooled = lp.permute(2, 0, 1).reshape(n, c * s)
     centres, labels = find_modes(pooled, log_density=lp_pooled, segment=_segment_density(model, x), seed=seed)
@@ -450,55 +310,30 @@ def from_draws(
             p[key] = torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]))
     rw = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
     uncovered = rw.pop("uncovered")
-    if coverage is not None:
-        coverage["uncovered"] = uncovered
     # every draw of mode m weighs P_m / (number of draws in m); normalised over the draws, these
     # weights leave out the missing and unrepresented mass, which the diagnostics report
     ones = torch.ones_like(lab, dtype=torch.float64)
     count = torch.zeros(n, n_modes, dtype=torch.float64).scatter_add_(1, lab, ones)
-    represented = rw["mode_mass"].clamp_min(1e-300)
-    log_w = (represented.log() - count.clamp_min(1).log()).gather(1, lab)  # (N, CS)
-    log_w = torch.log_softmax(log_w, -1)
-    w = log_w.exp()
-    mean = (w[..., None] * pooled.double()).sum(1)
-    dev = pooled.double() - mean[:, None]
-    cov = torch.einsum("ns,nsk,nsl->nkl", w, dev, dev)
-    # R-hat over all chains, and within each mode over the chains' draws in it
-    zc = z.permute(2, 3, 0, 1).double()  # (N, K, C, S)
-    lab_c = lab.reshape(n, c, s)
-    within = torch.full((n,), -math.inf, dtype=torch.float64)
-    min_draws = max(10, s // 10)
-    frac = torch.zeros(n, c, n_modes, dtype=torch.float64)
-    for g in range(n_modes):
-        mask = lab_c == g  # (N, C, S)
-        frac[:, :, g] = mask.double().mean(-1)
-        has = (mask.sum(-1) >= min_draws).any(-1)
-        if bool(has.any()):
-            rg = stats.rhat_within(zc[has], mask[has][:, None].expand(-1, k, -1, -1), min_draws // 2).amax(-1)
-            within[has] = torch.fmax(within[has], rg)
-    within = torch.where(torch.isfinite(within), within, math.nan)  # no mode with enough draws
-    # ESS of the weighted draws: per mode, each chain contributes its ESS (of the draws less
-    # their mode's mean, so that jumps between modes do not count) times its time there
-    centre = (
-        torch.zeros(n, n_modes, k, dtype=torch.float64).index_put_(
-            (torch.arange(n)[:, None].expand_as(lab), lab), pooled.double(), accumulate=True
-        )
-        / count.clamp_min(1)[..., None]
-    )
-    centred = (pooled.double() - centre.gather(1, lab[..., None].expand(-1, -1, k))).reshape(n, c, s, k)
-    chain_ess = stats.ess(centred.permute(0, 3, 1, 2)[..., None, :]).amin(1)  # (N, C): each chain alone
-    mode_ess = (frac * chain_ess[..., None]).sum(1)  # (N, G)
-    share = represented / represented.sum(-1, keepdim=True)  # the draws' weights per mode
-    point_ess = 1.0 / (share.pow(2) / mode_ess.clamp_min(1e-12)).sum(-1)
+    log_w = (rw["mode_mass"].clamp_min(1e-300).log() - count.clamp_min(1).log()).gather(1, lab)  # (N, CS)
+    return Weighted(z, lp, pooled, lab, centres, labels, torch.log_softmax(log_w, -1), rw, uncovered)
+
+
+def diagnose(w: Weighted, diverging: torch.Tensor | None = None) -> dict:
+    r"""The per-point diagnostics of the reference layout (module docstring) of re-weighted draws:
+    :math:`\hat R` over all chains and within modes, ESS, divergences, the importance sampling's
+    ``pareto_k``, ``missing_mass``, ``unrepresented_mass``, ``num_modes`` and ``mode_mass``."""
+    c, s, n, _ = w.z.shape
+    rw = w.masses
     if diverging is None:
         diverging = torch.zeros(c, s, n, dtype=torch.bool)
+    rhat, within, ess = stats.mode_diagnostics(w.z, w.lab, rw["mode_mass"])
     # modes of non-negligible mass: the draws' light modes are kept apart (they are a valley away
     # from the rest) but are not counted
     found = (rw["mode_mass"] >= MIN_MASS).sum(-1) + (rw["unrepresented"] >= MIN_MASS).sum(-1)
-    diagnostics = {
-        "rhat": stats.rhat(zc).amax(-1),
+    return {
+        "rhat": rhat,
         "rhat_within_modes": within,
-        "ess": point_ess,
+        "ess": ess,
         "divergences": diverging.sum((0, 1)).double(),
         "pareto_k": rw["pareto_k"],
         "missing_mass": rw["missing_mass"],
@@ -506,16 +341,72 @@ def from_draws(
         "num_modes": found.double(),
         "mode_mass": torch.cat([rw["mode_mass"], rw["unrepresented"]], -1),
     }
+
+
+def assemble(w: Weighted, x: torch.Tensor, diagnostics: dict, attrs: dict, diverging=None):
+    """The reference layout (:mod:`pyrofail.analysis.reference.idata`) of re-weighted draws:
+    the weighted moments, the draws, their weights and ``diagnostics``."""
+    c, s, n, _ = w.z.shape
+    p = w.log_w.exp()
+    mean = (p[..., None] * w.pooled.double()).sum(1)
+    dev = w.pooled.double() - mean[:, None]
+    cov = torch.einsum("ns,nsk,nsl->nkl", p, dev, dev)
+    if diverging is None:
+        diverging = torch.zeros(c, s, n, dtype=torch.bool)
     return build_inference_data(
-        z=z,
-        log_weight=log_w.reshape(n, c, s).permute(1, 2, 0),
+        z=w.z,
+        log_weight=w.log_w.reshape(n, c, s).permute(1, 2, 0),
         x=x,
-        log_px=rw["log_px"],
-        log_px_stderr=rw["log_px_stderr"],
+        log_px=w.masses["log_px"],
+        log_px_stderr=w.masses["log_px_stderr"],
         mean=mean,
         cov=cov,
         diagnostics=diagnostics,
-        attrs=attrs or {"method": "nuts"},
+        attrs=attrs,
         diverging=diverging,
-        lp=lp,
+        lp=w.lp,
     )
+
+
+def from_draws(
+    model,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    *,
+    diverging: torch.Tensor | None = None,
+    num_importance: int = 4000,
+    defensive: float = 0.1,
+    seed: int = 0,
+    attrs: dict | None = None,
+    budget: int = 2**18,
+    maxima: Maxima | None | bool = None,
+    coverage: dict | None = None,
+):
+    r"""The reference layout (:mod:`pyrofail.analysis.reference`) from MCMC draws ``z``
+    ``(C, S, N, K)`` of any sampler: modes, re-weighting, :math:`\log p(x)`, moments and
+    diagnostics as in the module docstring (:func:`weigh`, :func:`diagnose`, :func:`assemble`).
+
+    :param maxima: the local maxima of :math:`\log p(x, z)`
+        (:func:`pyrofail.analysis.reference.maxima.find_maxima`), each of which gets a component in the
+        importance proposal; ``None`` finds them here (seeded by ``seed``), ``False`` uses none
+        (the draws and the prior component alone).
+    :param coverage: a dict to receive ``"uncovered"`` ``(N, J)``: the maxima that no mode of
+        the draws holds (:func:`cover`), for starting chains at them.
+    """
+    if maxima is None or maxima is True:
+        maxima = find_maxima(model, x, seed=seed)
+    elif maxima is False:
+        maxima = None
+    w = weigh(
+        model,
+        x,
+        z,
+        maxima=maxima,
+        num_importance=num_importance,
+        defensive=defensive,
+        seed=seed,
+        budget=budget,
+    )
+    if coverage is not None:
+        coverage["uncovered"] = w.uncovered
+    return assemble(w, x, diagnose(w, diverging), attrs or {"method": "nuts"}, diverging)

@@ -12,7 +12,7 @@ All take draws ``(..., chains, draws)`` and return one value per leading index.
 
 Example:
     >>> import torch
-    >>> from pyrofail.analysis import stats
+    >>> from pyrofail.analysis.reference import stats
     >>> v = torch.randn(3, 4, 200, generator=torch.Generator().manual_seed(0))
     >>> bool((stats.rhat(v) < 1.05).all()), stats.ess(v).shape
     (True, torch.Size([3]))
@@ -27,7 +27,7 @@ import torch
 
 from pyrofail.analysis.reference.idata import arviz
 
-__all__ = ["ess", "rhat", "rhat_within"]
+__all__ = ["ess", "mode_diagnostics", "rhat", "rhat_within"]
 
 
 def _arviz(fn_name: str, v: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -109,3 +109,51 @@ def rhat_within(v: torch.Tensor, mask: torch.Tensor, min_draws: int = 4) -> torc
     med = torch.where(sm, sv, torch.full_like(sv, math.nan)).flatten(-2).nanquantile(0.5, dim=-1)
     tail = _rhat_of(_z_scale((sv - med[..., None, None]).abs(), sm), sm, min_draws)
     return torch.maximum(bulk, tail)
+
+
+def mode_diagnostics(z: torch.Tensor, lab: torch.Tensor, mode_mass: torch.Tensor):
+    r"""Per point, for draws ``z`` ``(C, S, N, K)`` in modes ``lab`` ``(N, CS)`` (chains
+    concatenated) of masses ``mode_mass`` ``(N, G)``: ``(rhat, rhat_within_modes, ess)``, each
+    ``(N,)``.
+
+    * ``rhat``: :func:`rhat` over all chains, largest over latents;
+    * ``rhat_within_modes``: :func:`rhat_within` over each mode's draws in the chains that spend
+      at least ``max(10, S / 10)`` draws in it, largest over modes and latents (NaN when no mode
+      has such a chain);
+    * ``ess``: :math:`1 / \sum_m \bar P_m^2 / \mathrm{ESS}_m`, :math:`\bar P_m` the modes'
+      normalised masses and :math:`\mathrm{ESS}_m` the sum over chains of their bulk ESS (of the
+      draws less their mode's mean, so that jumps between modes do not count) times the
+      fraction of their draws in mode ``m``: the effective sample size of the weighted draws.
+    """
+    c, s, n, k = z.shape
+    n_modes = mode_mass.shape[1]
+    pooled = z.permute(2, 0, 1, 3).reshape(n, c * s, k).double()
+    zc = z.permute(2, 3, 0, 1).double()  # (N, K, C, S)
+    lab_c = lab.reshape(n, c, s)
+    within = torch.full((n,), -math.inf, dtype=torch.float64)
+    min_draws = max(10, s // 10)
+    frac = torch.zeros(n, c, n_modes, dtype=torch.float64)
+    for g in range(n_modes):
+        mask = lab_c == g  # (N, C, S)
+        frac[:, :, g] = mask.double().mean(-1)
+        has = (mask.sum(-1) >= min_draws).any(-1)
+        if bool(has.any()):
+            rg = rhat_within(zc[has], mask[has][:, None].expand(-1, k, -1, -1), min_draws // 2).amax(-1)
+            within[has] = torch.fmax(within[has], rg)
+    within = torch.where(torch.isfinite(within), within, math.nan)  # no mode with enough draws
+    count = torch.zeros(n, n_modes, dtype=torch.float64).scatter_add_(
+        1, lab, torch.ones_like(lab, dtype=torch.float64)
+    )
+    centre = (
+        torch.zeros(n, n_modes, k, dtype=torch.float64).index_put_(
+            (torch.arange(n)[:, None].expand_as(lab), lab), pooled, accumulate=True
+        )
+        / count.clamp_min(1)[..., None]
+    )
+    centred = (pooled - centre.gather(1, lab[..., None].expand(-1, -1, k))).reshape(n, c, s, k)
+    chain_ess = ess(centred.permute(0, 3, 1, 2)[..., None, :]).amin(1)  # (N, C): each chain alone
+    mode_ess = (frac * chain_ess[..., None]).sum(1)  # (N, G)
+    represented = mode_mass.clamp_min(1e-300)
+    share = represented / represented.sum(-1, keepdim=True)  # the draws' weights per mode
+    point_ess = 1.0 / (share.pow(2) / mode_ess.clamp_min(1e-12)).sum(-1)
+    return rhat(zc).amax(-1), within, point_ess

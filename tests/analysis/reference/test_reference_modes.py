@@ -20,6 +20,7 @@ from torch import nn
 
 from pyrofail.analysis.reference import log_px, modes, reference_posterior, reweight
 from pyrofail.analysis.reference import maxima as mx
+from pyrofail.analysis.reference import starts as starts_mod
 from pyrofail.models import LatentGaussian
 from tests.analysis.reference.test_nuts import Parabola, Step
 
@@ -126,11 +127,11 @@ def test_top_up_starts_at_the_uncovered_maxima_by_mass():
         z, torch.zeros(2, 4), log_mass, torch.ones(2, 4, 1, 1), torch.ones(2, 4, dtype=torch.bool)
     )
     uncovered = torch.tensor([[False, True, True, True], [False, False, False, False]])
-    starts = mx.top_up_points(found, uncovered, max_chains=8)
+    starts = starts_mod.top_up_points(found, uncovered, max_chains=8)
     # point 0: its two uncovered maxima of non-negligible mass, heaviest first (the third holds
     # e^-30 of the mass); point 1 needs none, so its chains start at its heaviest maxima
     assert starts[..., 0].T.tolist() == [[1.0, 2.0], [5.0, 6.0]]
-    assert mx.top_up_points(found, torch.zeros(2, 4, dtype=torch.bool), max_chains=8) is None
+    assert starts_mod.top_up_points(found, torch.zeros(2, 4, dtype=torch.bool), max_chains=8) is None
 
 
 SIZES = {"num_chains": 2, "num_draws": 600, "num_warmup": 200, "num_importance": 2000}
