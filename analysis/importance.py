@@ -21,7 +21,7 @@ Example:
     >>> class Exact:  # the exact posterior as the guide: every weight equals p(x)
     ...     def distribution(self, x):
     ...         return truth.posterior(x)
-    >>> est = log_px(truth, Exact(), x, num_samples=200)
+    >>> est = sampled_log_px(truth, Exact(), x, num_samples=200)
     >>> bool(torch.allclose(est.value, truth.marginal().log_prob(x).double(), atol=1e-4)), int(est.bad_points)
     (True, 0)
 """
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["K_HAT_MAX", "ImportanceEstimate", "log_px"]
+__all__ = ["K_HAT_MAX", "ImportanceEstimate", "sampled_log_px"]
 
 K_HAT_MAX = 0.7  # above it the importance weights' variance is effectively infinite
 
@@ -83,7 +83,7 @@ def _block(model, guide, x: torch.Tensor, num_samples: int):
     return log_mean, (rel / s).sqrt(), _pareto_k(lw.T)
 
 
-def log_px(
+def sampled_log_px(
     model,
     guide,
     x: torch.Tensor,

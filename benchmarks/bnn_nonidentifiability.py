@@ -110,7 +110,7 @@ def _jsonable(v):
     from pyrofail.bnn import Estimate
 
     if isinstance(v, Estimate):
-        return v._asdict()
+        return {"value": v.mean, "stderr": v.stderr}
     if isinstance(v, list):
         return [_jsonable(u) for u in v]
     if isinstance(v, dict):

@@ -314,6 +314,39 @@ def run_table(args) -> None:
         print(f"| {rule} | {gt}/{len(sel)} | " + " | ".join(cells) + " |")
 
 
+def run_scores(args) -> None:
+    """Each objective at each kind of decoder minus the separated start, mean ± se over the
+    seeds (the decoders of one kind averaged within a seed)."""
+    runs = [json.load(open(p))["rows"] for p in args.files]
+    terms = [t for t in runs[0][0] if t.endswith("_minus_separated")]
+    kinds = {
+        "separated start (truth-started, untrained)": lambda d: d == "separated_start",
+        "ELBO-trained (all restarts)": lambda d: d.startswith("elbo:"),
+        "IWAE-trained, truth-started": lambda d: d.startswith("iwae:") and d.endswith("ground_truth"),
+        "IWAE-trained, random start": lambda d: d.startswith("iwae:") and d.endswith("random"),
+    }
+    names = [t.removesuffix("_minus_separated") for t in terms]
+    print("| decoders | separation ratio | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 2) + "|")
+    for kind, match in kinds.items():
+        cells = []
+        for t in ["separation_ratio", *terms]:
+            per_seed = []
+            for rows in runs:
+                mine = [r for r in rows if match(r["decoder"])]
+                v = [r[t] if t == "separation_ratio" else r[t]["mean"] for r in mine]
+                per_seed.append(sum(v) / len(v))
+            if kind.startswith("separated") and t != "separation_ratio":  # its own value, not 0
+                per_seed = [
+                    next(r for r in rows if r["decoder"] == "separated_start")[
+                        t.removesuffix("_minus_separated")
+                    ]["mean"]
+                    for rows in runs
+                ]
+            cells.append(over_seeds(per_seed))
+        print(f"| {kind} | " + " | ".join(cells) + " |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -343,10 +376,14 @@ def main(argv=None):
     r = sub.add_parser("reselect")
     r.add_argument("fits", nargs="+")
     r.add_argument("--eval-particles", type=int, nargs="*", default=[20, 100, 1000, 5000])
+    sc = sub.add_parser("scores")
+    sc.add_argument("files", nargs="+")
     t = sub.add_parser("table")
     t.add_argument("files", nargs="+")
     args = p.parse_args(argv)
-    {"fit": run_fit, "score": run_score, "reselect": run_reselect, "table": run_table}[args.command](args)
+    {"fit": run_fit, "score": run_score, "reselect": run_reselect, "scores": run_scores, "table": run_table}[
+        args.command
+    ](args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ that the reference posterior is exact quadrature) and a small hidden layer. The 
 scikit-learn's 1,797 handwritten digits (``sklearn.datasets.load_digits``, no download),
 pixels above 8 (of 16) set to 1. Training is the example's: ``pyro.infer.SVI`` with
 ``Trace_ELBO`` and ``pyro.optim.Adam``, mini-batches of 128. Then
-:func:`pyrofail.check.check` measures the trained pair on held-out digits.
+:func:`pyrofail.program_check.check` measures the trained pair on held-out digits.
 
 Run::
 
@@ -127,7 +127,7 @@ def train(vae: VAE, x: torch.Tensor, steps: int, *, batch_size: int = 128, lr: f
 
 def run(steps: int, hidden: int, points: int, seed: int) -> dict:
     """Train the example VAE on the digits and check it; the numbers and the seconds."""
-    import pyrofail.check
+    from pyrofail.program_check import check
 
     torch.set_num_threads(1)
     pyro.clear_param_store()
@@ -138,7 +138,9 @@ def run(steps: int, hidden: int, points: int, seed: int) -> dict:
     loss = train(vae, x_train, steps, seed=seed)
     train_s, train_cpu = time.perf_counter() - start, time.process_time() - cpu
     cpu = time.process_time()
-    result = pyrofail.check.check(vae.model, vae.guide, x_train, x_test=x_test, points=points, seed=seed)
+    result = check(
+        vae.model, vae.guide, x_train, x_test=x_test, points=points, seed=seed
+    )
     return {
         "train_loss": loss,
         "train_seconds": train_s,

@@ -41,9 +41,9 @@ from pyrofail.analysis.downstream.self_consistency import (
     consistency,
     elbo_cost,
     linear_probe,
-    paired_difference,
 )
 from pyrofail.data import load_splits
+from pyrofail.estimate import Estimate
 from pyrofail.guides import BernoulliLatentGuide
 from pyrofail.models import HeteroscedasticDecoder
 from pyrofail.objectives.spread import SpreadELBO
@@ -89,9 +89,9 @@ def _encoder_report(name, model, guide, parts, plain, seed, probe_steps) -> dict
         "_correct": probe["correct"],
     }
     if plain is not None:
-        out["consistency_vs_plain"] = paired_difference(cons["per_point"], plain["_cons"])
+        out["consistency_vs_plain"] = Estimate.paired(cons["per_point"], plain["_cons"]).to_dict()
         out["accuracy_vs_plain"] = [
-            paired_difference(probe["correct"][i].double(), plain["_correct"][i].double())
+            Estimate.paired(probe["correct"][i].double(), plain["_correct"][i].double()).to_dict()
             for i in range(len(EPS))
         ]
         cost = elbo_cost(plain["_pair"], (model, guide), parts.test.x, seed=seed + 500)
@@ -195,7 +195,7 @@ def part_a_zoo(args) -> dict:
             "excess": [c["excess"]["mean"], c["excess"]["stderr"]],
             "_d": c["per_point"],
         }
-    out["posthoc_vs_plain"] = paired_difference(out["posthoc rho=0.8"]["_d"], out["plain"]["_d"])
+    out["posthoc_vs_plain"] = Estimate.paired(out["posthoc rho=0.8"]["_d"], out["plain"]["_d"]).to_dict()
     for v in out.values():
         v.pop("_d", None)
     return {"figure8": out}

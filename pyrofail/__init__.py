@@ -12,6 +12,8 @@ Example:
     True
     >>> pf.models.Figure8().latent_dim
     1
+    >>> pf.check.__module__  # the check of a user's own fitted Pyro model and guide
+    'pyrofail.program_check'
 """
 
 import importlib
@@ -29,16 +31,31 @@ from pyrofail.fit import FitResult, fit  # noqa: E402
 __version__ = "0.1.0"
 
 # loaded on first attribute access (PEP 562), as ``pyro.infer`` after ``import pyro``
-_LAZY = ("analysis", "bnn", "data", "guides", "models", "objectives", "options", "records", "report")
+_LAZY = (
+    "analysis",
+    "bnn",
+    "data",
+    "guides",
+    "models",
+    "objectives",
+    "options",
+    "programs",
+    "records",
+    "report",
+)
+# functions loaded on first use: name -> the module that defines it
+_LAZY_FUNCTIONS = {"check": "pyrofail.program_check"}
 
-__all__ = ["FitResult", "UsageError", "__version__", "fit", "zoo", *_LAZY]
+__all__ = ["FitResult", "UsageError", "__version__", "fit", "zoo", *_LAZY, *_LAZY_FUNCTIONS]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return importlib.import_module(f"pyrofail.{name}")
+    if name in _LAZY_FUNCTIONS:
+        return getattr(importlib.import_module(_LAZY_FUNCTIONS[name]), name)
     raise AttributeError(f"module 'pyrofail' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_FUNCTIONS))

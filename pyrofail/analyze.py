@@ -291,6 +291,14 @@ def validate(out: dict) -> None:
         check = zoo.entry("procedure", name).meta.get("check")
         if check is not None:
             check(given)
+    grid_only = sorted(
+        set(out.get("procedure_options", {}).get("libi", {})) & {"penalty", "spacing", "refresh"}
+    )
+    if grid_only and "libi" in out["procedure"] and max(out["latent_dim"]) > MAX_K_GRID:
+        raise UsageError(
+            f"--procedure-option libi.{grid_only[0]} works only at --latent-dim <= {MAX_K_GRID} (the "
+            f"quadrature grid); this run has K = {max(out['latent_dim'])}: run the larger K without it"
+        )
     for name in out["objective"]:  # the objectives check their option values when built
         given = out["objective_options"].get(name, {})
         plain = inspect.signature(zoo.entry("objective", name).factory).parameters

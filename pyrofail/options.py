@@ -569,7 +569,8 @@ def add_arguments(parser: argparse.ArgumentParser, shown: dict, list_type: Calla
         if not o.flags:
             continue
         default = shown.get(o.name, o.default)
-        text = o.help + _default_text(o, default)
+        # argparse formats help with %-interpolation, so a literal percent sign is doubled
+        text = (o.help + _default_text(o, default)).replace("%", "%%")
         kwargs = {"help": text, "dest": o.name}
         if o.switch:
             kwargs["action"] = "store_true"

@@ -26,7 +26,7 @@ PRESETS = {
     # finish in about two minutes on two CPU cores. Clusters, not Figure-8: at its calibrated
     # constants only ~10% of Figure-8's points have posteriors hard for a mean-field Gaussian
     # (mean KL* 0.044 nats, below the diagnosis's 0.05-nat margin), so no run of this size can
-    # show its failure decisively; Clusters' are hard at 96% (docs/results.md).
+    # show its failure decisively; Clusters' are hard at 96% (docs/results/calibration.md).
     "default": {
         **BASE,
         "process": ["clusters"],
@@ -43,7 +43,7 @@ PRESETS = {
     # VAEs cannot trade the noise for latent dimensions and tie with K = 1. 6,000 steps: trained
     # to 12,000 the clusters VAEs shrink sigma further (0.61 -> 0.37 at K = 2) than the paper's
     # avg_i I(x; z_i) implies (about 0.5), and two of the paper's orderings dissolve
-    # (docs/results.md).
+    # (docs/results/table1.md).
     # 10,000 test points: figure8's per-point ELBO is heavy-tailed (1% of the points differ by
     # 2 nats or more between K = 1 and K = 2), so 2,000 give a paired standard error of 0.03-0.04.
     "table1": {
@@ -155,7 +155,7 @@ PAPER_TABLE1 = {
 }
 
 # The cells of Table 1 that the calibrated constants of figure8 and clusters were chosen to
-# match (docs/results.md, "Calibrating figure8 and clusters"): the IWAE bound at the true K
+# match (docs/results/calibration.md): the IWAE bound at the true K
 # pins the truth's entropy, the two avg_i I(x; z_i) at the true K bracket its information.
 # Agreement there is by construction; the other cells are independent checks.
 PAPER_TABLE1_CALIBRATED = frozenset(

@@ -40,7 +40,7 @@ Example:
     >>> x = truth.sample(5, seed=1).x
     >>> z, log_w = nodes(1, spacing=0.01)
     >>> exact = truth.marginal().log_prob(x)
-    >>> bool(torch.allclose(log_px(truth, x, z, log_w), exact, atol=1e-4))
+    >>> bool(torch.allclose(rule_log_px(truth, x, z, log_w), exact, atol=1e-4))
     True
 """
 
@@ -56,7 +56,7 @@ __all__ = [
     "aggregate_masses",
     "kl_from_prior",
     "log_joint_on_nodes",
-    "log_px",
+    "rule_log_px",
     "nodes",
 ]
 
@@ -101,7 +101,7 @@ def log_joint_on_nodes(model, x: torch.Tensor, z: torch.Tensor, log_w: torch.Ten
     return lj.movedim(0, -1) + prior
 
 
-def log_px(model, x: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+def rule_log_px(model, x: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
     r""":math:`\log p_\theta(x_n)` per point by the rule: ``(N,)`` or ``(R, N)``."""
     return torch.logsumexp(log_joint_on_nodes(model, x, z, log_w), -1)
 

@@ -72,6 +72,8 @@ def expand(options: dict) -> list[dict]:
         cfg["lr"] = float(options.get("lr_by_guide", {}).get(guide, options["lr"]))
         if cfg.get("learn_noise") == ABOVE_TRUE_K:
             cfg["learn_noise"] = int(k) > truth_of(cfg).latent_dim
+        if "libi" in axes[5]:  # the LiBI table compares the fits' aggregate posteriors
+            cfg["aggregate_kl"] = True
         cfg["format"] = RUN_FORMAT
         jobs.append(cfg)
     return jobs

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from pyrofail.estimate import Estimate
+from pyrofail.presets import PRESETS
 from pyrofail.records import Build, FitMetrics, JobRecord, Restart, RunFolder, TestPoints
 from pyrofail.records.folder import job_id
 from pyrofail.runs import atomic_write_json
@@ -78,7 +79,7 @@ def run_folder(root: Path, jobs: list[JobRecord], test_points: dict | None = Non
     """A run folder holding ``jobs`` (finished) and their ``test_points`` (``{job: TestPoints}``)."""
     root = Path(root)
     configs = [r.config for r in jobs]
-    options = {"seed": 0, "reference": None, **options}
+    options = {**PRESETS["tiny"], "preset": "tiny", "reference": None, **options}
     atomic_write_json(root / "config.json", {"format": 2, "options": options, "jobs": configs})
     folder = RunFolder.open(root)
     for r in jobs:

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from pyrofail.analyze import main
+from pyrofail.data import Dataset, split
 from pyrofail.records import JobRecord, RunFolder
+from pyrofail.records.verdict import Verdicts
 
 TINY = ["--preset", "tiny", "--quiet", "--steps", "20", "--restarts", "2", "--no-reference"]
 
@@ -66,7 +68,9 @@ def test_log_px_on_a_users_table_is_the_exact_integral_even_at_a_heavy_tailed_ro
     rng = np.random.default_rng(1)
     u = rng.normal(size=60)
     rows = ["a,b"] + [f"{v:.4f},{2 * v + 0.3 * rng.normal():.4f}" for v in u]
-    rows[5] = "0.1,25.0"  # the heavy-tailed row
+    # the heavy-tailed row, placed at the first test row of the run's split (seed 0, 60/20/20)
+    heavy = int(split(Dataset(torch.zeros(60, 2)), seed=0).index["test"][0])
+    rows[1 + heavy] = "0.1,25.0"  # after the header
     path = tmp_path / "heavy.csv"
     path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "run"
@@ -111,3 +115,53 @@ def test_bad_data_input_exits_2_with_one_line(argv, message, table, tmp_path, ca
     assert message.format(**subst) in err
     assert len(err.strip().splitlines()) == 1
     assert not (out / "config.json").exists()
+
+
+def _write(path, header, rows):
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_a_twelve_row_table_is_undetermined_and_says_how_many_rows_it_needs(tmp_path):
+    rng = np.random.default_rng(2)
+    rows = [f"{u:.4f},{2 * u + 0.3 * rng.normal():.4f}" for u in rng.normal(size=12)]
+    table = _write(tmp_path / "twelve.csv", "a,b", rows)
+    out = tmp_path / "run"
+    assert (
+        main(["--preset", "tiny", "--quiet", "--steps", "20", "--data", str(table), "--out", str(out)]) == 0
+    )
+    verdicts = RunFolder.read(Verdicts, out / "verdicts.json").verdicts
+    (verdict,) = verdicts.values()
+    assert (verdict.failure, verdict.reason) == ("undetermined", "too-few-rows")
+    assert verdict.evidence.n_test == 12  # cross-fitted: every row a test point
+    report = (out / "report.md").read_text()
+    assert f"12 test rows, about {verdict.evidence.rows_needed} needed" in report
+
+
+def test_a_five_row_table_ends_in_one_line_and_writes_nothing(tmp_path, capsys):
+    table = _write(tmp_path / "five.csv", "a,b", [f"{i},{2 * i}" for i in range(5)])
+    out = tmp_path / "run"
+    assert main(TINY + ["--data", str(table), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the data have 5 rows, too few" in err[0] and "2 test rows" in err[0]
+    assert not out.exists()
+
+
+def test_a_header_of_numbers_and_a_semicolon_file_are_caught_in_the_users_spelling(tmp_path, capsys):
+    numbers = _write(tmp_path / "noheader.csv", "1.0,2.0", [f"{i},{2 * i}" for i in range(40)])
+    assert main(TINY + ["--data", str(numbers), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "the first line of" in err and "is all numbers (1.0, 2.0)" in err and "--no-header" in err
+    semicolons = _write(tmp_path / "semi.csv", "a;b", [f"{i};{2 * i}" for i in range(40)])
+    assert main(TINY + ["--data", str(semicolons), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "seem to be separated by semicolons; pass --delimiter ';'" in err
+    # and both read with the options they name
+    argv = ["--data", str(semicolons), "--delimiter", ";", "--folds", "1", "--out", str(tmp_path / "c")]
+    assert main(TINY + argv) == 0
+    assert (
+        main(TINY + ["--data", str(numbers), "--no-header", "--folds", "1", "--out", str(tmp_path / "d")])
+        == 0
+    )
+    data = json.loads((tmp_path / "d" / "data.json").read_text())
+    assert data["features"] == ["x0", "x1"] and sum(data["sizes"].values()) == 41  # the first line is data

@@ -1,4 +1,4 @@
-"""pyrofail.check on Pyro programs with known answers, on the zoo's own objects, and on Pyro's VAE example."""
+"""pyrofail.program_check on Pyro programs with known answers, on the zoo's objects and on Pyro's VAE."""
 
 import json
 import math
@@ -12,9 +12,9 @@ from pyro.optim import Adam
 
 from benchmarks.program_digits import VAE, load_digits_binary, train
 from pyrofail.analysis.hardness import HARD_KL
-from pyrofail.check import VERDICTS, check
 from pyrofail.errors import UsageError
 from pyrofail.models import LinearGaussian
+from pyrofail.program_check import VERDICTS, check
 from tests.guides.exact import ExactPosteriorGuide
 
 
@@ -111,3 +111,14 @@ def test_pyro_vae_example_on_digits_trained_with_svi():
     assert all(p.grad is None or not p.grad.abs().sum() for p in vae.parameters())
     svi = SVI(vae.model, vae.guide, Adam({"lr": 1e-3}), loss=Trace_ELBO())
     assert math.isfinite(svi.step(x_train[:64]))
+
+
+def test_pf_check_is_the_function_in_a_fresh_interpreter():
+    """``import pyrofail as pf; pf.check(...)`` as the README writes it: the attribute is the
+    function, loaded on first use, not a module of the same name."""
+    import subprocess
+    import sys
+
+    code = "import pyrofail as pf, inspect; print(inspect.isfunction(pf.check), 'check' in dir(pf))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

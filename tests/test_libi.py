@@ -92,12 +92,12 @@ def test_objective_is_the_batch_likelihood_minus_the_full_data_kl(grid):
     masses = quadrature.aggregate_masses(model, x, z, log_w)
     with torch.no_grad():
         value = libi._objective(model, x[:100], z, log_w, 10.0, masses)
-        log_px = quadrature.log_px(model, x[:100], z, log_w).mean()
+        log_px = quadrature.rule_log_px(model, x[:100], z, log_w).mean()
     assert float(value) == pytest.approx(float(log_px - 10.0 * quadrature.kl_from_prior(masses, z, log_w)))
     val, kl = libi._validation(model, x, z, log_w, 10.0, chunk=128)
     assert float(kl) == pytest.approx(float(quadrature.kl_from_prior(masses, z, log_w)), abs=1e-12)
     with torch.no_grad():
-        exact = quadrature.log_px(model, x, z, log_w).mean() - 10.0 * kl
+        exact = quadrature.rule_log_px(model, x, z, log_w).mean() - 10.0 * kl
     assert float(val) == pytest.approx(float(exact))
 
 
@@ -108,23 +108,31 @@ def test_stage_one_reaches_the_maximum_likelihood_linear_decoder():
     the saddle w = 0: while c is far from m the penalty holds w down, and Adam's memory of those
     gradients slows the escape; one of three seeds tried did. Three restarts, the best by the
     validation objective kept, as in every fit.)"""
+    import inspect
+
+    from pyrofail.fit import fit
     from pyrofail.training.config import resolve
 
     x, x_val = quantile_data(1000, seed=0).float(), quantile_data(400, seed=1).float()
     options = {"penalty": 10.0}
+    # fit()'s own defaults for every option not named here, as fit() hands them to resolve()
+    defaults = {n: p.default for n, p in inspect.signature(fit).parameters.items() if n != "x"}
     config, problem = resolve(
         x,
-        x_val=x_val,
-        latent_dim=1,
-        hidden=(),
-        procedure="libi",
-        procedure_options=options,
-        restarts=3,
-        steps=800,
-        lr=3e-2,
-        init="random",
-        noise_scale=SIGMA,
-        seed=0,
+        **defaults
+        | dict(
+            x_val=x_val,
+            latent_dim=1,
+            hidden=(),
+            procedure="libi",
+            procedure_options=options,
+            restarts=3,
+            steps=800,
+            lr=3e-2,
+            init="random",
+            noise_scale=SIGMA,
+            seed=0,
+        ),
     )
     model, stage, best = libi._likelihood_by_quadrature(config, problem, libi._options(config))
     w = float(model.decoder.weights[0].detach().reshape(()))

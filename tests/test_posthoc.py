@@ -8,7 +8,8 @@ import torch
 
 import pyrofail as pf
 from pyrofail import zoo
-from pyrofail.analysis.downstream.self_consistency import consistency, paired_difference
+from pyrofail.analysis.downstream.self_consistency import consistency
+from pyrofail.estimate import Estimate
 from pyrofail.models import LatentGaussian
 from pyrofail.nn import MLP
 
@@ -41,8 +42,8 @@ def test_posthoc_keeps_the_decoder_and_makes_the_encoder_consistent():
         assert torch.equal(model.state_dict()[name], value)
         assert torch.equal(result.model.state_dict()[name], value)
     after = consistency(result.model, result.guide, 500, seed=1)
-    gain = paired_difference(before["per_point"], after["per_point"])
-    assert gain["mean"] > 4 * gain["stderr"] > 0
+    gain = Estimate.paired(before["per_point"], after["per_point"])
+    assert gain.mean > 4 * gain.stderr > 0
     assert result.config["learn_model"] is False and result.config["n_train"] == 2000
     assert result.history["posthoc"] == {"samples": 2000, "val_samples": 200}
 

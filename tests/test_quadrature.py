@@ -15,7 +15,7 @@ def test_log_px_is_the_closed_form_marginal(k):
     truth = LinearGaussian(latent_dim=k, data_dim=3, noise_scale=0.5, seed=1).double()
     x = truth.sample(20, seed=2).x.double()
     z, log_w = quadrature.nodes(k, spacing=0.02 if k == 1 else 0.05, dtype=torch.float64)
-    assert torch.allclose(quadrature.log_px(truth, x, z, log_w), truth.marginal().log_prob(x), atol=1e-6)
+    assert torch.allclose(quadrature.rule_log_px(truth, x, z, log_w), truth.marginal().log_prob(x), atol=1e-6)
 
 
 def test_aggregate_posterior_kl_is_the_closed_form_for_many_points():
@@ -46,7 +46,7 @@ def test_the_batched_model_gives_each_restarts_own_values():
     models = [build.learned_model(1, 2, 0.14, hidden=(8,)) for _ in range(3)]
     batched = stack_restarts(models)
     z, log_w = quadrature.nodes(1)
-    together = quadrature.log_px(batched, x, z, log_w)
+    together = quadrature.rule_log_px(batched, x, z, log_w)
     for r in range(3):
-        alone = quadrature.log_px(take_restart(batched, r), x, z, log_w)
+        alone = quadrature.rule_log_px(take_restart(batched, r), x, z, log_w)
         assert torch.allclose(together[r], alone, atol=1e-5)

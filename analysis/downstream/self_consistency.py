@@ -35,8 +35,9 @@ from pyrofail import bounds
 from pyrofail.analysis.downstream.attacks import RESTARTS, attack_encoder
 from pyrofail.analysis.reference import grid
 from pyrofail.errors import UsageError, check_positive_int
+from pyrofail.estimate import Estimate
 
-__all__ = ["chain_drift", "consistency", "elbo_cost", "encoder_mean", "linear_probe", "paired_difference"]
+__all__ = ["chain_drift", "consistency", "elbo_cost", "encoder_mean", "linear_probe"]
 
 
 def _summary(values: torch.Tensor) -> tuple[float, float]:
@@ -45,19 +46,13 @@ def _summary(values: torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), se
 
 
-def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict:
-    r"""Mean of :math:`a_i - b_i` over paired per-point values and its standard error
-    :math:`\operatorname{sd}(a - b)/\sqrt n`: ``{"mean", "stderr"}``.
-
-    Example:
-        >>> paired_difference(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0, 2.0]))
-        {'mean': 1.0, 'stderr': 0.0}
-    """
+def _paired(a, b) -> dict:
+    """:meth:`Estimate.paired <pyrofail.estimate.Estimate.paired>` of same-shaped per-point
+    values, as the JSON the results hold."""
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.shape != b.shape:
         raise UsageError(f"paired values need the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
-    mean, se = _summary(a.double() - b.double())
-    return {"mean": mean, "stderr": se}
+    return Estimate.paired(a.reshape(-1), b.reshape(-1)).to_dict()
 
 
 def encoder_mean(q, num_samples: int = 256, seed: int = 0) -> torch.Tensor:
@@ -123,7 +118,7 @@ def consistency(
         d_exact = (z - post).norm(dim=-1)
         e_mean, e_se = _summary(d_exact)
         out["exact"] = {"per_point": d_exact, "mean": e_mean, "stderr": e_se}
-        out["excess"] = paired_difference(d, d_exact)
+        out["excess"] = _paired(d, d_exact)
     return out
 
 
@@ -204,7 +199,8 @@ def linear_probe(
 
     :returns: ``{"eps", "accuracy", "stderr"`` (lists; the standard error of a proportion,
         :math:`\sqrt{a(1 - a)/n}`), ``"correct" (len(eps), n)`` booleans (pair them across
-        encoders with :func:`paired_difference`), ``"shift"`` (the attack's mean divergence per
+        encoders with :meth:`~pyrofail.estimate.Estimate.paired`), ``"shift"`` (the attack's
+        mean divergence per
         :math:`\varepsilon`), ``"norm", "objective"}``.
 
     Example:
@@ -301,7 +297,7 @@ def elbo_cost(reference, other, x, *, num_samples: int = 100, seed: int = 0) -> 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             values.append(bounds.elbo(model, guide, x, num_samples).value)
-    diff = paired_difference(values[0], values[1])
+    diff = _paired(values[0], values[1])
     ref, ref_se = _summary(values[0])
     oth, oth_se = _summary(values[1])
     return {

@@ -38,7 +38,7 @@ def predictive_bands(
     Example:
         >>> import tempfile, pyrofail.bnn as bnn
         >>> x = torch.linspace(-1, 1, 20)[:, None]; y = x[:, 0]
-        >>> post = bnn.fit(x, y, hidden=(4,), steps=5, num_draws=10)
+        >>> post = bnn.infer(x, y, hidden=(4,), steps=5, num_draws=10)
         >>> with tempfile.TemporaryDirectory() as d:
         ...     predictive_bands({"mean_field": post}, x, y, f"{d}/bands.png").name
         'bands.png'

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from pyrofail import zoo
-from pyrofail.bnn.inference import METHODS, fit
+from pyrofail.bnn.inference import METHODS, infer
 from pyrofail.bnn.metrics import Estimate, Evaluation, evaluate, mean_estimate
 from pyrofail.bnn.posterior import BNNPosterior
 from pyrofail.errors import check_choice
@@ -70,7 +70,7 @@ def experiment(
 
     ``options`` maps a method's name to its options (e.g. ``{"nuts": {"warmup": 300}}``);
     ``network`` (``noise_scale``, ``weight_scale``, ``latent_scale``, ``activation``,
-    ``standardize``) goes to every :func:`~pyrofail.bnn.inference.fit`. The paired differences
+    ``standardize``) goes to every :func:`~pyrofail.bnn.inference.infer`. The paired differences
     are against the first method. ``n_train`` and ``n_test`` default to the entry's own
     (750 and 1000 for the synthetic processes, the whole split for ``diabetes``).
 
@@ -117,7 +117,7 @@ def compare_on_split(
     rows, results, evaluations = [], {}, {}
     for method in methods:
         start = time.perf_counter()
-        post = fit(
+        post = infer(
             data.x_train,
             data.y_train,
             inference=method,

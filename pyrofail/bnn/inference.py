@@ -1,7 +1,7 @@
-r"""``fit``: one entry point for the three ways of inferring a BNN+LV's weights and latents.
+r"""``infer``: one entry point for the three ways of inferring a BNN+LV's weights and latents.
 
 * ``"nuts"``: Pyro's NUTS over all weights and latents, the reference
-  (:func:`pyrofail.bnn.nuts.sample_nuts`);
+  (:func:`pyrofail.bnn.nuts.nuts_posterior`);
 * ``"mean_field"``: mean-field Gaussian VI over the weights and the per-point latents
   (:func:`pyrofail.bnn.variational.fit_variational` without a penalty);
 * ``"noise_constrained"``: the same VI plus :math:`\lambda N` times the HSIC between the inputs
@@ -23,19 +23,19 @@ import torch
 
 from pyrofail.bnn.network import BNNLV
 from pyrofail.bnn.noise_constrained import fit_noise_constrained
-from pyrofail.bnn.nuts import sample_nuts
-from pyrofail.bnn.posterior import BNNPosterior, Standardizer
+from pyrofail.bnn.nuts import nuts_posterior
+from pyrofail.bnn.posterior import BNNPosterior, Scaling
 from pyrofail.bnn.variational import fit_variational
 from pyrofail.errors import UsageError, check_choice
 
-__all__ = ["METHODS", "OPTIONS", "fit"]
+__all__ = ["METHODS", "OPTIONS", "infer"]
 
 
 def _mean_field(network, x, y, **options):
     return fit_variational(network, x, y, penalty=0.0, **options)
 
 
-METHODS = {"nuts": sample_nuts, "mean_field": _mean_field, "noise_constrained": fit_noise_constrained}
+METHODS = {"nuts": nuts_posterior, "mean_field": _mean_field, "noise_constrained": fit_noise_constrained}
 
 
 def _keywords(fn) -> list[str]:
@@ -49,7 +49,7 @@ def _keywords(fn) -> list[str]:
 
 # the options each method takes (noise_constrained passes the VI options on)
 OPTIONS = {
-    "nuts": _keywords(sample_nuts),
+    "nuts": _keywords(nuts_posterior),
     "mean_field": _keywords(fit_variational),
     "noise_constrained": _keywords(fit_noise_constrained) + _keywords(fit_variational),
 }
@@ -63,7 +63,7 @@ def _check_options(method: str, options: dict) -> None:
             )
 
 
-def fit(
+def infer(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
@@ -91,7 +91,7 @@ def fit(
 
     Example:
         >>> x = torch.linspace(-1, 1, 12)[:, None]
-        >>> post = fit(x, x[:, 0] ** 2, inference="mean_field", hidden=(4,), steps=10, num_draws=6)
+        >>> post = infer(x, x[:, 0] ** 2, inference="mean_field", hidden=(4,), steps=10, num_draws=6)
         >>> post.w.shape, post.z.shape, post.predictive(torch.zeros(2, 1), num_z=3).shape
         (torch.Size([6, 17]), torch.Size([6, 12]), torch.Size([18, 2]))
     """
@@ -119,7 +119,7 @@ def fit(
     )
     dtype = torch.get_default_dtype()
     x, y = x.detach().to(dtype), y.detach().to(dtype)
-    scaling = Standardizer.fit(x, y) if standardize else Standardizer.identity(x.shape[1])
+    scaling = Scaling.fit(x, y) if standardize else Scaling.identity(x.shape[1])
     out = METHODS[inference](network, scaling.x(x), scaling.y(y), seed=seed, **options)
     info = dict(out["info"], seed=seed)
     return BNNPosterior(

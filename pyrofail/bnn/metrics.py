@@ -130,9 +130,9 @@ def evaluate(
     uses every joint draw; ``hsic_draws`` joint draws of the training latents enter the HSIC.
 
     Example:
-        >>> from pyrofail.bnn.inference import fit
+        >>> from pyrofail.bnn.inference import infer
         >>> x = torch.linspace(-2, 2, 30)[:, None]; y = x[:, 0].sin()
-        >>> post = fit(x, y, hidden=(4,), steps=20, num_draws=10)
+        >>> post = infer(x, y, hidden=(4,), steps=20, num_draws=10)
         >>> ev = evaluate(post, x, y, num_z=5)
         >>> sorted(ev.estimates)[:4]
         ['coverage90', 'gap', 'hsic', 'r2_z']

@@ -24,10 +24,10 @@ from pyro.infer import MCMC, NUTS
 from pyrofail.bnn.network import BNNLV
 from pyrofail.errors import check_positive_int
 
-__all__ = ["sample_nuts"]
+__all__ = ["nuts_posterior"]
 
 
-def sample_nuts(
+def nuts_posterior(
     network: BNNLV,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -44,7 +44,7 @@ def sample_nuts(
 
     Example:
         >>> net = BNNLV(hidden=(2,))
-        >>> out = sample_nuts(net, torch.zeros(4, 1), torch.zeros(4), num_draws=5, warmup=5)
+        >>> out = nuts_posterior(net, torch.zeros(4, 1), torch.zeros(4), num_draws=5, warmup=5)
         >>> out["w"].shape, out["z"].shape
         (torch.Size([5, 9]), torch.Size([5, 4]))
     """

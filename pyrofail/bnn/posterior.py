@@ -17,16 +17,16 @@ from pyrofail.bnn import predictive
 from pyrofail.bnn.network import BNNLV
 from pyrofail.errors import UsageError
 
-__all__ = ["BNNPosterior", "Standardizer"]
+__all__ = ["BNNPosterior", "Scaling"]
 
 
 @dataclass(frozen=True)
-class Standardizer:
+class Scaling:
     r"""Affine standardisation :math:`\tilde x = (x - \mu_x)/s_x` (per column) and
     :math:`\tilde y = (y - \mu_y)/s_y`.
 
     Example:
-        >>> st = Standardizer.fit(torch.tensor([[0.0], [2.0]]), torch.tensor([1.0, 3.0]))
+        >>> st = Scaling.fit(torch.tensor([[0.0], [2.0]]), torch.tensor([1.0, 3.0]))
         >>> st.x(torch.tensor([[2.0]])), st.y(torch.tensor([3.0]))
         (tensor([[0.7071]]), tensor([0.7071]))
     """
@@ -37,7 +37,7 @@ class Standardizer:
     y_scale: torch.Tensor
 
     @classmethod
-    def fit(cls, x: torch.Tensor, y: torch.Tensor) -> Standardizer:
+    def fit(cls, x: torch.Tensor, y: torch.Tensor) -> Scaling:
         """The training data's means and standard deviations (a constant column keeps scale 1)."""
         xs, ys = x.std(0), y.std()
         return cls(
@@ -48,7 +48,7 @@ class Standardizer:
         )
 
     @classmethod
-    def identity(cls, input_dim: int) -> Standardizer:
+    def identity(cls, input_dim: int) -> Scaling:
         """No standardisation."""
         return cls(torch.zeros(input_dim), torch.ones(input_dim), torch.zeros(()), torch.ones(()))
 
@@ -73,7 +73,7 @@ class BNNPosterior:
     :param z_mean: :math:`\\mathbb E[z_n]` under the posterior or the approximation, ``(N,)``.
     :param x_train: training inputs ``(N, D)``, user's units.
     :param y_train: training outputs ``(N,)``, user's units.
-    :param scaling: the :class:`Standardizer` from user's to standardised units.
+    :param scaling: the :class:`Scaling` from user's to standardised units.
     :param inference: the method's name.
     :param info: what the method reports (time, steps, diagnostics, chosen penalty, ...).
     """
@@ -84,7 +84,7 @@ class BNNPosterior:
     z_mean: torch.Tensor
     x_train: torch.Tensor
     y_train: torch.Tensor
-    scaling: Standardizer
+    scaling: Scaling
     inference: str
     info: dict = field(default_factory=dict)
 

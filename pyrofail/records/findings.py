@@ -106,7 +106,7 @@ class LibiRow(Record):
     job: str
     mleo: Estimate | None
     pmo_gap: Estimate | None
-    aggregate_kl: float | None
+    aggregate_kl: Estimate | None
     avg_mutual_information: Estimate | None
     delta: Difference | None = None
 

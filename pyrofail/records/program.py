@@ -1,6 +1,6 @@
 """What the check of a user's own Pyro program writes (``program.json``): the guide against
 its own model's posterior, how hard the posteriors are, and what follows — numbers and
-decisions, no sentences (:func:`pyrofail.check.check`)."""
+decisions, no sentences (:func:`pyrofail.program_check.check`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ __all__ = ["ProgramCheck"]
 @dataclass(frozen=True)
 class ProgramCheck(Record):
     """The check's measures over the points whose reference passed its quality gate, and its
-    decisions (:mod:`pyrofail.check`); ``per_point`` holds every point's values (``usable``
+    decisions (:mod:`pyrofail.program_check`); ``per_point`` holds every point's values (``usable``
     marks the gated points)."""
 
     KIND = "program_check"

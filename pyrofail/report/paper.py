@@ -111,7 +111,7 @@ def table1_section(findings: Findings) -> list[str]:
         "in brackets. Our numbers come from our own data sets (the paper's are not public) and the "
         "paper does not state the constants of its likelihood: the processes' σ and scale were "
         "calibrated so that the truth's entropy and information match the paper's cells at the true "
-        'K (marked "calibrated": agreement there is by construction, docs/results.md); the other '
+        'K (marked "calibrated": agreement there is by construction, docs/results/calibration.md); the other '
         "cells are independent checks. ✓: inside the paper's mean ± 2 sd (✗: outside).",
         "",
         table,

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from pyrofail.analysis import importance, metrics, semisupervised
+from pyrofail.analysis import aggregate, importance, metrics, semisupervised
 from pyrofail.analysis.figures import plots
 from pyrofail.analysis.reference import grid
 from pyrofail.errors import AllRestartsDiverged, UsageError
@@ -51,9 +52,11 @@ def labelled(truth) -> bool:
     return getattr(truth, "num_classes", None) is not None
 
 
-def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> dict:
+def run_job(config: dict, folder: str | os.PathLike, progress: str | bool = False) -> dict:
     """Fit and measure one job; returns ``{"job", "failed"}`` (``failed``: ``None``, or why
-    every restart diverged). The record is ``metrics.json`` in ``folder``."""
+    every restart diverged). The record is ``metrics.json`` in ``folder``. ``progress``:
+    ``"bar"`` (the training's progress bar, on a terminal), ``"lines"`` (a plain line when the
+    fit and the measuring start, for logs and parallel workers) or ``False``."""
     folder = Path(folder)
     done, failed = folder / "metrics.json", folder / "failed.json"
     name = job_id(config)
@@ -70,8 +73,10 @@ def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> 
     atomic_write_json(folder / "config.json", config)
     truth, splits = job_data(config)
     start = time.perf_counter()
+    say = _say if progress == "lines" else (lambda text: None)
+    say(f"{name}: fitting {config['restarts']} restarts x {config['steps']} steps")
     try:
-        result = _fit(config, splits, truth, folder, progress)
+        result = _fit(config, splits, truth, folder, progress == "bar")
     except AllRestartsDiverged as e:
         atomic_write_json(failed, {"job": name, "config": config, "failed": str(e)})
         return {"job": name, "failed": str(e)}
@@ -79,6 +84,7 @@ def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> 
     atomic_torch_save(model.state_dict(), folder / "model.pt")
     atomic_torch_save(guide.state_dict(), folder / "guide.pt")
     save_test_data(folder, splits.test)
+    say(f"{name}: measuring on {splits.test.x.shape[0]} test points")
     summary, points = evaluate(model, guide, result.objective, splits.test, truth, config)
     RunFolder.write(points, folder / "test_points.json")
     if labelled(truth):
@@ -102,6 +108,10 @@ def run_job(config: dict, folder: str | os.PathLike, progress: bool = False) -> 
     (folder / "fit.ckpt").unlink(missing_ok=True)
     (folder / "fit.likelihood.pt").unlink(missing_ok=True)
     return {"job": name, "failed": None}
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _build(fit_config: dict, config: dict) -> Build:
@@ -169,8 +179,9 @@ def evaluate(model, guide, objective, test, truth, config: dict) -> tuple[FitMet
         avg_mutual_information=Estimate.of(mi.mean(1)),
         pareto_k_bad=None if pareto_k is None else int((pareto_k > importance.K_HAT_MAX).sum()),
     )
-    if method == "grid" and model.latent_dim in metrics.AGGREGATE_SPACING:
-        out["aggregate_kl"] = metrics.aggregate_posterior_kl(model, x)
+    if config.get("aggregate_kl") and method == "grid":
+        # runs with LiBI: the aggregate posterior's KL from p(z), its finite-sample bias removed
+        out["aggregate_kl"] = aggregate.aggregate_kl(model, x, seed=seed)
     truth_lp = None
     if truth is not None:
         truth_lp = metrics.log_px(truth, x)["per_point"].double()
@@ -195,7 +206,7 @@ def _log_px(model, guide, x, truth, config):
         lp = metrics.log_px(model, x, method="grid")["per_point"].double()
         return lp, None, None, "grid", None
     target = IS_TARGET_STDERR if truth is None else None
-    est = importance.log_px(
+    est = importance.sampled_log_px(
         model, guide, x, num_samples=config.get("is_samples", 5000), seed=config["seed"], target_stderr=target
     )
     flags = []
@@ -271,5 +282,8 @@ def _fit(config, splits, truth, folder, progress):
 
 def run(folder: RunFolder) -> None:
     """Run every job of the run that has not finished, ``folder.workers`` at a time."""
-    tasks = [(cfg, folder.job_dir(cfg), not folder.quiet and folder.workers <= 1) for cfg in folder.jobs]
+    progress = False
+    if not folder.quiet:
+        progress = "bar" if folder.workers <= 1 and sys.stderr.isatty() else "lines"
+    tasks = [(cfg, folder.job_dir(cfg), progress) for cfg in folder.jobs]
     run_tasks(run_job, tasks, folder.workers, threads=folder.threads, label="jobs", quiet=folder.quiet)

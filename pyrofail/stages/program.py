@@ -2,7 +2,7 @@
 
 The object named ``module:object`` (a ``(model, guide)`` pair, or anything with ``.model`` and
 ``.guide``) is imported from the current folder and checked at the points of ``--data``
-(:func:`pyrofail.check.check`: its reference posterior, the guide against it, how hard the
+(:func:`pyrofail.program_check.check`: its reference posterior, the guide against it, how hard the
 posteriors are for a mean-field Gaussian, and the verdict); the run has no fits of its own.
 
 Reads: ``config.json``. Writes: ``program.json`` (:class:`~pyrofail.records.program.ProgramCheck`).
@@ -14,9 +14,9 @@ import importlib
 import sys
 from dataclasses import replace
 
-from pyrofail.check import check
 from pyrofail.data import load
 from pyrofail.errors import UsageError
+from pyrofail.program_check import check
 from pyrofail.records import RunFolder
 from pyrofail.records.program import ProgramCheck
 

@@ -39,7 +39,7 @@ LINEAR = {"hidden": (), "noise_scale": SIGMA, "weight_scale": S_W, "latent_scale
 def test_nuts_on_a_tiny_linear_case_matches_bayesian_linear_regression():
     x, y = _linear_data()
     mean, cov, _ = _blr(x, y)
-    post = bnn.fit(x, y, inference="nuts", seed=0, warmup=150, num_draws=400, **LINEAR)
+    post = bnn.infer(x, y, inference="nuts", seed=0, warmup=150, num_draws=400, **LINEAR)
     ab = post.w[:, [0, 2]].double()
     sd = cov.diagonal().sqrt()
     # 400 draws of a well-mixed chain: the means within a quarter of a posterior sd, the sds within 15%
@@ -62,7 +62,7 @@ def test_mean_field_vi_on_a_linear_case_finds_the_exact_means_and_precisions():
     # for a Gaussian target the mean-field optimum has the exact means and variances 1 / diag(precision)
     x, y = _linear_data()
     mean, cov, precision = _blr(x, y)
-    post = bnn.fit(x, y, inference="mean_field", seed=0, steps=600, lr=0.05, num_particles=8, **LINEAR)
+    post = bnn.infer(x, y, inference="mean_field", seed=0, steps=600, lr=0.05, num_particles=8, **LINEAR)
     loc = post.info["q"]["w_loc"][[0, 2]].double()
     scale = post.info["q"]["w_scale"][[0, 2]].double()
     sd = cov.diagonal().sqrt()
@@ -87,7 +87,7 @@ TINY = {
 
 @pytest.mark.parametrize("method", sorted(TINY))
 def test_each_method_runs_on_a_tiny_case_with_finite_metrics(method, tiny):
-    post = bnn.fit(tiny.x_train, tiny.y_train, inference=method, hidden=(8,), seed=0, **TINY[method])
+    post = bnn.infer(tiny.x_train, tiny.y_train, inference=method, hidden=(8,), seed=0, **TINY[method])
     assert post.w.shape == (20, post.network.num_weights) and post.z.shape == (20, 30)
     ev = bnn.evaluate(post, tiny.x_test, tiny.y_test, num_z=5, hsic_draws=5)
     for name, est in ev.estimates.items():
@@ -100,10 +100,10 @@ def test_each_method_runs_on_a_tiny_case_with_finite_metrics(method, tiny):
 @pytest.mark.parametrize("method", ["mean_field", "nuts"])
 def test_fits_are_seeded(method, tiny):
     opts = TINY[method]
-    a = bnn.fit(tiny.x_train, tiny.y_train, inference=method, hidden=(4,), seed=1, **opts)
+    a = bnn.infer(tiny.x_train, tiny.y_train, inference=method, hidden=(4,), seed=1, **opts)
     torch.manual_seed(1234)  # the global state must not matter
-    b = bnn.fit(tiny.x_train, tiny.y_train, inference=method, hidden=(4,), seed=1, **opts)
-    c = bnn.fit(tiny.x_train, tiny.y_train, inference=method, hidden=(4,), seed=2, **opts)
+    b = bnn.infer(tiny.x_train, tiny.y_train, inference=method, hidden=(4,), seed=1, **opts)
+    c = bnn.infer(tiny.x_train, tiny.y_train, inference=method, hidden=(4,), seed=2, **opts)
     assert torch.equal(a.w, b.w) and torch.equal(a.z, b.z)
     assert not torch.equal(a.w, c.w)
 
@@ -112,8 +112,8 @@ def test_fits_are_seeded(method, tiny):
 def test_the_penalty_lowers_the_dependence_between_inputs_and_inferred_latents():
     d = zoo.entry("regression", "heteroscedastic").factory().splits(120, 10, seed=1)
     opts = {"hidden": (8,), "seed": 0, "steps": 300, "num_draws": 20}
-    free = bnn.fit(d.x_train, d.y_train, inference="mean_field", **opts)
-    held = bnn.fit(d.x_train, d.y_train, inference="noise_constrained", lam=1000.0, **opts)
+    free = bnn.infer(d.x_train, d.y_train, inference="mean_field", **opts)
+    held = bnn.infer(d.x_train, d.y_train, inference="noise_constrained", lam=1000.0, **opts)
     k = gaussian_gram(free.scaling.x(free.x_train))
 
     def dependence(post):
@@ -136,17 +136,17 @@ def test_the_penalty_lowers_the_dependence_between_inputs_and_inferred_latents()
 )
 def test_bad_options_are_usage_errors(kwargs, match, tiny):
     with pytest.raises(UsageError, match=match):
-        bnn.fit(tiny.x_train, tiny.y_train, hidden=(4,), **kwargs)
+        bnn.infer(tiny.x_train, tiny.y_train, hidden=(4,), **kwargs)
 
 
 def test_bad_data_are_usage_errors(tiny):
     with pytest.raises(UsageError, match="expected a tensor \\(N, D\\)"):
-        bnn.fit(tiny.x_train[:, 0], tiny.y_train)
+        bnn.infer(tiny.x_train[:, 0], tiny.y_train)
     with pytest.raises(UsageError, match="expected a tensor \\(30,\\)"):
-        bnn.fit(tiny.x_train, tiny.y_train[:-1])
+        bnn.infer(tiny.x_train, tiny.y_train[:-1])
     with pytest.raises(UsageError, match="too few"):
-        bnn.fit(tiny.x_train[:4], tiny.y_train[:4])
+        bnn.infer(tiny.x_train[:4], tiny.y_train[:4])
     y = tiny.y_train.clone()
     y[3] = float("nan")
     with pytest.raises(UsageError, match="finite"):
-        bnn.fit(tiny.x_train, y)
+        bnn.infer(tiny.x_train, y)

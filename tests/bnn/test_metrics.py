@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyrofail.bnn.metrics import dependence_r2, evaluate, mean_estimate
-from pyrofail.bnn.posterior import BNNPosterior, Standardizer
+from pyrofail.bnn.posterior import BNNPosterior, Scaling
 from tests.bnn.exact import linear_net, linear_weights, mixture_cdf
 
 
@@ -19,7 +19,7 @@ def _posterior(n_train=200, seed=0):
     z = torch.randn(n_train, generator=g)
     y = z + 0.5 * x[:, 0] + 0.3 * torch.randn(n_train, generator=g)
     w = linear_weights(1.0, 0.5, 0.0).expand(4, -1)
-    post = BNNPosterior(net, w, z.expand(4, -1), z, x, y, Standardizer.identity(1), "exact")
+    post = BNNPosterior(net, w, z.expand(4, -1), z, x, y, Scaling.identity(1), "exact")
     return post, net
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pyrofail.bnn.posterior import BNNPosterior, Standardizer
+from pyrofail.bnn.posterior import BNNPosterior, Scaling
 from pyrofail.bnn.predictive import log_likelihood_inferred, predictive_draws, predictive_summary
 from tests.bnn.exact import linear_net, linear_weights, mixture_cdf, mixture_log_density
 
@@ -64,7 +64,7 @@ def test_the_posterior_predicts_in_the_users_units():
     # f = z in standardised units: y_std ~ N(0, s_z^2 + sigma^2), so y ~ N(3, 4 (s_z^2 + sigma^2))
     net = linear_net(noise_scale=0.5, latent_scale=1.0)
     w = linear_weights(1.0, 0.0, 0.0).expand(3, -1)
-    scaling = Standardizer(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor(3.0), torch.tensor(2.0))
+    scaling = Scaling(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor(3.0), torch.tensor(2.0))
     post = BNNPosterior(
         net, w, torch.zeros(3, 5), torch.zeros(5), torch.zeros(5, 1), torch.zeros(5), scaling, "test"
     )

@@ -117,9 +117,19 @@ def test_exact_posterior_means_are_disentangled(truth):
     floor = mig(rotated, data.z, bins=10, bootstrap=0)
     assert ceiling["mig"] > 0.5 and ceiling["top_code"] == [0, 1]
     assert floor["mig"] < 0.1
-    out = dci(means, data.z, n_estimators=20)
+    # DCI with regression trees and R^2 on the continuous factors: near 1 for the exact means
+    out = dci(means, data.z, n_estimators=20, protocol="continuous", bootstrap=0)
     assert out["disentanglement"] > 0.9 and out["completeness"] > 0.9
     assert out["informativeness_test"] > 0.85
+    # disentanglement_lib's protocol (20-class classifiers, accuracy): at 640 training points the
+    # trees also split on the other code near bin edges, so the exact means score only about 0.65
+    # (seeds 3 and 4, both processes: 0.635 to 0.679), while their 45-degree rotation scores 0.00
+    # to 0.005: the ceiling stands far above the floor, which is what the metric must show
+    ceil = dci(means, data.z, n_estimators=20, bootstrap=0)
+    low = dci(rotated, data.z, n_estimators=20, bootstrap=0)
+    assert ceil["disentanglement"] > 0.5 and ceil["completeness"] > 0.5
+    assert low["disentanglement"] < 0.1 and low["completeness"] < 0.1
+    assert ceil["informativeness_test"] > low["informativeness_test"]
 
 
 def test_bad_options_raise_usage_error():
