@@ -37,7 +37,7 @@ def fit_metrics(**given) -> FitMetrics:
     values.update(given)
     out = {}
     for key, value in values.items():
-        if isinstance(value, (int, float)) and key not in ("n_test", "aggregate_kl", "pareto_k_bad"):
+        if isinstance(value, (int, float)) and key not in ("n_test", "pareto_k_bad"):
             value = estimate(value)
         out[key] = value
     out.setdefault("mutual_information", [out["avg_mutual_information"]])

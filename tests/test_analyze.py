@@ -12,6 +12,7 @@ from pyrofail.records import JobRecord, RunFolder
 from pyrofail.records.findings import Findings
 from pyrofail.records.posterior import PosteriorRecord, TruthHardness
 from pyrofail.records.verdict import Verdicts
+from tests.report_checks import summary_lines, unmarked_numbers
 
 TINY = ["--preset", "tiny", "--quiet", "--steps", "20", "--restarts", "2"]
 
@@ -38,6 +39,13 @@ def test_default_run_writes_a_complete_run_folder(tiny_run, capsys):
     report = (tiny_run / "report.md").read_text()
     assert "| figure8-K1-mean_field-elbo |" in report and "decoder.png" in report
     assert report.splitlines()[0] == "# pyrofail report: figure8"
+
+
+def test_the_report_opens_with_the_verdict_and_every_table_number_has_its_error(tiny_run):
+    report = (tiny_run / "report.md").read_text()
+    summary = summary_lines(report)
+    assert any(line.startswith("- **figure8") for line in summary[:3]), summary[:3]
+    assert unmarked_numbers(report) == []
 
 
 def test_same_seed_gives_byte_identical_metrics(tiny_run, tmp_path):

@@ -3,6 +3,7 @@ bad input ending in one line and exit status 2 with no run folder."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from pyrofail.analyze import main
 from pyrofail.data import Dataset, split
 from pyrofail.records import JobRecord, RunFolder
 from pyrofail.records.verdict import Verdicts
+from tests.report_checks import summary_lines, unmarked_numbers
 
 TINY = ["--preset", "tiny", "--quiet", "--steps", "20", "--restarts", "2", "--no-reference"]
 
@@ -58,7 +60,13 @@ def test_a_small_table_is_cross_fitted_so_that_every_row_is_a_test_point(table, 
         i for f in range(5) for i in json.loads((out / "data.json").read_text())["rows"][f]["test"]
     )
     assert tested == list(range(200))  # the folds' test parts partition the rows
-    assert "| curve-K1-mean_field-elbo |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| curve-K1-mean_field-elbo |" in report
+    # the Data section describes the folds, not one fold's split, and the figures it links exist
+    assert "5-fold cross-fitting" in report and "each of the 200 rows is a test point once" in report
+    linked = re.findall(r"\]\((jobs/[^)]+\.png)\)", report)
+    assert linked and all((out / f).is_file() for f in linked)
+    assert summary_lines(report)[1].startswith("- **curve K=1") and unmarked_numbers(report) == []
 
 
 def test_log_px_on_a_users_table_is_the_exact_integral_even_at_a_heavy_tailed_row(tmp_path):

@@ -110,7 +110,8 @@ def _job(name: str, parts: list[JobRecord], points: TestPoints | None) -> JobRec
         config=config,
         metrics=replace(m, **pooled),
         seconds=sum(p.seconds or 0.0 for p in parts),
-        figures=[],
+        # the first fold's figures stand for the fit's (paths from the run folder)
+        figures=[f"jobs/{first.job}/{f}" for f in first.figures],
     )
 
 

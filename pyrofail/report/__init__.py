@@ -74,8 +74,11 @@ def figures_section(res: RunRecords) -> list[str]:
         lines += [f"![{stem}]({f})", "", captions.get(kind, ""), ""]
     for r in res.jobs:
         for f in r.figures:
-            lines.append(f"![{r.job} {Path(f).stem}](jobs/{r.job}/{f})")
-    return [*lines, ""]
+            # a cross-fitted fit shows its first fold's figures, named from the run folder
+            path = f if f.startswith("jobs/") else f"jobs/{r.job}/{f}"
+            fold = " (first fold)" if f.startswith("jobs/") else ""
+            lines.append(f"![{r.job} {Path(f).stem}{fold}]({path})")
+    return [*lines, ""] if len(lines) > 2 else []
 
 
 def header(res: RunRecords) -> list[str]:

@@ -48,6 +48,32 @@ def header(res: RunRecords) -> list[str]:
     ]
 
 
+def _split_text(data: dict) -> str:
+    """How the rows were split: one seeded split, or the folds of cross-fitting."""
+    folds = int(data.get("folds") or 1)
+    if folds < 2:
+        sizes = data["sizes"]
+        return (
+            f"{sizes['train']}/{sizes['val']}/{sizes['test']} train/validation/test rows "
+            "(a seeded split, `data.json` lists them)"
+        )
+    parts = data["rows"]
+    total = sum(len(p["test"]) for p in parts)
+    train, val = _span(len(p["train"]) for p in parts), _span(len(p["val"]) for p in parts)
+    return (
+        f"{folds}-fold cross-fitting: each fit is trained {folds} times, on {train} "
+        f"training and {val} validation rows, and tested on the fold left "
+        f"out, so each of the {total} rows is a test point once and the tables pool the folds "
+        "(`data.json` lists them)"
+    )
+
+
+def _span(values) -> str:
+    """``"265"`` or ``"264–265"``: the range of fold sizes."""
+    v = sorted(set(values))
+    return str(v[0]) if len(v) == 1 else f"{v[0]}–{v[-1]}"
+
+
 def data_section(res: RunRecords) -> list[str]:
     data = res.data
     if data is None:
@@ -56,9 +82,7 @@ def data_section(res: RunRecords) -> list[str]:
     return [
         "## Data",
         "",
-        f"`{data['source']}`: {len(data['features'])} features; "
-        f"{data['sizes']['train']}/{data['sizes']['val']}/{data['sizes']['test']} "
-        "train/validation/test rows (a seeded split, `data.json` lists them); "
+        f"`{data['source']}`: {len(data['features'])} features; {_split_text(data)}; "
         + (
             "standardised with the training rows' mean and sd (in `data.json`). "
             if std
