@@ -138,9 +138,7 @@ def run(steps: int, hidden: int, points: int, seed: int) -> dict:
     loss = train(vae, x_train, steps, seed=seed)
     train_s, train_cpu = time.perf_counter() - start, time.process_time() - cpu
     cpu = time.process_time()
-    result = check(
-        vae.model, vae.guide, x_train, x_test=x_test, points=points, seed=seed
-    )
+    result = check(vae.model, vae.guide, x_train, x_test=x_test, points=points, seed=seed)
     return {
         "train_loss": loss,
         "train_seconds": train_s,
