@@ -15,70 +15,25 @@ from or checked against. Each :class:`Option` has a ``kind``:
 The σ of the ground truth is ``truth_noise`` (``--truth-noise``); the σ of the fitted models is
 ``noise_scale`` (``--noise-scale``): two names everywhere.
 
-Adding an option is one entry here and the code that uses it.
+Adding an option is one entry here (or, for a user's data and the stages after the fits, in
+:mod:`pyrofail.data_and_stage_options`) and the code that uses it.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-from pyrofail.errors import UsageError, check_choice, check_positive_float, check_positive_int
+from pyrofail.data_and_stage_options import DATA_AND_STAGE_OPTIONS
+from pyrofail.errors import check_choice
+from pyrofail.option_schema import Option
+from pyrofail.option_schema import each as _each
+from pyrofail.option_schema import fraction as _fraction
+from pyrofail.option_schema import no_repeats as _no_repeats
+from pyrofail.option_schema import positive_float as _positive_float
+from pyrofail.option_schema import positive_int as _positive_int
 
 __all__ = ["OPTIONS", "Option", "defaults", "flag_of", "fit_names", "job_names"]
-
-
-def _positive_int(value, flag):
-    check_positive_int(flag, value)
-
-
-def _positive_float(value, flag):
-    check_positive_float(flag, value)
-
-
-def _each(check):
-    def run(values, flag):
-        for v in values:
-            check(v, flag)
-
-    return run
-
-
-def _no_repeats(values, flag):
-    if values is not None and len(set(map(str, values))) != len(values):
-        raise UsageError(f"{flag} lists a value twice: {', '.join(map(str, values))}")
-
-
-def _fraction(value, flag):
-    if not 0.0 < float(value) <= 1.0:
-        raise UsageError(f"{flag} {value} is not allowed; expected a share in (0, 1]")
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option (module docstring). ``flags``: its command-line spellings (none: presets and
-    Python only); ``parse``: the argparse type of one value (lists are comma-separated when
-    ``kind == "sweep"`` or ``many``); ``check(value, flag)`` raises a one-line
-    :class:`~pyrofail.errors.UsageError` in the flag's spelling."""
-
-    name: str
-    default: Any
-    help: str
-    kind: str = "fit"
-    flags: tuple[str, ...] = ()
-    parse: Callable | None = None
-    metavar: str | None = None
-    choices: tuple | None = None
-    check: Callable | None = None
-    many: bool = False
-    switch: bool = False  # a flag without a value (store_true)
-    to_fit: bool = False
-
-    @property
-    def flag(self) -> str:
-        return self.flags[0] if self.flags else self.name
 
 
 _O = Option  # the table below reads better short
@@ -342,180 +297,7 @@ OPTIONS: dict[str, Option] = {
         _O("procedure_options", {}, "per-procedure options", "fit"),
         _O("truth_options", {}, "per-process options of the ground truth", "fit"),
         _O("lr_by_guide", {}, "the learning rate of each guide where --lr is not given", "fit"),
-        # -- a user's data -----------------------------------------------------------------------
-        _O(
-            "data",
-            None,
-            "a CSV file (a header row, numeric columns), a .npy/.npz file, or a data set "
-            "bundled with scikit-learn (see --list); replaces --process: the check runs without a ground "
-            "truth, learning σ, all restarts random",
-            "data",
-            ("--data",),
-            str,
-            "SOURCE",
-        ),
-        _O(
-            "program",
-            None,
-            "check a Pyro model and guide of yours instead of fitting: 'module:object', where object "
-            "is a (model, guide) pair or has .model and .guide, importable from the current folder; "
-            "--data gives the points (in the units the program was trained on)",
-            "data",
-            ("--program",),
-            str,
-            "MODULE:OBJECT",
-        ),
-        _O(
-            "columns",
-            None,
-            "feature columns to use (default: all)",
-            "data",
-            ("--columns",),
-            str,
-            "NAMES",
-            many=True,
-        ),
-        _O(
-            "labels",
-            None,
-            "a column of labels, kept for the tasks that use them",
-            "data",
-            ("--labels",),
-            str,
-            "COLUMN",
-        ),
-        _O(
-            "standardize",
-            True,
-            "standardise each feature with the training rows' mean and sd (stored "
-            "in data.json); --no-standardize keeps the data's units",
-            "data",
-            ("--no-standardize",),
-            switch=True,
-        ),
-        _O(
-            "split",
-            [0.6, 0.2, 0.2],
-            "train,validation,test shares",
-            "data",
-            ("--split",),
-            float,
-            "FRACTIONS",
-            many=True,
-        ),
-        _O(
-            "binarize",
-            None,
-            "values above THRESHOLD become 1, the others 0 (for --likelihood bernoulli; digits: 8)",
-            "data",
-            ("--binarize",),
-            float,
-            "THRESHOLD",
-        ),
-        _O(
-            "header",
-            True,
-            "the CSV's first line names the columns; --no-header: it is data (columns named x0, x1, ...)",
-            "data",
-            ("--no-header",),
-            switch=True,
-        ),
-        _O(
-            "delimiter",
-            None,
-            "the CSV's column separator (default: a comma, or what the file shows)",
-            "data",
-            ("--delimiter",),
-            str,
-            "CHAR",
-        ),
-        _O(
-            "folds",
-            None,
-            "cross-fitting on your data: fit on F - 1 folds, test on the held-out one, so "
-            "that every row is a test point (default: 5 for tables under 1,000 rows, else one split)",
-            "data",
-            ("--folds",),
-            int,
-            "F",
-            check=lambda v, f: v is None or _positive_int(v, f),
-        ),
-        # -- the stages after the fits ----------------------------------------------------------------
-        _O(
-            "reference",
-            "auto",
-            "reference posterior: grid (exact, K <= 2), nuts (any K) or auto (the "
-            "grid where it applies); --no-reference skips references, posterior bias and the diagnosis",
-            "later",
-            ("--reference",),
-            str,
-            "METHOD",
-            choices=("auto", "grid", "nuts"),
-        ),
-        _O(
-            "reference_points",
-            300,
-            "test points at which references are computed and guides compared (all test points if fewer)",
-            "later",
-            ("--reference-points",),
-            int,
-            "N",
-            check=_positive_int,
-        ),
-        _O(
-            "downstream",
-            False,
-            "also measure the downstream tasks: compression, disentanglement, "
-            "adversarial robustness of the encoder, outlier detection",
-            "later",
-            ("--downstream",),
-            switch=True,
-        ),
-        _O(
-            "downstream_points",
-            10_000,
-            "fresh draws of the truth on which --downstream scores disentanglement (MIG's plug-in bias "
-            "is about -3% at 2,000 and under 1% at 10,000)",
-            "later",
-            ("--downstream-points",),
-            int,
-            "N",
-            check=_positive_int,
-        ),
-        _O(
-            "regression",
-            [],
-            "regression processes for Bayesian neural networks with latent input noise: "
-            "heteroscedastic, bimodal, diabetes",
-            "later",
-            ("--regression",),
-            str,
-            "NAMES",
-            many=True,
-        ),
-        _O(
-            "bnn_methods",
-            ["mean_field", "noise_constrained", "nuts"],
-            "inference for the regression processes",
-            "later",
-            ("--bnn-methods",),
-            str,
-            "NAMES",
-            many=True,
-        ),
-        _O("bnn_hidden", [50], "hidden widths of the Bayesian neural networks", "later"),
-        _O("bnn_options", {}, "options of each BNN inference method", "later"),
-        _O("bnn_sizes", {}, "n_train / n_test of the regression processes", "later"),
-        _O(
-            "max_memory",
-            "1GiB",
-            "memory budget per worker process, e.g. 512MiB or 2GiB: evaluations "
-            "stream over points in chunks that fit it; a run that cannot fit says so before it starts",
-            "later",
-            ("--max-memory",),
-            str,
-            "SIZE",
-        ),
+        *DATA_AND_STAGE_OPTIONS,
     )
 }
 
