@@ -11,7 +11,20 @@ from pyrofail.records.downstream import DataTasks, DownstreamSummary, JobTasks, 
 TINY = ["--preset", "tiny", "--quiet", "--steps", "20", "--restarts", "2", "--no-reference", "--downstream"]
 
 
-def test_a_zoo_run_compares_every_fit_with_the_mfg_vae_and_the_learned_noise_with_the_truth(tmp_path):
+def _few_dci_draws(monkeypatch):
+    """Two bootstrap draws of DCI instead of the stage's 20: each draw refits 100 boosting stages
+    of 20-class trees per factor and code set, minutes in all, and these tests check the
+    wiring, not DCI's error (tests/analysis/downstream test that). In-process (one worker), so
+    that the patch applies."""
+    from pyrofail.stages import downstream
+
+    monkeypatch.setattr(downstream, "DCI_DRAWS", 2)
+    return ["--workers", "1"]
+
+
+def test_a_zoo_run_compares_every_fit_with_the_mfg_vae_and_the_learned_noise_with_the_truth(
+    tmp_path, monkeypatch
+):
     out = tmp_path / "run"
     args = [
         "--process",
@@ -22,7 +35,9 @@ def test_a_zoo_run_compares_every_fit_with_the_mfg_vae_and_the_learned_noise_wit
         "elbo,iwae",
         "--learn-noise",
     ]
-    assert main(TINY + args + ["--n-test", "60", "--out", str(out)]) == 0
+    # 120 fresh draws for MIG and DCI (the tiny preset's 500 spend minutes in DCI's bootstrap)
+    args += _few_dci_draws(monkeypatch)
+    assert main(TINY + args + ["--n-test", "60", "--downstream-points", "120", "--out", str(out)]) == 0
     summary = RunFolder.read(DownstreamSummary, out / "downstream.json").processes["two_factor_smooth"]
     assert summary.baseline == "two_factor_smooth-K2-mean_field-elbo"
     row = summary.against["two_factor_smooth-K2-mean_field-iwae"]
@@ -35,7 +50,7 @@ def test_a_zoo_run_compares_every_fit_with_the_mfg_vae_and_the_learned_noise_wit
     assert abs(job.noise.truth - 0.15) < 1e-6
     assert len(job.noise.restart_values) == 2 and job.noise.over_restarts.stderr is not None
     assert job.disentanglement.defined and job.disentanglement.protocol == "disentanglement_lib"
-    assert job.disentanglement.n_points == 500  # --downstream-points: the tiny preset's fresh draws
+    assert job.disentanglement.n_points == 120  # --downstream-points: the fresh draws
     # the attack radius is in units of the data's scale
     assert abs(job.robustness[0].radius - 0.05 * truth.scale) < 1e-9
     assert (out / "figures" / "noise-two_factor_smooth.png").stat().st_size > 0
@@ -44,10 +59,11 @@ def test_a_zoo_run_compares_every_fit_with_the_mfg_vae_and_the_learned_noise_wit
     assert "disentanglement_lib's protocol" in report
 
 
-def test_a_one_code_fit_gets_no_mig_or_dci(tmp_path):
+def test_a_one_code_fit_gets_no_mig_or_dci(tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ["--process", "two_factor_steps", "--latent-dim", "1", "--objective", "elbo"]
-    assert main(TINY + args + ["--n-test", "40", "--out", str(out)]) == 0
+    args += _few_dci_draws(monkeypatch)
+    assert main(TINY + args + ["--n-test", "40", "--downstream-points", "120", "--out", str(out)]) == 0
     job = RunFolder.read(JobTasks, out / "jobs" / "two_factor_steps-K1-mean_field-elbo" / "downstream.json")
     assert not job.disentanglement.defined and job.disentanglement.mig is None
     assert "MIG needs at least 2 codes" in job.disentanglement.reason
