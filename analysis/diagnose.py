@@ -50,6 +50,7 @@ from pyrofail.estimate import Estimate
 from pyrofail.records.verdict import Evidence, Flag, Side, Verdict
 
 __all__ = [
+    "COLLAPSED_NATS",
     "MARGIN_NATS",
     "MIN_ROWS",
     "conclude",
@@ -72,6 +73,10 @@ _Z_TEST, _Z_POWER = 1.959964, 0.841621
 # A fit is flagged as under-trained when a validation objective (nats per point) shows more
 # than this: ground-truth-started restarts ending below random ones, or still rising at the end.
 TRAINING_NATS = 0.01
+# A stand-in whose latent carries less than this (nats per latent dimension, the encoder's
+# mutual information) has collapsed: its model ignores z, every posterior is the prior, and its
+# KL* (zero) says nothing about the data's posteriors.
+COLLAPSED_NATS = 0.01
 
 
 def cx1_share(cost_error: float, hard_kl_mean: float = HARD_KL) -> float:
@@ -193,6 +198,7 @@ def conclude(
     k: int = 1,
     reference: str = "truth",
     mfg_is_best: bool = False,
+    collapsed: bool = False,
     learn_noise: bool = False,
     flags=(),
     excluded_points: int = 0,
@@ -200,7 +206,10 @@ def conclude(
     """The decision on the conditions from :func:`evidence` (see the module docstring), with
     the practitioners' guidelines of Yacoby et al. that apply and the ``flags`` given (e.g.
     :func:`training_flags`). ``mfg_is_best``: on a user's data, the MFG-VAE itself fits p(x)
-    best and stands in for the truth: there is no trade to detect."""
+    best and stands in for the truth: there is no trade to detect. ``collapsed``: on a user's
+    data, the stand-in ignores its latent (mutual information below :data:`COLLAPSED_NATS`):
+    its posteriors are the prior, so no share of hard posteriors can be read from it and the
+    verdict is "undetermined" (reason ``"collapsed"``), never "none"."""
     # Cx1 cannot be told when no share of hard points could move the test -ELBO measurably
     cx1 = ev.truth_share_hard.mean >= ev.cx1_share if ev.cx1_reachable else None
     is_simpler, is_worse, is_kept = _exceeds(ev.simpler), _exceeds(ev.px_cost), _within(ev.px_cost)
@@ -215,6 +224,9 @@ def conclude(
     underpowered = ev.rows_needed is not None and ev.n_test < ev.rows_needed
     if ev.n_test < MIN_ROWS or cx1 is None:
         out.reason = "too-few-rows"
+    elif collapsed:
+        out.reason = "collapsed"
+        out.guidelines.append("check")
     elif not cx1:
         out.failure = "none"
     elif mfg_is_best:

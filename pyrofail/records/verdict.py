@@ -9,8 +9,9 @@ Codes a renderer turns into words:
 * ``reason`` (why, where the failure alone does not say): ``"no-trade"`` (Cx1 holds but the
   MFG-VAE has not simplified its posteriors), ``"px-unclear"`` (simpler posteriors, the p(x)
   cost inside noise), ``"mfg-is-best"`` (on a user's data the MFG-VAE itself fits p(x) best:
-  there is no trade to detect), ``"too-few-rows"``, ``"no-mfg-job"``, ``"no-usable-points"``,
-  ``"no-references"``;
+  there is no trade to detect), ``"collapsed"`` (on a user's data the best-fitting model
+  ignores its latent, so its posteriors say nothing), ``"too-few-rows"``, ``"no-mfg-job"``,
+  ``"no-usable-points"``, ``"no-references"``;
 * ``flags``: :class:`Flag` s, each a ``kind`` — ``"truth-started-worse"`` (the restarts
   started at the ground truth ended worse than the random ones), ``"still-improving"`` (the
   selected restart's validation objective was still rising at the end), ``"comparator-far"``

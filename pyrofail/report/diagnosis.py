@@ -138,6 +138,13 @@ def _conclusion(v: Verdict) -> str:
             f"{number(ev.margin_nats, 2)}-nat difference in p(x) (paired, two-sided 5%, power 80%, at "
             "the spread these rows show); more rows, or cross-fitting (--folds), would decide it."
         )
+    if v.reason == "collapsed":
+        return (
+            f"Verdict: undetermined: the best-fitting model at K = {v.k}, {v.reference}, ignores its "
+            "latent (its encoder's mutual information is zero within two standard errors): every "
+            "posterior of it is the prior, so it cannot stand in for the truth's posteriors. Refit "
+            "with more restarts or steps, a smaller K, or σ fixed below the data's spread (--noise-scale)."
+        )
     if v.reason == "mfg-is-best":
         return (
             "Verdict: no failure to detect: the MFG-VAE's own model fits p(x) best of the fits at "
@@ -230,6 +237,8 @@ def _headline(name: str, v: Verdict) -> str:
         px = f"{_ref(v)}'s posteriors are hard at only {percent(ev.truth_share_hard.mean)} of the points"
     elif v.reason == "mfg-is-best":
         px = "the MFG-VAE fits p(x) best itself"
+    elif v.reason == "collapsed":
+        px = f"the best-fitting model at K = {v.k} ignores its latent (posterior collapse)"
     return f"**{name}: {words}** — {px}."
 
 

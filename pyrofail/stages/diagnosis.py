@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from pyrofail.analysis.diagnose import conclude, evidence, training_flags
+from pyrofail.analysis.diagnose import COLLAPSED_NATS, conclude, evidence, training_flags
 from pyrofail.analysis.figures.plots import failure_map_figure
 from pyrofail.records import JobRecord, RunFolder
 from pyrofail.records.folder import process_id, truth_of
@@ -122,6 +122,16 @@ def diagnose_process(
     )
 
 
+def _collapsed(job) -> bool:
+    """The fit's latent is unused: its encoder's mutual information per latent dimension is
+    below :data:`~pyrofail.analysis.diagnose.COLLAPSED_NATS` (by more than two standard errors
+    or exactly zero)."""
+    mi = job.metrics.avg_mutual_information
+    if mi is None:
+        return False
+    return mi.mean + 2 * (mi.stderr or 0.0) < COLLAPSED_NATS
+
+
 def diagnose_without_truth(
     name: str, k: int, jobs, posterior: dict, points: dict, learn_noise: bool
 ) -> Verdict:
@@ -155,6 +165,7 @@ def diagnose_without_truth(
         k=k,
         reference=best.job,
         mfg_is_best=best.job == mfg.job,
+        collapsed=_collapsed(best),
         learn_noise=learn_noise,
         flags=flags,
         excluded_points=len(usable) - len(truth_kl),

@@ -222,6 +222,30 @@ def test_when_the_mfg_vae_fits_best_there_is_no_trade_to_detect():
     assert "no trade to detect" in text and "ground truth" not in text.replace("no ground truth", "")
 
 
+def test_a_collapsed_stand_in_leaves_the_verdict_undetermined_not_none():
+    """A stand-in that ignores its latent has the prior as every posterior: KL* is 0 at every
+    point, which would read as "no hard posteriors, no failure" (on figure8 and quadratic
+    samples, whose true posteriors are hard at 15% and 88% of the points, both fits collapsed
+    and the check said "none"). Its verdict is undetermined, and the text says why."""
+    collapsed = torch.zeros(200, dtype=torch.float64)
+    ev = evidence(collapsed, {**_side("vae", 0.0, 0.0), "kl": collapsed}, None)
+    assert conclude(ev, reference="iwae").failure == "none"  # what the numbers alone say
+    out = conclude(ev, reference="iwae", collapsed=True)
+    assert (out.failure, out.reason) == ("undetermined", "collapsed")
+    assert "ignores its latent" in _text(out)
+
+
+def test_the_stand_in_is_collapsed_when_its_mutual_information_is_zero_within_two_errors():
+    from pyrofail.estimate import Estimate
+    from pyrofail.stages.diagnosis import _collapsed
+    from tests.factories import job
+
+    assert _collapsed(job(avg_mutual_information=Estimate(0.0, 0.0, 200)))
+    assert _collapsed(job(avg_mutual_information=Estimate(0.002, 0.001, 200)))
+    assert not _collapsed(job(avg_mutual_information=Estimate(0.004, 0.004, 200)))  # could be 0.012
+    assert not _collapsed(job(avg_mutual_information=Estimate(0.9, 0.02, 200)))
+
+
 def test_without_a_richer_fit_px_is_compared_with_the_truth():
     out = conclude(evidence(_noisy(0.6, 9), _side("vae", 0.05, 0.30), None), learn_noise=True)
     assert out.failure == "data distribution"
