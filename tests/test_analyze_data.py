@@ -173,3 +173,22 @@ def test_a_header_of_numbers_and_a_semicolon_file_are_caught_in_the_users_spelli
     )
     data = json.loads((tmp_path / "d" / "data.json").read_text())
     assert data["features"] == ["x0", "x1"] and sum(data["sizes"].values()) == 41  # the first line is data
+
+
+def test_above_k_2_log_px_is_sampled_with_each_rows_k_hat_counted_and_flagged(table, tmp_path):
+    """K = 3: no grid, so log p(x) is importance-sampled from the guide; every test row's PSIS
+    k-hat is recorded, the rows above 0.7 are counted, and a count or a missed standard-error
+    target is flagged beside the number in the report (a 20-step fit: its guide is poor, so
+    both happen here)."""
+    out = tmp_path / "k3"
+    argv = ["--data", str(table), "--columns", "a,b,c", "--latent-dim", "3", "--folds", "1"]
+    assert main(TINY + argv + ["--objective", "elbo", "--out", str(out)]) == 0
+    folder = RunFolder.open(out)
+    (record,) = folder.finished_jobs()
+    m = record.metrics
+    k_hat = folder.test_points(record.job).pareto_k
+    assert m.log_px_method.startswith("is") and not m.test_neg_log_px.exact
+    assert len(k_hat) == m.n_test and m.pareto_k_bad == sum(k > 0.7 for k in k_hat) > 0
+    assert f"k̂ > 0.7 at {m.pareto_k_bad} of {m.n_test} points" in m.test_neg_log_px.flag
+    report = (out / "report.md").read_text()
+    assert f"({m.log_px_method}, {m.pareto_k_bad} k̂ > 0.7)" in report
