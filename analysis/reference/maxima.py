@@ -38,7 +38,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pyro.distributions as dist
 import torch
@@ -61,8 +61,16 @@ NEWTON_STEPS = 40
 CHUNK_POINTS = 2**13  # points per forward pass of the decoder (log_joint_chunked)
 
 
+class PerPoint:
+    """A dataclass whose every field has the points on its leading axis: ``record[rows]`` is the
+    same record for the points ``rows`` (a slice or index tensor)."""
+
+    def __getitem__(self, rows):
+        return type(self)(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+
 @dataclass
-class Maxima:
+class Maxima(PerPoint):
     r"""Distinct local maxima per point, padded to ``J`` per point (``valid`` marks the real ones,
     best first): ``z`` ``(N, J, K)``, ``log_joint`` :math:`\log p(x, z^*)` ``(N, J)``,
     ``log_mass`` the Laplace mass ``(N, J)``, ``tril`` ``(N, J, K, K)`` with
@@ -73,12 +81,6 @@ class Maxima:
     log_mass: torch.Tensor
     tril: torch.Tensor
     valid: torch.Tensor
-
-    def __getitem__(self, rows) -> Maxima:
-        """The maxima of the points ``rows`` (a slice or index tensor)."""
-        return Maxima(
-            self.z[rows], self.log_joint[rows], self.log_mass[rows], self.tril[rows], self.valid[rows]
-        )
 
     def shares(self) -> torch.Tensor:
         """Each maximum's share of the points' total Laplace mass ``(N, J)``, 0 where invalid."""

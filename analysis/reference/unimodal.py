@@ -54,7 +54,7 @@ from scipy.stats import chi2 as chi2_dist
 
 from pyrofail.analysis.reference import stats
 from pyrofail.analysis.reference.idata import arviz
-from pyrofail.analysis.reference.maxima import Maxima, log_joint_chunked
+from pyrofail.analysis.reference.maxima import Maxima, PerPoint, log_joint_chunked
 from pyrofail.analysis.reference.modes import MIN_MASS
 from pyrofail.analysis.reference.quality import LOG_PX_SE_MAX
 from pyrofail.analysis.reference.reweight import _basin_of_draws
@@ -80,7 +80,7 @@ def candidates(maxima: Maxima, start_share: float) -> torch.Tensor:
 
 
 @dataclass
-class Mixture:
+class Mixture(PerPoint):
     r"""A defensive mixture per point: Student-t's :math:`t_4(z; \text{loc}_j, L_j L_j^\top)`
     ``(N, J)``, a Gaussian kernel mixture :math:`\frac1R \sum_r \mathcal N(z; \text{reps}_r,
     B B^\top)` on ``reps`` ``(N, R, K)`` with ``bandwidth`` :math:`B` ``(N, K, K)`` (``R = 0``:
@@ -92,11 +92,6 @@ class Mixture:
     reps: torch.Tensor
     bandwidth: torch.Tensor
     log_mix: torch.Tensor
-
-    def __getitem__(self, rows) -> Mixture:
-        return Mixture(
-            self.loc[rows], self.tril[rows], self.reps[rows], self.bandwidth[rows], self.log_mix[rows]
-        )
 
     def sample(self, m: int, gen: torch.Generator) -> torch.Tensor:
         """``m`` draws ``(M, N, K)``."""
@@ -201,7 +196,7 @@ def adapted(first: Mixture, z: torch.Tensor, w: torch.Tensor, gen: torch.Generat
 
 
 @dataclass
-class Quick:
+class Quick(PerPoint):
     """The points that passed (:func:`try_points`): their indices ``rows`` ``(A,)``, the final
     proposal ``mixture`` and per point ``log_px``, ``log_px_stderr``, ``pareto_k``,
     ``missing_mass``, ``efficiency``."""
@@ -213,12 +208,6 @@ class Quick:
     pareto_k: torch.Tensor
     missing_mass: torch.Tensor
     efficiency: torch.Tensor
-
-    def __getitem__(self, keep) -> Quick:
-        return Quick(
-            self.rows[keep], self.mixture[keep], self.log_px[keep], self.log_px_stderr[keep],
-            self.pareto_k[keep], self.missing_mass[keep], self.efficiency[keep],
-        )  # fmt: skip
 
 
 def _log_joint(model, z, x) -> torch.Tensor:
