@@ -301,6 +301,7 @@ def test_iwae_on_semicircle_against_quadrature():
     [
         ("mean_field", "mixed"),
         ("mean_field", "none"),
+        ("mean_field", "x only"),
         ("full_rank", "mixed"),
         ("flow", "mixed"),
         ("mixture", "mixed"),
@@ -310,9 +311,11 @@ def test_iwae_on_semicircle_against_quadrature():
     "objective", [M2ELBO(num_particles=2), M2IWAE(num_particles=3)], ids=["elbo", "iwae"]
 )
 def test_every_family_trains_batched_with_both_objectives(family, objective, labels):
-    """q(z | x, y) from any registered family, batched restarts, labels or none: a finite
-    loss, gradients for the decoder and the classifier, and per-point values (R, N). (U_S does
-    not involve q(y | x): without labels the IWAE objective gives the classifier no gradient.)"""
+    """q(z | x, y) from any registered family, batched restarts, labels or none, the encoder
+    reading the label or x only: a finite loss, gradients for the decoder and the classifier,
+    and per-point values (R, N). (U_S does not involve q(y | x): without labels the IWAE
+    objective gives the classifier no gradient.) With x only, q(z | x, y) is the same for both
+    labels; reading the label, it is not (each case the other's negative control)."""
     torch.manual_seed(3)
     model = m2_model(1, 2, hidden=(8,), noise_scale=0.1, restarts=2)
     guide = M2Guide(1, 2, family=family, hidden=(8,), restarts=2, label_in_encoder=labels != "x only")
@@ -331,6 +334,11 @@ def test_every_family_trains_batched_with_both_objectives(family, objective, lab
     one = objective.per_point(take_restart(model, 1), take_restart(guide, 1), x, 4, y=y)
     assert batched.value.shape == (2, 5) and one.value.shape == (5,)
     assert torch.isfinite(batched.value).all() and torch.isfinite(batched.stderr).all()
+    with torch.no_grad():
+        z = torch.randn(2, 5, 1)
+        log_q = [guide.distribution(x, torch.full((5,), c)).log_prob(z) for c in (0, 1)]
+    assert log_q[0].shape == (2, 5)
+    assert bool(torch.equal(log_q[0], log_q[1])) == (labels == "x only"), log_q
 
 
 # ---- masks and training ------------------------------------------------------------------------
