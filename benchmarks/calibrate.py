@@ -36,7 +36,10 @@ from pyrofail import zoo
 from pyrofail.analysis.hardness import best_mean_field
 from pyrofail.analysis.reference import grid
 from pyrofail.presets import PAPER_TABLE1, PRESETS
-from pyrofail.stages.jobs import expand, run_job
+from pyrofail.records import JobRecord, RunFolder, TestPoints
+from pyrofail.records.schema import encode
+from pyrofail.stages.jobs import run_job
+from pyrofail.sweep import expand
 
 KEYS = ("noise_scale", "scale", "beta")
 
@@ -80,10 +83,10 @@ def mleo_difference(elbo_folder: Path, iwae_folder: Path) -> dict:
     """The MLEO of the ELBO job minus the IWAE job's on the same test points (their seeded test
     set), with the standard error of the per-point differences: the mean of
     log p_iwae(x) − log p_elbo(x) from the jobs' ``test_points.json``."""
-    a, b = (json.loads((f / "test_points.json").read_text()) for f in (elbo_folder, iwae_folder))
-    if a["truth_log_px"] != b["truth_log_px"]:
+    a, b = (RunFolder.read(TestPoints, f / "test_points.json") for f in (elbo_folder, iwae_folder))
+    if a.truth_log_px != b.truth_log_px:
         raise ValueError("the two jobs were not measured on the same test points")
-    d = torch.tensor(b["log_px"], dtype=torch.float64) - torch.tensor(a["log_px"], dtype=torch.float64)
+    d = torch.tensor(b.log_px, dtype=torch.float64) - torch.tensor(a.log_px, dtype=torch.float64)
     return {"mean": float(d.mean()), "stderr": float(d.std() / math.sqrt(len(d)))}
 
 
@@ -149,28 +152,27 @@ def main(argv=None) -> None:
     for name, truth_options in candidates:
         h = truth_row(name, truth_options)["H"]
         folders = {}
-        for cfg in expand({**options, "model": [name]}):
-            cfg["truth_options"] = dict(truth_options)
-            k, obj = cfg["latent_dim"], cfg["objective"]
+        for cfg in expand({**options, "process": [name], "truth_options": {name: dict(truth_options)}}):
+            k, obj = cfg.latent_dim, cfg.objective
             folder = out / tag(name, truth_options) / f"K{k}-{obj}"
             start = time.perf_counter()
-            record = run_job(cfg, folder)
-            seconds = time.perf_counter() - start
-            if "failed" in record:
+            if run_job(cfg, folder)["failed"]:
                 print(f"| {tag(name, truth_options)} | {k} | {obj} | failed |")
                 continue
+            seconds = time.perf_counter() - start
             folders[k, obj] = folder
-            m = record["metrics"]
-            bound, mi, se = m["test_neg_bound"], m["avg_mutual_information"], m["test_neg_bound_stderr"]
+            m = RunFolder.read(JobRecord, folder / "metrics.json").metrics
+            bound, mi = m.test_neg_bound, m.avg_mutual_information.mean
             print(
-                f"| {tag(name, truth_options)} | {k} | {obj} | {bound:.3f} ± {se:.3f} "
-                f"| {within(name, k, obj, 'neg_bound', bound)} | {m['test_neg_log_px']:.3f} "
-                f"| {m['mleo']:.3f} | {mi:.3f} | {within(name, k, obj, 'mi', mi)} | {h:.3f} "
+                f"| {tag(name, truth_options)} | {k} | {obj} | {bound.mean:.3f} ± {bound.stderr:.3f} "
+                f"| {within(name, k, obj, 'neg_bound', bound.mean)} | {m.test_neg_log_px.mean:.3f} "
+                f"| {m.mleo.mean:.3f} | {mi:.3f} | {within(name, k, obj, 'mi', mi)} | {h:.3f} "
                 f"| {seconds:.0f} |",
                 flush=True,
             )
+            row = {"candidate": tag(name, truth_options), "config": cfg.to_dict(), **encode(m, type(m))}
             with open(out / "rows.jsonl", "a") as f:
-                f.write(json.dumps({"candidate": tag(name, truth_options), "config": cfg, **m}) + "\n")
+                f.write(json.dumps(row) + "\n")
         for (k, obj), folder in folders.items():
             if obj == "elbo" and (k, "iwae") in folders:
                 d = mleo_difference(folder, folders[k, "iwae"])

@@ -27,6 +27,7 @@ from pyrofail.bnn.inference import METHODS as BNN_METHODS
 from pyrofail.errors import AllRestartsDiverged, UsageError, check_choice, check_positive_int
 from pyrofail.presets import PRESETS
 from pyrofail.records import RunFolder
+from pyrofail.records.data import DataRecord
 from pyrofail.runs import RUN_FORMAT, atomic_write_json, read_json, remove_stale_temporaries, versions
 from pyrofail.stages import pool, report
 from pyrofail.sweep import ABOVE_TRUE_K, expand
@@ -406,11 +407,12 @@ def _run_stages(out: dict, run: Path, workers: int, threads: int, quiet: bool) -
     run.mkdir(parents=True, exist_ok=True)
     config_path = run / "config.json"
     if not config_path.exists():
-        if out.get("data") is not None:
-            atomic_write_json(run / "data.json", user_data.describe_data(out))
-        config = {"format": RUN_FORMAT, "options": out, "jobs": expand(out), "versions": versions()}
+        jobs = [job.to_dict() for job in expand(out)]
+        config = {"format": RUN_FORMAT, "options": out, "jobs": jobs, "versions": versions()}
         atomic_write_json(config_path, config)
     folder = RunFolder.open(run, workers=workers, threads=threads, quiet=quiet)
+    if folder.options.data is not None and folder.read(DataRecord, run / "data.json") is None:
+        folder.write(user_data.describe_data(folder.options.to_dict()), run / "data.json")
     jobs = len(folder.jobs)
     folder.say(f"run folder: {run} ({jobs} job{'s' * (jobs != 1)}, {workers} worker{'s' * (workers != 1)})")
     stages.run_all(folder)

@@ -11,7 +11,7 @@ source with its options. Options of the later stages are not in it, so they can 
 Example:
     >>> from pyrofail.presets import PRESETS
     >>> jobs = expand({**PRESETS["tiny"], "process": ["figure8"], "latent_dim": [1, 2]})
-    >>> [(j["latent_dim"], j["objective"]) for j in jobs]
+    >>> [(j.latent_dim, j.objective) for j in jobs]
     [(1, 'elbo'), (1, 'iwae'), (2, 'elbo'), (2, 'iwae')]
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 
 from pyrofail.options import job_names
+from pyrofail.records.config import JobConfig
 from pyrofail.records.folder import truth_of
 from pyrofail.runs import RUN_FORMAT
 
@@ -42,8 +43,9 @@ _TABLES = (
 )
 
 
-def expand(options: dict) -> list[dict]:
-    """The cartesian product over the sweep options, one resolved config per job."""
+def expand(options: dict) -> list[JobConfig]:
+    """The cartesian product over the sweep options, one resolved config per job
+    (:class:`~pyrofail.records.config.JobConfig`)."""
     if options.get("program") is not None:
         return []  # a user's own fitted program: checked, not fitted
     options = {"truth_noise": None, "procedure": ["joint"], **options}
@@ -70,10 +72,11 @@ def expand(options: dict) -> list[dict]:
         cfg["guide_options"] = dict(options.get("guide_options", {}).get(guide, {}))
         cfg["objective_options"] = dict(options.get("objective_options", {}).get(objective, {}))
         cfg["lr"] = float(options.get("lr_by_guide", {}).get(guide, options["lr"]))
-        if cfg.get("learn_noise") == ABOVE_TRUE_K:
-            cfg["learn_noise"] = int(k) > truth_of(cfg).latent_dim
         if "libi" in axes[5]:  # the LiBI table compares the fits' aggregate posteriors
             cfg["aggregate_kl"] = True
         cfg["format"] = RUN_FORMAT
-        jobs.append(cfg)
+        config = JobConfig.from_dict(cfg)
+        if config.learn_noise == ABOVE_TRUE_K:
+            config = config.replace(learn_noise=int(k) > truth_of(config).latent_dim)
+        jobs.append(config)
     return jobs

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pyrofail import loaders, options
 from pyrofail.data import check_binary, check_fractions, load_splits
 from pyrofail.errors import UsageError
+from pyrofail.records.data import DataRecord, Rows, Sizes
 from pyrofail.sweep import ABOVE_TRUE_K
 
 __all__ = ["DEFAULT_FOLDS", "FOLD_BELOW_ROWS", "check_data", "cli_spelling", "data_options", "describe_data"]
@@ -105,7 +106,7 @@ def loader_options(data_options: dict, fold: int | None) -> dict:
     return out
 
 
-def describe_data(out: dict) -> dict:
+def describe_data(out: dict) -> DataRecord:
     """What ``data.json`` records of a user's data: source, options, split sizes and rows,
     features, and the standardisation applied (from the training rows)."""
     folds = int(out["data_options"].get("folds") or 1)
@@ -116,12 +117,12 @@ def describe_data(out: dict) -> dict:
         for f in range(folds)
     ]
     splits = parts[0]
-    return {
-        "source": out["data"],
-        "options": out["data_options"],
-        "features": list(splits.train.features or []),
-        "folds": folds,
-        "sizes": {part: len(getattr(splits, part)) for part in ("train", "val", "test")},
-        "rows": [{part: idx.tolist() for part, idx in (s.index or {}).items()} for s in parts],
-        "standardizer": None if splits.standardizer is None else splits.standardizer.to_dict(),
-    }
+    return DataRecord(
+        source=str(out["data"]),
+        options=dict(out["data_options"]),
+        features=[str(f) for f in splits.train.features or []],
+        folds=folds,
+        sizes=Sizes(*(len(getattr(splits, part)) for part in ("train", "val", "test"))),
+        rows=[Rows(**{part: idx.tolist() for part, idx in (s.index or {}).items()}) for s in parts],
+        standardizer=None if splits.standardizer is None else splits.standardizer.to_dict(),
+    )

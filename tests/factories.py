@@ -10,6 +10,7 @@ import torch
 from pyrofail.estimate import Estimate
 from pyrofail.presets import PRESETS
 from pyrofail.records import Build, FitMetrics, JobRecord, Restart, RunFolder, TestPoints
+from pyrofail.records.config import JobConfig
 from pyrofail.records.folder import job_id
 from pyrofail.runs import atomic_write_json
 
@@ -48,10 +49,8 @@ def job(
     process="figure8", k=1, guide="mean_field", objective="elbo", procedure="joint", config=None, **metrics
 ):
     """A finished job's record with its config (``config`` adds to it) and metrics."""
-    cfg = {"process": process, "latent_dim": k, "guide": guide, "objective": objective, "seed": 0}
-    if procedure != "joint":
-        cfg["procedure"] = procedure
-    cfg.update(config or {})
+    given = dict(process=process, latent_dim=k, guide=guide, objective=objective, procedure=procedure)
+    cfg = JobConfig(**{**given, **(config or {})})
     restarts = [Restart(0, "random", True, -1.0)]
     build = Build(k, 2, 0.1, False, "gaussian", False, None, [8], "leaky_relu", guide)
     return JobRecord(job_id(cfg), cfg, fit_metrics(**metrics), restarts, 0, {}, build)
@@ -78,7 +77,7 @@ def points(log_px=None, neg_elbo=None, neg_bound=None, mutual_information=None, 
 def run_folder(root: Path, jobs: list[JobRecord], test_points: dict | None = None, **options) -> RunFolder:
     """A run folder holding ``jobs`` (finished) and their ``test_points`` (``{job: TestPoints}``)."""
     root = Path(root)
-    configs = [r.config for r in jobs]
+    configs = [r.config.to_dict() for r in jobs]
     options = {**PRESETS["tiny"], "preset": "tiny", "reference": None, **options}
     atomic_write_json(root / "config.json", {"format": 2, "options": options, "jobs": configs})
     folder = RunFolder.open(root)

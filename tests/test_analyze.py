@@ -28,7 +28,7 @@ def test_default_run_writes_a_complete_run_folder(tiny_run, capsys):
     for name in ("config.json", "metrics.json", "report.md"):
         assert (tiny_run / name).is_file()
     config = json.loads((tiny_run / "config.json").read_text())
-    assert config["options"]["seed"] == 0 and config["versions"]["torch"]
+    assert RunFolder.open(tiny_run).options.seed == 0 and config["versions"]["torch"]
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert set(metrics["jobs"]) == {"figure8-K1-mean_field-elbo", "figure8-K1-mean_field-iwae"}
     for job in metrics["jobs"]:
@@ -141,7 +141,7 @@ def test_no_reference_skips_the_posterior_stage(tmp_path):
     assert "posterior" not in metrics and "verdicts" not in metrics and not (out / "verdicts.json").exists()
     report = (out / "report.md").read_text()
     assert "## Posterior bias" not in report and "No diagnosis in this run" in report
-    assert json.loads((out / "config.json").read_text())["options"]["reference"] is None
+    assert RunFolder.open(out).options.reference is None
 
 
 def test_reference_options_reach_the_posterior_stage(tmp_path):
@@ -317,7 +317,7 @@ def test_degenerate_line_with_spread_and_posthoc_runs_to_a_report(tmp_path):
     post = _read(
         out, JobRecord, "jobs/degenerate_line-K1-mean_field-spread-posthoc_self_consistency/metrics.json"
     )
-    assert post.config["procedure"] == "posthoc_self_consistency"
+    assert post.config.procedure == "posthoc_self_consistency"
     assert len(post.history["pretrained"]["restarts"]) == 2  # stage one: the VAE on the data
     report = (out / "report.md").read_text()
     assert "degenerate_line-K1-mean_field-spread-posthoc_self_consistency" in report
@@ -355,9 +355,9 @@ def test_learn_noise_above_the_true_k_keeps_the_truths_sigma_at_the_true_k(argv,
     from pyrofail.sweep import expand
 
     configs = expand(resolve(build_parser().parse_args(argv)))
-    got = {c["latent_dim"]: c["learn_noise"] for c in configs}
+    got = {c.latent_dim: c.learn_noise for c in configs}
     assert got == learned
-    assert all(type(c["learn_noise"]) is bool for c in configs)
+    assert all(type(c.learn_noise) is bool for c in configs)
 
 
 def test_a_users_data_learns_its_noise_under_the_table1_preset():

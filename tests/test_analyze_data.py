@@ -1,7 +1,6 @@
 """A user's data through the command line: a CSV written here, the run folder it gives, and
 bad input ending in one line and exit status 2 with no run folder."""
 
-import json
 import math
 import re
 
@@ -12,6 +11,7 @@ import torch
 from pyrofail.analyze import main
 from pyrofail.data import Dataset, split
 from pyrofail.records import JobRecord, RunFolder
+from pyrofail.records.data import DataRecord
 from pyrofail.records.verdict import Verdicts
 from tests.report_checks import summary_lines, unmarked_numbers
 
@@ -37,8 +37,8 @@ def test_a_csv_runs_end_to_end_without_a_ground_truth(table, tmp_path):
     out = tmp_path / "run"
     argv = ["--data", str(table), "--columns", "a,b,c", "--labels", "cls", "--folds", "1"]
     assert main(TINY + argv + ["--out", str(out)]) == 0
-    data = json.loads((out / "data.json").read_text())
-    assert data["features"] == ["a", "b", "c"]
+    data = RunFolder.read(DataRecord, out / "data.json")
+    assert data.features == ["a", "b", "c"]
     jobs = sorted(p.name for p in (out / "jobs").iterdir())
     assert jobs == ["curve-K1-mean_field-elbo", "curve-K1-mean_field-iwae"]
     record = RunFolder.read(JobRecord, out / "jobs" / jobs[0] / "metrics.json")
@@ -56,9 +56,7 @@ def test_a_small_table_is_cross_fitted_so_that_every_row_is_a_test_point(table, 
     pooled, points, _ = folder.results()
     assert [r.job for r in pooled] == ["curve-K1-mean_field-elbo", "curve-K1-mean_field-iwae"]
     assert pooled[0].metrics.n_test == 200 == len(points[pooled[0].job].log_px)
-    tested = sorted(
-        i for f in range(5) for i in json.loads((out / "data.json").read_text())["rows"][f]["test"]
-    )
+    tested = sorted(i for f in range(5) for i in RunFolder.read(DataRecord, out / "data.json").rows[f].test)
     assert tested == list(range(200))  # the folds' test parts partition the rows
     report = (out / "report.md").read_text()
     assert "| curve-K1-mean_field-elbo |" in report
@@ -173,8 +171,9 @@ def test_a_header_of_numbers_and_a_semicolon_file_are_caught_in_the_users_spelli
         main(TINY + ["--data", str(numbers), "--no-header", "--folds", "1", "--out", str(tmp_path / "d")])
         == 0
     )
-    data = json.loads((tmp_path / "d" / "data.json").read_text())
-    assert data["features"] == ["x0", "x1"] and sum(data["sizes"].values()) == 41  # the first line is data
+    data = RunFolder.read(DataRecord, tmp_path / "d" / "data.json")
+    sizes = data.sizes  # the first line is data
+    assert data.features == ["x0", "x1"] and sizes.train + sizes.val + sizes.test == 41
 
 
 def test_above_k_2_log_px_is_sampled_with_each_rows_k_hat_counted_and_flagged(table, tmp_path):

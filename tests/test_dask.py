@@ -108,9 +108,9 @@ def _job_folder(out, index):
     config = out / "config.json"
     if not config.exists():
         return None
-    from pyrofail.records.folder import job_id
+    from pyrofail.records import RunFolder
 
-    return out / "jobs" / job_id(json.loads(config.read_text())["jobs"][index])
+    return RunFolder.open(out).job_dir(RunFolder.open(out).jobs[index])
 
 
 @pytest.mark.parametrize("value", ["", "foo", "bogus://x:1", "tcp://host", "tcp://:8786", "host:99999"])

@@ -109,3 +109,33 @@ def test_a_new_measure_touches_one_record_and_one_renderer(tmp_path, monkeypatch
 
     monkeypatch.setattr(report, "SECTIONS", (*report.SECTIONS, toy_section))
     assert "- figure8-K1-mean_field-elbo: toy 5.000 ± 4.000" in report.markdown(res)
+
+
+def test_job_configs_and_run_options_are_records_generated_from_the_option_schema():
+    """Every option of kind "fit" is a field of the job config and every option of the run a
+    field of the run options, with the schema's default, so that adding an option touches the
+    schema alone; every preset's configs and options read back to the same JSON; a config with
+    a key the schema does not know (format 1's ``model``) is stale, not misread."""
+    from pyrofail.analyze import build_parser, resolve
+    from pyrofail.options import OPTIONS, defaults, job_names
+    from pyrofail.presets import PRESETS
+    from pyrofail.records.config import RESOLVED_AWAY, JobConfig, RunOptions
+    from pyrofail.runs import dumps
+    from pyrofail.sweep import expand
+
+    job_fields = {f.name: f for f in dataclasses.fields(JobConfig)}
+    for name in set(job_names()) - set(RESOLVED_AWAY):
+        field = job_fields[name]
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        assert default == OPTIONS[name].default, name
+    run_fields = {f.name for f in dataclasses.fields(RunOptions)}
+    assert set(defaults()) <= run_fields and run_fields - set(defaults()) == {"preset", "data_options"}
+    for preset in PRESETS:
+        argv = ["--preset", preset] + (["--data", "diabetes"] if preset == "tiny" else [])
+        options = json.loads(dumps(resolve(build_parser().parse_args(argv))))
+        assert RunOptions.from_dict(options).to_dict() == options, preset
+        for config in expand(options):
+            plain = json.loads(dumps(config.to_dict()))
+            assert JobConfig.from_dict(plain) == config and plain == config.to_dict(), preset
+    with pytest.raises(StaleRecord, match="model"):
+        JobConfig.from_dict({"model": "figure8", "latent_dim": 1})

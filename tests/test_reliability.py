@@ -182,12 +182,11 @@ def test_truth_options_reach_each_job_and_name_its_folder():
 
     args = ["--preset", "tiny", "--process", "figure8,clusters", "--truth-noise", "0.1414"]
     jobs = expand(resolve(build_parser().parse_args([*args, "--truth-option", "figure8.scale=1"])))
-    by_model = {j["process"]: j for j in jobs if j["objective"] == "elbo"}
-    assert (
-        by_model["figure8"]["truth_options"] == {"scale": 1} and by_model["figure8"]["truth_noise"] == 0.1414
-    )
-    assert "truth_options" not in by_model["clusters"] and by_model["clusters"]["truth_noise"] == 0.1414
+    by_model = {j.process: j for j in jobs if j.objective == "elbo"}
+    assert by_model["figure8"].truth_options == {"scale": 1} and by_model["figure8"].truth_noise == 0.1414
+    clusters = by_model["clusters"]
+    assert "truth_options" not in clusters.to_dict() and clusters.truth_noise == 0.1414
     assert job_id(by_model["figure8"]) == "figure8-scale1-s0.1414-K1-mean_field-elbo"
     assert truth_of(by_model["figure8"]).decoder.scale == 1.0
     plain = expand(resolve(build_parser().parse_args(["--preset", "tiny"])))
-    assert "truth_options" not in plain[0] and job_id(plain[0]) == "figure8-K1-mean_field-elbo"
+    assert "truth_options" not in plain[0].to_dict() and job_id(plain[0]) == "figure8-K1-mean_field-elbo"

@@ -2,6 +2,7 @@
 
 from pyrofail.estimate import Estimate
 from pyrofail.records import M2Metrics
+from pyrofail.records.config import RunOptions
 from pyrofail.records.downstream import (
     Attack,
     DataTasks,
@@ -16,6 +17,7 @@ from pyrofail.records.findings import Difference
 from pyrofail.report import RunRecords
 from pyrofail.report.downstream import section as section_downstream
 from pyrofail.report.procedures import m2_section
+from pyrofail.report.read import DownstreamRecords
 from tests.factories import estimate, job
 
 
@@ -38,8 +40,8 @@ def _job(name, defined=True):
 
 
 def _res(processes, jobs, truth):
-    downstream = {"summary": DownstreamSummary(processes), "jobs": jobs, "truth": truth}
-    return RunRecords(options={}, jobs=[], failed={}, downstream=downstream)
+    downstream = DownstreamRecords(DownstreamSummary(processes), jobs, truth)
+    return RunRecords(options=RunOptions(), jobs=[], failed={}, downstream=downstream)
 
 
 def test_every_row_has_the_header_columns_and_a_one_code_fit_says_why_it_has_no_mig():
@@ -109,7 +111,7 @@ def test_the_semi_supervised_table_says_which_encoder_ignores_the_label():
         job("s", config={"guide_options": {"label_in_encoder": False}}, semi_supervised=m2),
         job("s", guide="flow", semi_supervised=m2),
     ]
-    lines = m2_section(RunRecords(options={}, jobs=jobs, failed={}))
+    lines = m2_section(RunRecords(options=RunOptions(), jobs=jobs, failed={}))
     table = [line.replace("\\|", "") for line in lines if line.startswith("|")]  # an escaped pipe is text
     assert len({line.count("|") for line in table}) == 1, table
     assert table[2].startswith("| s-K1-mean_field-elbo (q(z  x): the encoder does not read y) |")

@@ -236,7 +236,7 @@ def noise_figure(path, process: str, learned: dict) -> Path:
     lines: dict[tuple, list] = {}
     truth = None
     for config, rec in learned.values():
-        lines.setdefault((config["guide"], config["objective"]), []).append((config["latent_dim"], rec))
+        lines.setdefault((config.guide, config.objective), []).append((config.latent_dim, rec))
         truth = rec.truth
     for i, ((guide, objective), rows) in enumerate(sorted(lines.items())):
         rows.sort(key=lambda row: row[0])
@@ -251,7 +251,7 @@ def noise_figure(path, process: str, learned: dict) -> Path:
     ax.axhline(truth, color="k", ls="--", lw=1, label="the truth's σ")
     ax.set_xlabel("latent dimension K")
     ax.set_ylabel("learned σ")
-    ax.set_xticks(sorted({c["latent_dim"] for c, _ in learned.values()}))
+    ax.set_xticks(sorted({c.latent_dim for c, _ in learned.values()}))
     ax.legend(fontsize=7)
     ax.set_title(f"{process}: the learned noise over K", fontsize=8)
     return save(fig, path)

@@ -7,12 +7,13 @@ Each stage writes records (:mod:`pyrofail.records.job`, ``posterior``, ``verdict
 """
 
 from pyrofail.records.folder import RunFolder, job_id, process_id, truth_of
-from pyrofail.records.job import Build, FitMetrics, JobRecord, M2Metrics, Restart, TestPoints
+from pyrofail.records.job import Build, FailedJob, FitMetrics, JobRecord, M2Metrics, Restart, TestPoints
 from pyrofail.records.schema import KINDS, Record, StaleRecord
 
 __all__ = [
     "KINDS",
     "Build",
+    "FailedJob",
     "FitMetrics",
     "JobRecord",
     "M2Metrics",

@@ -29,7 +29,8 @@ import torch
 
 from pyrofail import zoo
 from pyrofail.errors import UsageError
-from pyrofail.records.job import Build, JobRecord, TestPoints
+from pyrofail.records.config import JobConfig, RunOptions
+from pyrofail.records.job import Build, FailedJob, JobRecord, TestPoints
 from pyrofail.records.schema import StaleRecord
 from pyrofail.runs import atomic_torch_save, atomic_write_json, read_json
 
@@ -64,57 +65,52 @@ def _short(value) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
-def process_id(config: dict) -> str:
+def process_id(config: JobConfig) -> str:
     """The name of a job's data: the process, its other options and the truth's noise scale
     when the run set them (``figure8``, ``figure8-s0.05``, ``figure8-scale1-s0.1414``), or the
     user's data set (``breast_cancer``)."""
-    if config.get("data") is not None:
-        return data_name(config["data"])
-    options = config.get("truth_options") or {}
-    name = config["process"] + "".join(f"-{key}{_short(value)}" for key, value in sorted(options.items()))
-    noise = config.get("truth_noise")
-    return name if noise is None else f"{name}-s{noise:g}"
+    if config.data is not None:
+        return data_name(config.data)
+    options = config.truth_options
+    name = config.process + "".join(f"-{key}{_short(value)}" for key, value in sorted(options.items()))
+    return name if config.truth_noise is None else f"{name}-s{config.truth_noise:g}"
 
 
-def job_id(config: dict) -> str:
+def job_id(config: JobConfig) -> str:
     """The name of a job's folder: ``<process>-K<k>-<guide>-<objective>``, the procedure when it
     is not the usual joint training (``...-elbo-libi``), and the fold with cross-fitting
     (``...-elbo-fold2``)."""
-    name = f"{process_id(config)}-K{config['latent_dim']}-{config['guide']}-{config['objective']}"
-    procedure = config.get("procedure", "joint")
-    name = name if procedure == "joint" else f"{name}-{procedure}"
-    fold = (config.get("data_options") or {}).get("fold")
-    return name if fold is None else f"{name}-fold{fold}"
+    name = f"{process_id(config)}-K{config.latent_dim}-{config.guide}-{config.objective}"
+    name = name if config.procedure == "joint" else f"{name}-{config.procedure}"
+    return name if config.fold is None else f"{name}-fold{config.fold}"
 
 
-def truth_of(config: dict):
+def truth_of(config: JobConfig):
     """A job's ground-truth process, built with the run's options for it and the truth's noise
     scale; ``None`` for a user's data, which has no ground truth."""
-    if config.get("data") is not None:
+    if config.data is not None:
         return None
-    options = dict(config.get("truth_options") or {})
-    if config.get("truth_noise") is not None:
-        options["noise_scale"] = float(config["truth_noise"])
-    return zoo.model(config["process"], **options)
+    options = dict(config.truth_options)
+    if config.truth_noise is not None:
+        options["noise_scale"] = float(config.truth_noise)
+    return zoo.model(config.process, **options)
 
 
-def job_data(config: dict):
+def job_data(config: JobConfig):
     """``(truth, splits)``: the job's ground truth (``None`` for a user's data) and its seeded
     train/validation/test data, drawn again or read again from the user's source."""
     from pyrofail.data import load_splits, make_splits
 
-    if config.get("data") is not None:
-        return None, load_splits(config["data"], **config.get("data_options", {}), seed=config["seed"])
+    if config.data is not None:
+        return None, load_splits(config.data, **(config.data_options or {}), seed=config.seed)
     truth = truth_of(config)
-    return truth, make_splits(
-        truth, config["n_train"], config["n_val"], config["n_test"], seed=config["seed"]
-    )
+    return truth, make_splits(truth, config.n_train, config.n_val, config.n_test, seed=config.seed)
 
 
-def has_reference(config: dict) -> bool:
+def has_reference(config: JobConfig) -> bool:
     """Whether the run computes a reference posterior for this job's learned model."""
-    if config.get("data") is not None:
-        return config["latent_dim"] <= MAX_K_WITHOUT_TRUTH
+    if config.data is not None:
+        return config.latent_dim <= MAX_K_WITHOUT_TRUTH
     truth = truth_of(config)
     if not getattr(truth, "has_density", True):
         return False  # data on a manifold (degenerate_line): no posterior reference to compare with
@@ -127,8 +123,8 @@ class RunFolder:
     ``threads`` torch threads each, with progress messages unless ``quiet``."""
 
     root: Path
-    options: dict
-    jobs: list
+    options: RunOptions
+    jobs: list[JobConfig]
     workers: int = 1
     threads: int = 1
     quiet: bool = True
@@ -138,7 +134,9 @@ class RunFolder:
         """A run folder whose ``config.json`` is written (by :mod:`pyrofail.analyze`)."""
         root = Path(root)
         config = read_json(root / "config.json")
-        return cls(root, config["options"], config["jobs"], workers=workers, threads=threads, quiet=quiet)
+        jobs = [JobConfig.from_dict(job) for job in config["jobs"]]
+        options = RunOptions.from_dict(config["options"])
+        return cls(root, options, jobs, workers=workers, threads=threads, quiet=quiet)
 
     # -- paths ---------------------------------------------------------------------------------
     def job_dir(self, job) -> Path:
@@ -155,14 +153,14 @@ class RunFolder:
     def reference_settings(self) -> dict | None:
         """How the references are computed (``None`` with ``--no-reference``): the method, the
         analysis points (the first ``points`` test points), draws per point and the seed."""
-        method = self.options.get("reference", "auto")
+        method = self.options.reference
         if method is None:
             return None
         return {
             "method": method,
-            "points": int(self.options.get("reference_points", DEFAULT_POINTS)),
+            "points": int(self.options.reference_points),
             "draws": DRAWS,
-            "seed": int(self.options["seed"]),
+            "seed": int(self.options.seed),
         }
 
     def test_data(self, job: str) -> dict:
@@ -220,9 +218,9 @@ class RunFolder:
         """``{job: reason}`` of the jobs whose every restart diverged."""
         out = {}
         for cfg in self.jobs:
-            path = self.job_dir(cfg) / "failed.json"
-            if path.exists() and not (self.job_dir(cfg) / "metrics.json").exists():
-                out[job_id(cfg)] = read_json(path)["failed"]
+            record = self.read(FailedJob, self.job_dir(cfg) / "failed.json")
+            if record is not None and not (self.job_dir(cfg) / "metrics.json").exists():
+                out[job_id(cfg)] = record.failed
         return out
 
     def by_process(self) -> dict[str, list[JobRecord]]:

@@ -37,7 +37,7 @@ def base_name(job: str) -> str:
 
 
 def is_folded(jobs: list[JobRecord]) -> bool:
-    return any("fold" in (r.config.get("data_options") or {}) for r in jobs)
+    return any(r.config.fold is not None for r in jobs)
 
 
 def _cat(lists):
@@ -100,10 +100,9 @@ def _job(name: str, parts: list[JobRecord], points: TestPoints | None) -> JobRec
         pooled["test_neg_elbo"] = Estimate.of(elbo)
         pooled["pmo_gap"] = Estimate.of(lp + elbo, flag=flag)
         pooled["test_neg_bound"] = Estimate.of(torch.tensor(points.neg_bound, dtype=torch.float64))
-    config = {
-        **first.config,
-        "data_options": {k: v for k, v in first.config["data_options"].items() if k != "fold"},
-    }
+    config = first.config.replace(
+        data_options={k: v for k, v in first.config.data_options.items() if k != "fold"}
+    )
     return replace(
         first,
         job=name,
@@ -181,10 +180,10 @@ def pool(jobs: list[JobRecord], points: dict, posterior: dict):
     groups: dict[str, list[JobRecord]] = {}
     for r in jobs:
         groups.setdefault(base_name(r.job), []).append(r)
-    folds = max((int(r.config.get("data_options", {}).get("folds") or 1) for r in jobs), default=1)
+    folds = max((r.config.folds for r in jobs), default=1)
     out_jobs, out_points, out_posterior = [], {}, {}
     for name, parts in groups.items():
-        parts = sorted(parts, key=lambda r: r.config.get("data_options", {}).get("fold", 0))
+        parts = sorted(parts, key=lambda r: r.config.fold or 0)
         if len(parts) < folds or folds == 1:
             out_jobs += parts
             out_points.update({r.job: points[r.job] for r in parts if r.job in points})

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyrofail.estimate import Estimate
+from pyrofail.records.config import JobConfig
 from pyrofail.records.schema import Record
 
-__all__ = ["Build", "FitMetrics", "JobRecord", "M2Metrics", "Restart", "TestPoints"]
+__all__ = ["Build", "FailedJob", "FitMetrics", "JobRecord", "M2Metrics", "Restart", "TestPoints"]
 
 
 @dataclass
@@ -99,7 +100,7 @@ class JobRecord(Record):
     VERSION = 2
 
     job: str
-    config: dict[str, Any]
+    config: JobConfig
     metrics: FitMetrics
     restarts: list[Restart]
     selected_restart: int
@@ -115,6 +116,19 @@ class JobRecord(Record):
     @property
     def diverged(self) -> int:
         return sum(r.diverged_at is not None for r in self.restarts)
+
+
+@dataclass
+class FailedJob(Record):
+    """``jobs/<job>/failed.json``: a job whose every restart diverged, with the config that did
+    (the same config diverges again; another one is fitted)."""
+
+    KIND = "failed_job"
+    VERSION = 1
+
+    job: str
+    config: JobConfig
+    failed: str
 
 
 @dataclass

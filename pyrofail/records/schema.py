@@ -98,7 +98,12 @@ def encode(value, hint=Any):
         hint = next(a for a in _args(hint) if a is not type(None))
     if isinstance(hint, type) and dataclasses.is_dataclass(hint) and issubclass(hint, Record):
         hints = _hints(hint)
-        return {f.name: encode(getattr(value, f.name), hints[f.name]) for f in dataclasses.fields(hint)}
+        skip = value.omitted() if hasattr(value, "omitted") else ()  # fields at an "absent" value
+        return {
+            f.name: encode(getattr(value, f.name), hints[f.name])
+            for f in dataclasses.fields(hint)
+            if f.name not in skip
+        }
     if hint is Estimate:
         return {k: (_float_out(v) if isinstance(v, float) else v) for k, v in value.to_dict().items()}
     if isinstance(value, torch.Tensor):

@@ -137,11 +137,11 @@ def _data_lines(name: str, jobs: dict[str, DataTasks], comparison: ProcessCompar
 
 def section(res: RunRecords) -> list[str]:
     d = res.downstream
-    if not d or not d.get("summary"):
+    if d is None:
         return []
     protocols = {
         rec.disentanglement.protocol
-        for jobs in d["jobs"].values()
+        for jobs in d.jobs.values()
         for rec in jobs.values()
         if isinstance(rec, JobTasks) and rec.disentanglement is not None
     }
@@ -161,12 +161,12 @@ def section(res: RunRecords) -> list[str]:
         "resamples for MIG); a difference within two standard errors is a tie.",
         "",
     ]
-    for process, comparison in d["summary"].processes.items():
-        jobs = d["jobs"][process]
+    for process, comparison in d.summary.processes.items():
+        jobs = d.jobs[process]
         if comparison.data:
             lines += _data_lines(process, jobs, comparison)
             continue
-        lines += [f"### {process}", "", *_job_table(jobs, d["truth"][process]), "", *_against(comparison)]
+        lines += [f"### {process}", "", *_job_table(jobs, d.truth[process]), "", *_against(comparison)]
         lines += [f"![robustness of {process}](figures/robustness-{process}.png)", ""]
         lines += _noise_lines(process, {j: r.noise for j, r in jobs.items() if r.noise is not None})
     return lines

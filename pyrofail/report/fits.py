@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyrofail.numbers import estimate_text as est
 from pyrofail.numbers import number
+from pyrofail.records.data import DataRecord
 from pyrofail.report.read import RunRecords
 
 __all__ = ["data_section", "header", "results_section", "results_table", "training_section"]
@@ -30,36 +31,36 @@ RESULTS_COLUMNS = (
 def header(res: RunRecords) -> list[str]:
     o = res.options
     if res.on_data:
-        what = f"your data `{o['data']}`"
+        what = f"your data `{o.data}`"
         sizes = "the split of the Data section"
     else:
-        noise = f" at σ = {', '.join(map(str, o['truth_noise']))}" if o.get("truth_noise") else ""
-        what = f"{', '.join(o['process'])}{noise}"
-        sizes = f"{o['n_train']}/{o['n_val']}/{o['n_test']} train/validation/test points"
-    procedures = o.get("procedure") or ["joint"]
+        noise = f" at σ = {', '.join(map(str, o.truth_noise))}" if o.truth_noise else ""
+        what = f"{', '.join(o.process)}{noise}"
+        sizes = f"{o.n_train}/{o.n_val}/{o.n_test} train/validation/test points"
+    procedures = o.procedure or ["joint"]
     return [
         f"# pyrofail report: {what}",
         "",
-        f"Preset `{o['preset']}`; K {', '.join(map(str, o['latent_dim']))}; guides "
-        f"{', '.join(o['guide'])}; objectives {', '.join(o['objective'])}; procedures "
-        f"{', '.join(procedures)}; {o['restarts']} restarts × {o['steps']} steps, seed {o['seed']}; "
+        f"Preset `{o.preset}`; K {', '.join(map(str, o.latent_dim))}; guides "
+        f"{', '.join(o.guide)}; objectives {', '.join(o.objective)}; procedures "
+        f"{', '.join(procedures)}; {o.restarts} restarts × {o.steps} steps, seed {o.seed}; "
         f"{sizes}.",
         "",
     ]
 
 
-def _split_text(data: dict) -> str:
+def _split_text(data: DataRecord) -> str:
     """How the rows were split: one seeded split, or the folds of cross-fitting."""
-    folds = int(data.get("folds") or 1)
+    folds = data.folds
     if folds < 2:
-        sizes = data["sizes"]
+        sizes = data.sizes
         return (
-            f"{sizes['train']}/{sizes['val']}/{sizes['test']} train/validation/test rows "
+            f"{sizes.train}/{sizes.val}/{sizes.test} train/validation/test rows "
             "(a seeded split, `data.json` lists them)"
         )
-    parts = data["rows"]
-    total = sum(len(p["test"]) for p in parts)
-    train, val = _span(len(p["train"]) for p in parts), _span(len(p["val"]) for p in parts)
+    parts = data.rows
+    total = sum(len(p.test) for p in parts)
+    train, val = _span(len(p.train) for p in parts), _span(len(p.val) for p in parts)
     return (
         f"{folds}-fold cross-fitting: each fit is trained {folds} times, on {train} "
         f"training and {val} validation rows, and tested on the fold left "
@@ -78,11 +79,11 @@ def data_section(res: RunRecords) -> list[str]:
     data = res.data
     if data is None:
         return []
-    std = data["standardizer"]
+    std = data.standardizer
     return [
         "## Data",
         "",
-        f"`{data['source']}`: {len(data['features'])} features; {_split_text(data)}; "
+        f"`{data.source}`: {len(data.features)} features; {_split_text(data)}; "
         + (
             "standardised with the training rows' mean and sd (in `data.json`). "
             if std

@@ -67,7 +67,7 @@ def m2_section(res: RunRecords) -> list[str]:
     ]
     for r in jobs:
         m = r.metrics.semi_supervised
-        reads_y = r.config.get("guide_options", {}).get("label_in_encoder", True)
+        reads_y = r.config.guide_options.get("label_in_encoder", True)
         encoder = "" if reads_y else " (q(z \\| x): the encoder does not read y)"  # \\|: a pipe in a cell
         lines.append(
             f"| {r.job}{encoder} | {number(m.separation_ratio, 2)} | {est(m.counterfactual_error_model)} "

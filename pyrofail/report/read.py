@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyrofail.records import JobRecord, RunFolder
+from pyrofail.records.config import RunOptions
+from pyrofail.records.data import DataRecord
 from pyrofail.records.downstream import DataTasks, DownstreamSummary, JobTasks, TruthTasks
 from pyrofail.records.findings import Findings
 from pyrofail.records.folder import process_id
@@ -13,9 +15,19 @@ from pyrofail.records.posterior import PosteriorRecord, TruthHardness
 from pyrofail.records.program import ProgramCheck
 from pyrofail.records.regression import RegressionRecord
 from pyrofail.records.verdict import Verdicts
-from pyrofail.runs import read_json
 
-__all__ = ["RunRecords"]
+__all__ = ["DownstreamRecords", "RunRecords"]
+
+
+@dataclass
+class DownstreamRecords:
+    """The downstream stage's records of a run: its ``summary`` (the comparisons), and per
+    process each job's tasks (``jobs``: ``{process: {job: JobTasks or DataTasks}}``) and the
+    truth's (``truth``: ``{process: TruthTasks}``)."""
+
+    summary: DownstreamSummary
+    jobs: dict = field(default_factory=dict)
+    truth: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -24,7 +36,7 @@ class RunRecords:
     and hardness records, verdicts, findings, a user's data description, downstream and
     regression results, and the run-level figures."""
 
-    options: dict
+    options: RunOptions
     jobs: list[JobRecord]
     failed: dict
     settings: dict | None = None
@@ -32,8 +44,8 @@ class RunRecords:
     hardness: dict[str, TruthHardness] = field(default_factory=dict)
     verdicts: Verdicts | None = None
     findings: Findings = field(default_factory=Findings)
-    data: dict | None = None
-    downstream: dict = field(default_factory=dict)  # {"summary", "jobs": {process: {job: record}}, "truth"}
+    data: DataRecord | None = None
+    downstream: DownstreamRecords | None = None
     regression: dict = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
     program: ProgramCheck | None = None  # the check of a user's own Pyro program
@@ -44,23 +56,23 @@ class RunRecords:
         out = cls(folder.options, jobs, folder.failed_jobs(), folder.reference_settings)
         out.posterior = posterior
         root = folder.root
-        out.data = read_json(root / "data.json") if (root / "data.json").exists() else None
+        out.data = folder.read(DataRecord, root / "data.json")
         summary = folder.read(DownstreamSummary, root / "downstream.json")
         if summary is not None:
-            out.downstream = {"summary": summary, "jobs": {}, "truth": {}}
+            out.downstream = DownstreamRecords(summary)
             for name, group in folder.by_process().items():
                 if name not in summary.processes:
                     continue
                 kind = DataTasks if summary.processes[name].data else JobTasks
-                out.downstream["jobs"][name] = {
+                out.downstream.jobs[name] = {
                     r.job: rec
                     for r in group
                     if (rec := folder.read(kind, folder.job_dir(r.job) / "downstream.json"))
                 }
-                out.downstream["truth"][name] = folder.read(
+                out.downstream.truth[name] = folder.read(
                     TruthTasks, folder.truth_dir(name) / "downstream.json"
                 )
-        for name in folder.options.get("regression") or []:
+        for name in folder.options.regression or []:
             record = folder.read(RegressionRecord, root / "regression" / f"{name}.json")
             if record is not None:
                 out.regression[name] = record
@@ -84,7 +96,7 @@ class RunRecords:
 
     @property
     def on_data(self) -> bool:
-        return self.options.get("data") is not None
+        return self.options.data is not None
 
     def job(self, name: str) -> JobRecord | None:
         return next((r for r in self.jobs if r.job == name), None)

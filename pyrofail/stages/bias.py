@@ -44,8 +44,7 @@ def truth_hardness(folder: RunFolder, record: JobRecord) -> str:
     """KL* of the ground truth's posterior at the analysis points of ``record``'s process."""
     config, settings = record.config, folder.reference_settings
     name = process_id(config)
-    sizes = {k: config[k] for k in ("n_train", "n_val", "n_test", "seed")}
-    key = {"process": name, "settings": settings, **sizes}
+    key = {"process": name, "settings": settings, **config.sample_key()}
 
     def compute() -> TruthHardness:
         ref = reference_data.load(folder.truth_dir(name) / "reference.nc")
@@ -135,7 +134,7 @@ def _figures(folder: RunFolder, name: str, group: list[JobRecord]) -> None:
     for r in group:
         job_dir = folder.job_dir(r.job)
         gaps[r.job] = folder.read(PosteriorRecord, job_dir / "posterior.json").pmo_gap_all_test_points
-        if r.config["latent_dim"] == truth.latent_dim:
+        if r.config.latent_dim == truth.latent_dim:
             model, guide = folder.fitted(r)
             fits.append((r.job, model, guide, reference_data.load(job_dir / "reference.nc")))
     if fits:

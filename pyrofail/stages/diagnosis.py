@@ -47,17 +47,15 @@ COMPARATORS = (
 
 
 def _joint(job: JobRecord) -> bool:
-    return job.config.get("procedure", "joint") == "joint"
+    return job.config.procedure == "joint"
 
 
 def _at_k(jobs: list[JobRecord], posterior: dict, k: int) -> dict:
     """Jointly trained jobs at ``k`` with a KL* of their model, by (guide, objective)."""
     return {
-        (j.config["guide"], j.config["objective"]): j
+        (j.config.guide, j.config.objective): j
         for j in jobs
-        if j.config["latent_dim"] == k
-        and _joint(j)
-        and getattr(posterior.get(j.job), "best_mean_field", None)
+        if j.config.latent_dim == k and _joint(j) and getattr(posterior.get(j.job), "best_mean_field", None)
     }
 
 
@@ -176,7 +174,7 @@ def run(folder: RunFolder) -> None:
     if folder.reference_settings is None:
         return
     verdicts = {}
-    learn_noise = folder.options.get("learn_noise") is True  # "above_true_k": not at the true K
+    learn_noise = folder.options.learn_noise is True  # "above_true_k": not at the true K
     jobs, all_points, all_posterior = folder.results()  # cross-fitted folds pooled
     groups: dict[str, list[JobRecord]] = {}
     for r in jobs:
@@ -188,7 +186,7 @@ def run(folder: RunFolder) -> None:
         points = {r.job: all_points[r.job] for r in group if r.job in all_points}
         truth = truth_of(group[0].config)
         if truth is None:
-            for k in sorted({r.config["latent_dim"] for r in group}):
+            for k in sorted({r.config.latent_dim for r in group}):
                 verdicts[f"{name} K={k}"] = diagnose_without_truth(
                     name, k, group, posterior, points, learn_noise
                 )
@@ -223,5 +221,5 @@ def failure_maps(folder: RunFolder, verdicts: dict) -> dict[str, list[FailureMap
             cx1_share=ev.cx1_share,
             pmo_gap=ev.mean_field.pmo_gap,
         )
-        by_process.setdefault(group[0].config["process"], []).append(row)
+        by_process.setdefault(group[0].config.process, []).append(row)
     return {m: sorted(rows, key=lambda r: r.sigma) for m, rows in by_process.items() if len(rows) > 1}

@@ -75,8 +75,8 @@ def _codes(guide, x: torch.Tensor) -> torch.Tensor:
 
 def _factor_points(truth, folder: RunFolder):
     """Fresh draws of the truth for disentanglement: ``(x, z)``."""
-    n = int(folder.options.get("downstream_points", disentanglement.MIG_POINTS))
-    data = truth.sample(n, seed=int(folder.options["seed"]) + 1009)
+    n = int(folder.options.downstream_points)
+    data = truth.sample(n, seed=int(folder.options.seed) + 1009)
     return data.x, data.z
 
 
@@ -107,13 +107,13 @@ def _disentanglement(codes, factors, seed: int) -> Disentanglement:
 def truth_tasks(folder: RunFolder, record: JobRecord) -> str:
     """The truth's own answers (its exact posterior means' MIG/DCI at K ≤ 2, its AUROC), the
     off-manifold points every job is scored on, and the data's scale."""
-    config, seed = record.config, int(folder.options["seed"])
+    config, seed = record.config, int(folder.options.seed)
     name = process_id(config)
     key = {
         "process": name,
         "seed": seed,
-        "n_test": config["n_test"],
-        "points": folder.options.get("downstream_points"),
+        "n_test": config.n_test,
+        "points": folder.options.downstream_points,
     }
 
     def compute() -> TruthTasks:
@@ -158,12 +158,12 @@ def learned_noise(model, truth, restarts) -> LearnedNoise:
 
 def job_tasks(folder: RunFolder, record: JobRecord) -> str:
     """Every downstream task for one job on a zoo process (``downstream.json``)."""
-    seed, job_dir = int(folder.options["seed"]), folder.job_dir(record.job)
+    seed, job_dir = int(folder.options.seed), folder.job_dir(record.job)
     key = {
         "job": record.job,
         "seed": seed,
         "epsilons": list(EPSILONS),
-        "points": folder.options.get("downstream_points"),
+        "points": folder.options.downstream_points,
     }
 
     def compute() -> JobTasks:
@@ -220,7 +220,7 @@ def data_tasks(folder: RunFolder, record: JobRecord) -> str:
     self-consistency of the encoder for its own decoder, and with labels the robustness of the
     representation — a linear classifier on the encoder means, its test accuracy under the
     encoder attack over :data:`PROBE_EPSILONS` (in units of the data's scale)."""
-    seed, job_dir = int(folder.options["seed"]), folder.job_dir(record.job)
+    seed, job_dir = int(folder.options.seed), folder.job_dir(record.job)
     key = {"job": record.job, "seed": seed, "epsilons": list(PROBE_EPSILONS)}
 
     def compute() -> DataTasks:
@@ -255,7 +255,7 @@ def baseline_job(group: list[JobRecord], k: int) -> str | None:
     latent dimension ``k``, the one every other fit is compared with."""
     for r in group:
         c = r.config
-        if (c["guide"], c["objective"], c["latent_dim"], c.get("procedure", "joint")) == (
+        if (c.guide, c.objective, c.latent_dim, c.procedure) == (
             "mean_field",
             "elbo",
             k,
@@ -293,7 +293,7 @@ def compare_jobs(folder: RunFolder, group: list[JobRecord], records: dict[str, J
     """Every job against the MFG-VAE ``mfg``, paired: the robustness KL over the same attacked
     points, the AUROC by DeLong's paired covariance, MIG over the same bootstrap resamples (the
     codes recomputed at the same fresh points); the truth's exact posterior shift beside them."""
-    base, seed = records[mfg], int(folder.options["seed"])
+    base, seed = records[mfg], int(folder.options.seed)
     truth = truth_of(group[0].config)
     factor_points = _factor_points(truth, folder) if truth.latent_dim >= 2 else None
     by_name = {r.job: r for r in group}
@@ -339,7 +339,7 @@ def _process(folder: RunFolder, name: str, group: list[JobRecord]) -> ProcessCom
         tasks = [(data_tasks, (folder, r)) for r in group]
         run_tasks(_dispatch, tasks, folder.workers, threads=folder.threads, label=label, quiet=folder.quiet)
         records = {r.job: folder.read(DataTasks, folder.job_dir(r.job) / "downstream.json") for r in group}
-        base = baseline_job(group, config["latent_dim"])
+        base = baseline_job(group, config.latent_dim)
         if any(rec.probe is not None for rec in records.values()):
             probe_figure(folder.figures / f"representation-{name}.png", name, records)
         against = {} if base is None else compare_data_jobs(records, base)
@@ -358,11 +358,11 @@ def _process(folder: RunFolder, name: str, group: list[JobRecord]) -> ProcessCom
 
 def _first_fold(group: list[JobRecord]) -> list[JobRecord]:
     """A cross-fitted data set's tasks run on the first fold's fits (one set of fits to compare)."""
-    return [r for r in group if (r.config.get("data_options") or {}).get("fold", 0) == 0]
+    return [r for r in group if (r.config.fold or 0) == 0]
 
 
 def run(folder: RunFolder) -> None:
-    if not folder.options.get("downstream"):
+    if not folder.options.downstream:
         return
     summary = {
         name: _process(folder, name, _first_fold(group)) for name, group in folder.by_process().items()

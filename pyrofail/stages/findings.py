@@ -39,13 +39,13 @@ __all__ = ["choosing_k", "guides_compared", "libi", "orderings", "run", "table1"
 
 
 def _procedure(config: dict) -> str:
-    return config.get("procedure", "joint")
+    return config.procedure
 
 
 def trained_by(config: dict) -> str:
     """The objective, and the procedure where it is not the usual joint training."""
     procedure = _procedure(config)
-    return config["objective"] if procedure == "joint" else f"{config['objective']} ({procedure})"
+    return config.objective if procedure == "joint" else f"{config.objective} ({procedure})"
 
 
 class _Points:
@@ -77,14 +77,12 @@ class _Points:
 
 def _table1_job(r: JobRecord) -> bool:
     """A job of Table 1's kind: the mean-field guide trained jointly."""
-    return r.config["guide"] == "mean_field" and _procedure(r.config) == "joint"
+    return r.config.guide == "mean_field" and _procedure(r.config) == "joint"
 
 
 def _index(jobs: list[JobRecord]) -> dict:
     return {
-        (process_id(r.config), r.config["latent_dim"], r.config["objective"]): r
-        for r in jobs
-        if _table1_job(r)
+        (process_id(r.config), r.config.latent_dim, r.config.objective): r for r in jobs if _table1_job(r)
     }
 
 
@@ -100,7 +98,7 @@ def table1(jobs: list[JobRecord]) -> list[Table1Cell]:
         value = m.test_neg_bound if metric == "neg_bound" else m.avg_mutual_information
         inside = None if value is None else abs(value.mean - ref[0]) <= 2 * ref[1]
         sigma = None if m.noise_scale is None else float(torch.as_tensor(m.noise_scale).double().mean())
-        learned = bool(job.config.get("learn_noise") or job.config.get("noise_per_feature"))
+        learned = bool(job.config.learn_noise or job.config.noise_per_feature)
         cells.append(
             Table1Cell(
                 process,
@@ -159,27 +157,27 @@ def choosing_k(jobs: list[JobRecord], points: _Points) -> list[ChoosingK]:
     groups: dict[tuple, list[JobRecord]] = {}
     for r in jobs:
         if points.has(r, "log_px"):
-            groups.setdefault((process_id(r.config), r.config["guide"], trained_by(r.config)), []).append(r)
+            groups.setdefault((process_id(r.config), r.config.guide, trained_by(r.config)), []).append(r)
     out = []
     for (process, guide, objective), rs in sorted(groups.items()):
         if len(rs) < 2:
             continue
-        rs = sorted(rs, key=lambda r: r.config["latent_dim"])
+        rs = sorted(rs, key=lambda r: r.config.latent_dim)
         picks = []
         for key, metric in (("neg_elbo", "test_neg_elbo"), ("log_px", "test_neg_log_px")):
             best = min(rs, key=lambda r: getattr(r.metrics, metric).mean)
             ties = [
-                r.config["latent_dim"]
+                r.config.latent_dim
                 for r in rs
                 if r is not best and Estimate.paired(points(r, key), points(best, key)).verdict() == "tie"
             ]
-            picks.append((best.config["latent_dim"], ties))
+            picks.append((best.config.latent_dim, ties))
         out.append(
             ChoosingK(
                 process,
                 guide,
                 objective,
-                [r.config["latent_dim"] for r in rs],
+                [r.config.latent_dim for r in rs],
                 [r.metrics.test_neg_elbo for r in rs],
                 [r.metrics.test_neg_log_px for r in rs],
                 picks[0][0],
@@ -198,11 +196,11 @@ def guides_compared(jobs: list[JobRecord], points: _Points) -> list[GuideRanking
     groups: dict[tuple, list[JobRecord]] = {}
     for r in jobs:
         if points.has(r, "log_px"):
-            key = (process_id(r.config), r.config["latent_dim"], trained_by(r.config))
+            key = (process_id(r.config), r.config.latent_dim, trained_by(r.config))
             groups.setdefault(key, []).append(r)
     out = []
     for (process, k, objective), rs in sorted(groups.items()):
-        if len({r.config["guide"] for r in rs}) < 2:
+        if len({r.config.guide for r in rs}) < 2:
             continue
         ranked = sorted(rs, key=lambda r: r.metrics.test_neg_log_px.mean)
         best = ranked[0]
@@ -210,11 +208,11 @@ def guides_compared(jobs: list[JobRecord], points: _Points) -> list[GuideRanking
         for other in ranked[1:]:
             mc = points.mc_error(best) ** 2 + points.mc_error(other) ** 2
             d = Estimate.paired(points(best, "log_px"), points(other, "log_px"), mc**0.5)
-            others.append(Difference(other.config["guide"], d, d.verdict(), job=other.job))
+            others.append(Difference(other.config.guide, d, d.verdict(), job=other.job))
         lp = best.metrics.test_neg_log_px
         out.append(
             GuideRanking(
-                process, k, objective, best.config["guide"], Estimate(-lp.mean, lp.stderr, lp.n), others
+                process, k, objective, best.config.guide, Estimate(-lp.mean, lp.stderr, lp.n), others
             )
         )
     return out
@@ -226,10 +224,10 @@ def libi(jobs: list[JobRecord], points: _Points) -> list[LibiComparison]:
     for r in jobs:
         if _procedure(r.config) != "libi":
             continue
-        key = (process_id(r.config), r.config["latent_dim"])
+        key = (process_id(r.config), r.config.latent_dim)
         rows = [_libi_row(r, None)]
         for other in jobs:
-            if (process_id(other.config), other.config["latent_dim"]) != key or _procedure(
+            if (process_id(other.config), other.config.latent_dim) != key or _procedure(
                 other.config
             ) != "joint":
                 continue
@@ -254,7 +252,7 @@ def m2_counterfactuals(
     ``counterfactual_error``, or by the encoder, ``counterfactual_error_guide``) against the MFG
     M2's (its minus theirs, paired)."""
     m2 = [r for r in jobs if r.metrics.semi_supervised is not None and points.has(r, key)]
-    mfg = next((r for r in m2 if (r.config["guide"], r.config["objective"]) == ("mean_field", "elbo")), None)
+    mfg = next((r for r in m2 if (r.config.guide, r.config.objective) == ("mean_field", "elbo")), None)
     if mfg is None:
         return None, []
     return mfg.job, [points.diff(mfg, r, key, r.job) for r in m2 if r is not mfg]

@@ -36,9 +36,19 @@ from pyrofail.errors import AllRestartsDiverged, UsageError
 from pyrofail.estimate import Estimate
 from pyrofail.fit import fit
 from pyrofail.labels import hide_labels
-from pyrofail.records import Build, FitMetrics, JobRecord, M2Metrics, Restart, RunFolder, TestPoints
+from pyrofail.records import (
+    Build,
+    FailedJob,
+    FitMetrics,
+    JobRecord,
+    M2Metrics,
+    Restart,
+    RunFolder,
+    TestPoints,
+)
+from pyrofail.records.config import JobConfig
 from pyrofail.records.folder import job_data, job_id, save_test_data
-from pyrofail.runs import atomic_torch_save, atomic_write_json, read_json
+from pyrofail.runs import atomic_torch_save, atomic_write_json
 from pyrofail.stages.pool import run_tasks
 
 __all__ = ["IS_TARGET_STDERR", "evaluate", "run", "run_job"]
@@ -52,7 +62,7 @@ def labelled(truth) -> bool:
     return getattr(truth, "num_classes", None) is not None
 
 
-def run_job(config: dict, folder: str | os.PathLike, progress: str | bool = False) -> dict:
+def run_job(config: JobConfig, folder: str | os.PathLike, progress: str | bool = False) -> dict:
     """Fit and measure one job; returns ``{"job", "failed"}`` (``failed``: ``None``, or why
     every restart diverged). The record is ``metrics.json`` in ``folder``. ``progress``:
     ``"bar"`` (the training's progress bar, on a terminal), ``"lines"`` (a plain line when the
@@ -60,25 +70,24 @@ def run_job(config: dict, folder: str | os.PathLike, progress: str | bool = Fals
     folder = Path(folder)
     done, failed = folder / "metrics.json", folder / "failed.json"
     name = job_id(config)
-    if failed.exists() and not done.exists():
-        record = read_json(failed)
-        if record.get("config") == config:
-            return {"job": name, "failed": record["failed"]}  # the same options diverge again
+    gave_up = RunFolder.read(FailedJob, failed)
+    if gave_up is not None and not done.exists() and gave_up.config == config:
+        return {"job": name, "failed": gave_up.failed}  # the same options diverge again
     finished = RunFolder.read(JobRecord, done)
     if finished is not None:
         if finished.config == config:
             return {"job": name, "failed": None}
         raise UsageError(f"{folder} holds a finished job with other options; use a new --out")
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "config.json", config)
+    atomic_write_json(folder / "config.json", config.to_dict())
     truth, splits = job_data(config)
     start = time.perf_counter()
     say = _say if progress == "lines" else (lambda text: None)
-    say(f"{name}: fitting {config['restarts']} restarts x {config['steps']} steps")
+    say(f"{name}: fitting {config.restarts} restarts x {config.steps} steps")
     try:
         result = _fit(config, splits, truth, folder, progress == "bar")
     except AllRestartsDiverged as e:
-        atomic_write_json(failed, {"job": name, "config": config, "failed": str(e)})
+        RunFolder.write(FailedJob(name, config, str(e)), failed)
         return {"job": name, "failed": str(e)}
     model, guide = result.model.cpu().eval(), result.guide.cpu().eval()
     atomic_torch_save(model.state_dict(), folder / "model.pt")
@@ -91,7 +100,7 @@ def run_job(config: dict, folder: str | os.PathLike, progress: str | bool = Fals
         figures = plots.class_curves_figure(truth, model, splits.test, folder / "figures", title=name)
     else:
         figures = plots.job_figures(
-            truth, model, splits.test, folder / "figures", title=name, seed=config["seed"]
+            truth, model, splits.test, folder / "figures", title=name, seed=config.seed
         )
     record = JobRecord(
         job=name,
@@ -114,7 +123,7 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _build(fit_config: dict, config: dict) -> Build:
+def _build(fit_config: dict, config: JobConfig) -> Build:
     return Build(
         latent_dim=int(fit_config["latent_dim"]),
         data_dim=int(fit_config["data_dim"]),
@@ -125,16 +134,16 @@ def _build(fit_config: dict, config: dict) -> Build:
         num_classes=fit_config.get("num_classes"),
         hidden=[int(h) for h in fit_config["hidden"]],
         activation=fit_config["activation"],
-        guide=config["guide"],
-        guide_options=dict(config.get("guide_options", {})),
+        guide=config.guide,
+        guide_options=dict(config.guide_options),
     )
 
 
-def evaluate(model, guide, objective, test, truth, config: dict) -> tuple[FitMetrics, TestPoints]:
+def evaluate(model, guide, objective, test, truth, config: JobConfig) -> tuple[FitMetrics, TestPoints]:
     """The fit's measures on the test points (:class:`~pyrofail.records.FitMetrics`) and every
     point's values (:class:`~pyrofail.records.TestPoints`); means carry the sampling error over
     the points with the Monte Carlo error in quadrature."""
-    x, seed = test.x, config["seed"]
+    x, seed = test.x, config.seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         bound = objective.per_point(model, guide, x)
@@ -179,7 +188,7 @@ def evaluate(model, guide, objective, test, truth, config: dict) -> tuple[FitMet
         avg_mutual_information=Estimate.of(mi.mean(1)),
         pareto_k_bad=None if pareto_k is None else int((pareto_k > importance.K_HAT_MAX).sum()),
     )
-    if config.get("aggregate_kl") and method == "grid":
+    if config.aggregate_kl and method == "grid":
         # runs with LiBI: the aggregate posterior's KL from p(z), its finite-sample bias removed
         out["aggregate_kl"] = aggregate.aggregate_kl(model, x, seed=seed)
     truth_lp = None
@@ -207,7 +216,7 @@ def _log_px(model, guide, x, truth, config):
         return lp, None, None, "grid", None
     target = IS_TARGET_STDERR if truth is None else None
     est = importance.sampled_log_px(
-        model, guide, x, num_samples=config.get("is_samples", 5000), seed=config["seed"], target_stderr=target
+        model, guide, x, num_samples=config.is_samples, seed=config.seed, target_stderr=target
     )
     flags = []
     if est.bad_points:
@@ -233,17 +242,18 @@ def _m2_metrics(s: dict, n: int) -> M2Metrics:
     )
 
 
-def _labels(config: dict, splits) -> dict:
+def _labels(config: JobConfig, splits) -> dict:
     """The labels a semi-supervised job trains on: ``labelled_fraction`` of the training and
     the validation points keep theirs (seeded), the others are unlabelled (``-1``)."""
-    fraction = float(config.get("labelled_fraction", 0.1))
+    fraction = float(config.labelled_fraction)
     return {
-        "y": hide_labels(splits.train.y, fraction, seed=config["seed"]),
-        "y_val": hide_labels(splits.val.y, fraction, seed=config["seed"] + 1),
+        "y": hide_labels(splits.train.y, fraction, seed=config.seed),
+        "y_val": hide_labels(splits.val.y, fraction, seed=config.seed + 1),
     }
 
 
-# the options of a job config that pyrofail.fit takes under the same name
+# the options of a job config that pyrofail.fit takes under the same name (every other option
+# of pyrofail.fit keeps its own default, or is named below)
 FIT_KEYS = (
     "latent_dim",
     "guide",
@@ -258,23 +268,23 @@ FIT_KEYS = (
     "learn_noise",
     "guide_options",
     "objective_options",
+    "device",
+    "pretrain_steps",
+    "noise_scale",
+    "likelihood",
+    "noise_per_feature",
+    "procedure",
+    "procedure_options",
 )
 
 
-def _fit(config, splits, truth, folder, progress):
+def _fit(config: JobConfig, splits, truth, folder, progress):
     return fit(
         splits.train.x,
         **(_labels(config, splits) if labelled(truth) else {}),
-        **{k: config[k] for k in FIT_KEYS},
+        **{k: getattr(config, k) for k in FIT_KEYS},
         x_val=splits.val.x,
         truth=truth,
-        device=config.get("device", "cpu"),
-        pretrain_steps=config.get("pretrain_steps", 2000),
-        noise_scale=config.get("noise_scale"),
-        likelihood=config.get("likelihood", "gaussian"),
-        noise_per_feature=bool(config.get("noise_per_feature", False)),
-        procedure=config.get("procedure", "joint"),
-        procedure_options=config.get("procedure_options", {}),
         checkpoint=folder / "fit.ckpt",
         progress=progress,
     )

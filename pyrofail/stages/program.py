@@ -48,7 +48,7 @@ def load_program(spec: str):
 
 
 def run(folder: RunFolder) -> None:
-    spec = folder.options.get("program")
+    spec = folder.options.program
     if spec is None:
         return
     key_path = folder.root / "program.json"
@@ -56,11 +56,11 @@ def run(folder: RunFolder) -> None:
         return
     model, guide = load_program(spec)
     options = {
-        k: v for k, v in folder.options["data_options"].items() if k not in ("folds", "fold", "fractions")
+        k: v for k, v in folder.options.data_options.items() if k not in ("folds", "fold", "fractions")
     }
     options.pop("standardize", None)
-    x = load(folder.options["data"], **options).x
-    settings = folder.reference_settings or {"method": "auto", "points": 300, "seed": folder.options["seed"]}
+    x = load(folder.options.data, **options).x
+    settings = folder.reference_settings or {"method": "auto", "points": 300, "seed": folder.options.seed}
     folder.say(f"program: checking {spec} at {min(settings['points'], x.shape[0])} points")
     result = check(
         model, guide, x, reference=settings["method"], points=settings["points"], seed=settings["seed"]

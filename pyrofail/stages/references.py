@@ -30,9 +30,8 @@ __all__ = ["GUIDE_CANDIDATES", "load_reference", "run"]
 GUIDE_CANDIDATES = 8
 
 
-def _key(config: dict, settings: dict) -> dict:
-    sizes = {k: config[k] for k in ("n_train", "n_val", "n_test", "seed")}
-    return {"process": process_id(config), "settings": settings, **sizes}
+def _key(config, settings: dict) -> dict:
+    return {"process": process_id(config), "settings": settings, **config.sample_key()}
 
 
 def load_reference(path: Path, key: dict):
@@ -94,7 +93,7 @@ def run(folder: RunFolder) -> None:
         if truth_of(group[0].config) is not None and has_reference(group[0].config)
     ]
     jobs = [r for group in groups.values() for r in group if has_reference(r.config)]
-    jobs.sort(key=lambda r: -r.config["latent_dim"])  # the NUTS references of the largest K first
+    jobs.sort(key=lambda r: -r.config.latent_dim)  # the NUTS references of the largest K first
     tasks += [(job_reference, (folder, r)) for r in jobs]
     label = f"references ({folder.reference_settings['method']})"
     run_tasks(_dispatch, tasks, folder.workers, threads=folder.threads, label=label, quiet=folder.quiet)

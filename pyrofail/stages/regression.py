@@ -1,6 +1,6 @@
 """Stage ``regression``: Bayesian neural networks with latent input noise (``--preset bnn``).
 
-For every regression process of the run (``options["regression"]``: ``heteroscedastic``,
+For every regression process of the run (``options.regression``: ``heteroscedastic``,
 ``bimodal``, ``diabetes``), :func:`pyrofail.bnn.experiment` fits each inference method (NUTS,
 mean-field VI, noise-constrained VI) to the process's seeded split and measures them on its
 test points: the posterior predictive's log-likelihood with the latents drawn from their prior,
@@ -19,6 +19,7 @@ from pyrofail.analysis.figures.bnn import predictive_bands
 from pyrofail.bnn import experiment
 from pyrofail.estimate import Estimate
 from pyrofail.records import RunFolder
+from pyrofail.records.config import RunOptions
 from pyrofail.records.regression import RegressionRecord, RegressionRow
 from pyrofail.stages.pool import run_tasks
 
@@ -32,27 +33,27 @@ def _row(row: dict) -> RegressionRow:
     return RegressionRow(**plain, estimates=estimates)
 
 
-def run_process(process: str, options: dict, folder: Path, figures: Path) -> RegressionRecord:
+def run_process(process: str, options: RunOptions, folder: Path, figures: Path) -> RegressionRecord:
     """One process's experiment (``regression/<process>.json``), computed once."""
     path = folder / f"{process}.json"
     key = {
         "process": process,
-        "methods": options["bnn_methods"],
-        "seed": options["seed"],
-        "hidden": options["bnn_hidden"],
-        "options": options.get("bnn_options", {}),
-        "sizes": options.get("bnn_sizes", {}),
+        "methods": options.bnn_methods,
+        "seed": options.seed,
+        "hidden": options.bnn_hidden,
+        "options": options.bnn_options,
+        "sizes": options.bnn_sizes,
     }
     record = RunFolder.read(RegressionRecord, path)
     if record is not None and record.key == key:
         return record
     ex = experiment(
         process,
-        tuple(options["bnn_methods"]),
-        int(options["seed"]),
-        hidden=tuple(options["bnn_hidden"]),
-        options=options.get("bnn_options", {}),
-        **options.get("bnn_sizes", {}),
+        tuple(options.bnn_methods),
+        int(options.seed),
+        hidden=tuple(options.bnn_hidden),
+        options=options.bnn_options,
+        **options.bnn_sizes,
     )
     figure = None
     if ex.data.x_train.shape[1] == 1:  # bands over the input need one input
@@ -66,9 +67,9 @@ def run_process(process: str, options: dict, folder: Path, figures: Path) -> Reg
 
 
 def run(folder: RunFolder) -> None:
-    processes = folder.options.get("regression") or []
+    processes = folder.options.regression or []
     if not processes:
         return
     tasks = [(name, folder.options, folder.root / "regression", folder.figures) for name in processes]
-    label = f"regression ({', '.join(folder.options['bnn_methods'])})"
+    label = f"regression ({', '.join(folder.options.bnn_methods)})"
     run_tasks(run_process, tasks, folder.workers, threads=folder.threads, label=label, quiet=folder.quiet)

@@ -3,22 +3,25 @@
 import json
 
 from pyrofail.analyze import main
+from pyrofail.records.config import RunOptions
 from pyrofail.records.regression import RegressionRecord
 from pyrofail.report import RunRecords
 from pyrofail.report.regression import section as section_regression
 from pyrofail.stages.regression import run_process
 
-OPTIONS = {
-    "regression": ["bimodal"],
-    "bnn_methods": ["mean_field", "noise_constrained"],
-    "bnn_hidden": [4],
-    "bnn_sizes": {"n_train": 40, "n_test": 30},
-    "bnn_options": {
-        "mean_field": {"steps": 30, "num_draws": 10},
-        "noise_constrained": {"steps": 30, "num_draws": 10, "lams": [10.0]},
-    },
-    "seed": 0,
-}
+OPTIONS = RunOptions(
+    **{
+        "regression": ["bimodal"],
+        "bnn_methods": ["mean_field", "noise_constrained"],
+        "bnn_hidden": [4],
+        "bnn_sizes": {"n_train": 40, "n_test": 30},
+        "bnn_options": {
+            "mean_field": {"steps": 30, "num_draws": 10},
+            "noise_constrained": {"steps": 30, "num_draws": 10, "lams": [10.0]},
+        },
+        "seed": 0,
+    }
+)
 
 
 def test_a_process_is_written_once_and_reported_with_its_paired_difference(tmp_path):
@@ -35,14 +38,14 @@ def test_a_process_is_written_once_and_reported_with_its_paired_difference(tmp_p
     assert run_process("bimodal", OPTIONS, folder, tmp_path / "figures") == on_disk
     assert (folder / "bimodal.json").stat().st_mtime_ns == stamp
 
-    res = RunRecords(options={}, jobs=[], failed={}, regression={"bimodal": on_disk})
+    res = RunRecords(options=RunOptions(), jobs=[], failed={}, regression={"bimodal": on_disk})
     text = "\n".join(section_regression(res))
     assert "| noise_constrained |" in text and "### bimodal" in text
     assert "- noise_constrained against mean_field: test log-likelihood" in text
 
 
 def test_no_regression_processes_no_section():
-    assert section_regression(RunRecords(options={}, jobs=[], failed={})) == []
+    assert section_regression(RunRecords(options=RunOptions(), jobs=[], failed={})) == []
 
 
 def test_a_bad_regression_name_or_method_exits_2(tmp_path, capsys):
