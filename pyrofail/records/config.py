@@ -45,7 +45,25 @@ __all__ = ["RESOLVED_AWAY", "JobConfig", "RunOptions"]
 RESOLVED_AWAY = ("num_particles", "matched_budget", "lr_by_guide")
 
 
-class _JobConfigBase(Record):
+class _Flat(Record):
+    """A record kept as a flat JSON object inside another file (no ``kind``, no ``version``)."""
+
+    def to_dict(self) -> dict:
+        """The record as plain JSON."""
+        return encode(self, type(self))
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """The record of a plain JSON object; unknown keys raise :class:`StaleRecord`."""
+        if not isinstance(data, dict):
+            raise StaleRecord(f"{cls.__name__} is an object, not {type(data).__name__}")
+        return decode(data, cls)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+class _JobConfigBase(_Flat):
     """Methods of :class:`JobConfig` (its fields are generated below)."""
 
     def omitted(self) -> set[str]:
@@ -62,20 +80,6 @@ class _JobConfigBase(Record):
         if not self.aggregate_kl:
             out.add("aggregate_kl")
         return out
-
-    def to_dict(self) -> dict:
-        """The config as plain JSON (what ``config.json`` holds)."""
-        return encode(self, type(self))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> JobConfig:
-        """The config of a plain JSON object; unknown keys raise :class:`StaleRecord`."""
-        if not isinstance(data, dict):
-            raise StaleRecord(f"a job config is an object, not {type(data).__name__}")
-        return decode(data, cls)
-
-    def replace(self, **changes) -> JobConfig:
-        return dataclasses.replace(self, **changes)
 
     def sample_key(self) -> dict:
         """What a job's data are a function of, for a process's records shared by its jobs
@@ -130,21 +134,11 @@ JobConfig.__doc__ = (
 )
 
 
-class _RunOptionsBase(Record):
+class _RunOptionsBase(_Flat):
     """Methods of :class:`RunOptions` (its fields are generated below)."""
 
     def omitted(self) -> set[str]:
         return {"data_options"} if self.data_options is None else set()
-
-    def to_dict(self) -> dict:
-        return encode(self, type(self))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RunOptions:
-        """The options of a plain JSON object; unknown keys raise :class:`StaleRecord`."""
-        if not isinstance(data, dict):
-            raise StaleRecord(f"run options are an object, not {type(data).__name__}")
-        return decode(data, cls)
 
     @property
     def on_data(self) -> bool:
