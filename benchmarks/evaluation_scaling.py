@@ -26,8 +26,10 @@ Run: ``python -m benchmarks.evaluation_scaling [--sizes 2000,10000,50000] [--ks 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -60,8 +62,9 @@ def _reset_peak() -> bool:
         return False
 
 
-def child(k: int, n: int, budget: str, seed: int = 0) -> dict:
-    """Fit the job and evaluate it on ``n`` points in this process; the numbers as a dict."""
+def child(k: int, n: int, budget: str, seed: int = 0, profile: bool = False) -> dict:
+    """Fit the job and evaluate it on ``n`` points in this process; the numbers as a dict.
+    ``profile``: the evaluation under cProfile, its top functions printed to stderr."""
     import torch
 
     torch.set_num_threads(1)
@@ -92,9 +95,15 @@ def child(k: int, n: int, budget: str, seed: int = 0) -> dict:
     resident = _status_mib("VmRSS")
     exact = _reset_peak()
     start, cpu = time.perf_counter(), time.process_time()
+    prof = cProfile.Profile() if profile else None
+    if prof is not None:
+        prof.enable()
     summary = metrics.summarize(
         model, guide, x, truth=truth, is_samples=5000, seed=seed, per_point=True, budget=budget
     )[0]
+    if prof is not None:
+        prof.disable()
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
     with torch.no_grad():
         objective.per_point(model, guide, x, seed=seed, budget=budget)
         objective.training_bound(model, guide, x, seed=seed, budget=budget)
@@ -204,9 +213,12 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="also the tiny preset with 1, 2, 4 workers")
     p.add_argument("--no-evaluation", action="store_true", help="only the sweep")
     p.add_argument("--child", nargs=2, type=int, metavar=("K", "N"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--profile", nargs=2, type=int, metavar=("K", "N"), help="one evaluation under cProfile (stderr)"
+    )
     args = p.parse_args(argv)
-    if args.child:
-        print(json.dumps(child(*args.child, args.budget)))
+    if args.child or args.profile:
+        print(json.dumps(child(*(args.child or args.profile), args.budget, profile=bool(args.profile))))
         return 0
     start_load = load()
     rows = []
