@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="small sizes: checks the harness runs")
     p.add_argument(
-        "--table1", action="store_true", help="also time the table1 preset end to end (about an hour)"
+        "--table1", action="store_true", help="also time the table1 preset end to end (about 25 minutes)"
     )
     p.add_argument(
         "--keep", metavar="DIR", help="keep the end-to-end run folders under DIR (default: discard them)"
