@@ -411,7 +411,7 @@ def _run_stages(out: dict, run: Path, workers: int, threads: int, quiet: bool) -
         config = {"format": RUN_FORMAT, "options": out, "jobs": jobs, "versions": versions()}
         atomic_write_json(config_path, config)
     folder = RunFolder.open(run, workers=workers, threads=threads, quiet=quiet)
-    if folder.options.data is not None and folder.read(DataRecord, run / "data.json") is None:
+    if folder.options.on_data and folder.read(DataRecord, run / "data.json") is None:
         folder.write(user_data.describe_data(folder.options.to_dict()), run / "data.json")
     jobs = len(folder.jobs)
     folder.say(f"run folder: {run} ({jobs} job{'s' * (jobs != 1)}, {workers} worker{'s' * (workers != 1)})")

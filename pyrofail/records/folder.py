@@ -35,7 +35,6 @@ from pyrofail.records.schema import StaleRecord
 from pyrofail.runs import atomic_torch_save, atomic_write_json, read_json
 
 __all__ = [
-    "DEFAULT_POINTS",
     "DRAWS",
     "RunFolder",
     "data_name",
@@ -50,7 +49,6 @@ __all__ = [
 ]
 
 DRAWS = 500  # reference draws per point: enough for the mode finder and the figures
-DEFAULT_POINTS = 300  # a few hundred points keep the references to seconds per job
 # On a user's data, references of learned models with more latent dimensions than this are
 # not computed (NUTS over K > 3 on a few hundred points is hours on two cores).
 MAX_K_WITHOUT_TRUTH = 3

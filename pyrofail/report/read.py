@@ -96,7 +96,7 @@ class RunRecords:
 
     @property
     def on_data(self) -> bool:
-        return self.options.data is not None
+        return self.options.on_data
 
     def job(self, name: str) -> JobRecord | None:
         return next((r for r in self.jobs if r.job == name), None)

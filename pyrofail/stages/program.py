@@ -60,7 +60,8 @@ def run(folder: RunFolder) -> None:
     }
     options.pop("standardize", None)
     x = load(folder.options.data, **options).x
-    settings = folder.reference_settings or {"method": "auto", "points": 300, "seed": folder.options.seed}
+    o = folder.options  # with --no-reference the check still needs a reference of its own
+    settings = folder.reference_settings or {"method": "auto", "points": o.reference_points, "seed": o.seed}
     folder.say(f"program: checking {spec} at {min(settings['points'], x.shape[0])} points")
     result = check(
         model, guide, x, reference=settings["method"], points=settings["points"], seed=settings["seed"]
