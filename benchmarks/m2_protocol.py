@@ -314,6 +314,12 @@ def run_table(args) -> None:
         print(f"| {rule} | {gt}/{len(sel)} | " + " | ".join(cells) + " |")
 
 
+def _kind_mean(rows, match, term: str) -> float:
+    """One seed's mean of ``term`` over the decoders of one kind."""
+    v = [r[term] if term == "separation_ratio" else r[term]["mean"] for r in rows if match(r["decoder"])]
+    return sum(v) / len(v)
+
+
 def run_scores(args) -> None:
     """Each objective at each kind of decoder minus the separated start, mean ± se over the
     seeds (the decoders of one kind averaged within a seed)."""
@@ -331,31 +337,14 @@ def run_scores(args) -> None:
     for kind, match in kinds.items():
         cells = []
         for t in ["separation_ratio", *terms]:
-            per_seed = []
-            for rows in runs:
-                mine = [r for r in rows if match(r["decoder"])]
-                v = [r[t] if t == "separation_ratio" else r[t]["mean"] for r in mine]
-                per_seed.append(sum(v) / len(v))
             if kind.startswith("separated") and t != "separation_ratio":  # its own value, not 0
-                per_seed = [
-                    next(r for r in rows if r["decoder"] == "separated_start")[
-                        t.removesuffix("_minus_separated")
-                    ]["mean"]
-                    for rows in runs
-                ]
-            cells.append(over_seeds(per_seed))
+                t = t.removesuffix("_minus_separated")
+            cells.append(over_seeds([_kind_mean(rows, match, t) for rows in runs]))
         print(f"| {kind} | " + " | ".join(cells) + " |")
     # Which solution IWAE's own training ends in is decided between its two kinds of decoders:
     # the difference truth-started minus random-start, per seed, then over the seeds.
     gt, rnd = kinds["IWAE-trained, truth-started"], kinds["IWAE-trained, random start"]
-    cells = []
-    for t in terms:
-        per_seed = []
-        for rows in runs:
-            a = [r[t]["mean"] for r in rows if gt(r["decoder"])]
-            b = [r[t]["mean"] for r in rows if rnd(r["decoder"])]
-            per_seed.append(sum(a) / len(a) - sum(b) / len(b))
-        cells.append(over_seeds(per_seed))
+    cells = [over_seeds([_kind_mean(rows, gt, t) - _kind_mean(rows, rnd, t) for rows in runs]) for t in terms]
     print("| IWAE-trained: truth-started minus random start | — | " + " | ".join(cells) + " |")
 
 
